@@ -1,0 +1,107 @@
+"""Input validation shared by every module: one place that turns bad input into typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import DTypeError, RandomnessError, NonFiniteError, OptionError, ShapeError, TimestepError
+
+
+def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:
+    """``x`` as a float64 array (float32/float16 are promoted, never the reverse).
+
+    Accepts anything with ``__array__`` or DLPack.  Refuses bool, complex, object, str.
+    """
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        try:
+            x = np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError):
+            pass
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise DTypeError(name, f"cannot be read as an array ({e})") from None
+    if a.dtype.kind not in "fiu":
+        raise DTypeError(name, f"dtype {a.dtype} is not a real number type")
+    a = a.astype(np.float64, copy=False)
+    if finite and a.size and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise NonFiniteError(name, f"{bad} of {a.size} values are NaN or Inf")
+    return a
+
+
+def as_batch(x: object, name: str) -> np.ndarray:
+    """A float64 state of shape (B, *data_shape), B >= 1."""
+    a = as_float_array(x, name)
+    if a.ndim < 1:
+        raise ShapeError(name, f"needs a batch axis; got a scalar (shape {a.shape})")
+    return a
+
+
+def option(value: object, name: str, valid: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise OptionError(name, value, list(valid))
+    return value
+
+
+def timesteps(t: object, name: str, *, low: int, high: int, batch: int | None = None) -> np.ndarray:
+    """Integer timesteps in [low, high], as an int64 array (scalar or shape (B,))."""
+    a = np.asarray(t)
+    if a.dtype.kind == "f":
+        if a.size and not (np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise TimestepError(name, f"must be integers; got {a.ravel()[:4]!r}")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        raise TimestepError(name, f"must be integers; got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    if a.ndim > 1:
+        raise TimestepError(name, f"must be a scalar or of shape (B,); got shape {a.shape}")
+    if a.ndim == 1 and batch is not None and a.shape[0] not in (1, batch):
+        raise ShapeError(name, f"has {a.shape[0]} timesteps for a batch of {batch}")
+    if a.size and (a.min() < low or a.max() > high):
+        bad = a[(a < low) | (a > high)].ravel()[0]
+        raise TimestepError(name, f"value {int(bad)} is outside [{low}, {high}]")
+    return a
+
+
+def per_sample(values: np.ndarray, ndim: int) -> np.ndarray:
+    """Reshape a scalar or (B,) coefficient so it broadcasts against a (B, ...) array."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0:
+        return values
+    return values.reshape(values.shape + (1,) * (ndim - 1))
+
+
+def same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ShapeError(name_b, f"shape {b.shape} does not match {name_a} shape {a.shape}")
+
+
+def noise_or_rng(
+    noise: object, rng: object, shape: tuple[int, ...], name: str = "noise"
+) -> np.ndarray:
+    """The injected ``noise`` (checked against ``shape``), or a draw from ``rng``."""
+    if noise is not None:
+        z = as_float_array(noise, name)
+        if z.shape != shape:
+            raise ShapeError(name, f"shape {z.shape} does not match the state shape {shape}")
+        return z
+    if not isinstance(rng, np.random.Generator):
+        raise RandomnessError(
+            "rng", f"pass injected {name}= or a numpy.random.Generator; got {type(rng).__name__}"
+        )
+    return rng.standard_normal(shape)
+
+
+def state_and_t(schedule, x: object, t: object, name: str = "x", *, allow_zero: bool = False):
+    """Validate a (B, ...) state and its timesteps against ``schedule``; returns (x, t)."""
+    xa = as_batch(x, name)
+    ta = timesteps(t, "t", low=0 if allow_zero else 1, high=schedule.T, batch=xa.shape[0])
+    return xa, ta
+
+
+def gather(values: np.ndarray, t: np.ndarray, ndim: int) -> np.ndarray:
+    """values[t] shaped to broadcast against a (B, ...) array of ``ndim`` dimensions."""
+    return per_sample(values[t], ndim)

@@ -1,0 +1,160 @@
+"""Sampling loops (docs/math.md §8): run DDPM or DDIM steps from x_T to x_0.
+
+The denoiser is any callable ``denoiser(x_t, t) -> output`` where ``x_t`` is float64
+(B, *data_shape) and ``t`` is an int64 array of shape (B,) holding the *base* (training)
+time ``schedule.timesteps[k]`` of the current step k (refdiff's 1-based convention: a
+denoiser that expects diffusers' 0-based index should subtract 1).  For the learned
+variance types the output stacks [prediction, variance output] along axis 1 (2C
+channels), as improved-diffusion and diffusers do.
+
+Noise layout (the same for every sampler, and for the ONNX samplers in refdiff.export):
+``x_T`` has the state shape; ``step_noise`` has shape (N, *state_shape), N = schedule.T,
+and ``step_noise[k]`` is used by the k-th step taken (from time N − k to N − k − 1).  With
+``rng`` instead, x_T is drawn first and then one ``step_noise`` slice per step, in order,
+so ``sample(rng=Generator(s))`` equals ``sample(*draw_noise(Generator(s), N, shape))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._check import as_batch, as_float_array, option
+from .errors import InputError, ShapeError
+from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
+from .schedule import Schedule
+
+__all__ = ["draw_noise", "ddpm_sample", "ddim_sample", "Denoiser"]
+
+Denoiser = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# Callback: (k, t, x) after step k (0-based) landed on time t with state x.
+Callback = Callable[[int, int, np.ndarray], None]
+
+
+def draw_noise(rng: np.random.Generator, num_steps: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(x_T, step_noise) drawn in the order the samplers draw them; float64."""
+    x_T = rng.standard_normal(shape)
+    return x_T, rng.standard_normal((num_steps, *shape))
+
+
+def _start(schedule, shape, x_T, step_noise, rng):
+    if not isinstance(schedule, Schedule):
+        raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
+    if x_T is not None:
+        x = as_batch(x_T, "x_T")
+        if shape is not None and tuple(shape) != x.shape:
+            raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
+    else:
+        if shape is None:
+            raise InputError("shape", "give shape= or x_T=")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1 or min(shape) < 1:
+            raise ShapeError("shape", f"needs a batch axis and positive sizes; got {shape}")
+        if not isinstance(rng, np.random.Generator):
+            from .errors import RandomnessError
+
+            raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy.random.Generator")
+        x = rng.standard_normal(shape)
+    if step_noise is not None:
+        step_noise = as_float_array(step_noise, "step_noise")
+        if step_noise.shape != (schedule.T, *x.shape):
+            raise ShapeError(
+                "step_noise", f"shape {step_noise.shape} is not (N={schedule.T}, *{x.shape})"
+            )
+    return x
+
+
+def _call(denoiser: Denoiser, x: np.ndarray, t_model: int) -> np.ndarray:
+    out = denoiser(x, np.full(x.shape[0], t_model, dtype=np.int64))
+    return as_float_array(out, "denoiser output")
+
+
+def _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback):
+    N = schedule.T
+    traj = [x] if return_trajectory else None
+    for k in range(N):
+        t = N - k
+        if step_noise is not None:
+            z = step_noise[k]
+        elif needs_noise:
+            if not isinstance(rng, np.random.Generator):
+                from .errors import RandomnessError
+
+                raise RandomnessError("rng", "x_T was given without step_noise: pass one of them")
+            z = rng.standard_normal(x.shape)
+        else:
+            z = None
+        x = step(x, t, z)
+        if traj is not None:
+            traj.append(x)
+        if callback is not None:
+            callback(k, t - 1, x)
+    return (x, np.stack(traj)) if return_trajectory else x
+
+
+def ddpm_sample(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    shape: tuple[int, ...] | None = None,
+    *,
+    x_T=None,
+    step_noise=None,
+    rng: np.random.Generator | None = None,
+    return_trajectory: bool = False,
+    callback: Callback | None = None,
+    **options,
+):
+    """Ancestral DDPM sampling over every step of ``schedule`` (respace it first).
+
+    ``options`` go to :func:`refdiff.reverse.ddpm_step` (``prediction_type``,
+    ``variance_type``, ``clip``, ``threshold_ratio``, ``threshold_max``,
+    ``log_variance_clipping``).  Returns x_0, float64 state shape, or (x_0, trajectory)
+    with trajectory of shape (N+1, *state_shape), trajectory[0] = x_T.
+    """
+    x = _start(schedule, shape, x_T, step_noise, rng)
+    vt = options.get("variance_type", "fixed_small")
+    option(vt, "variance_type", VARIANCE_TYPES)
+    learned = vt in LEARNED
+
+    def step(x, t, z):
+        out = _call(denoiser, x, int(schedule.timesteps[t]))
+        mv = None
+        if learned:
+            if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
+                raise ShapeError("denoiser output", f"{vt} needs 2C channels on axis 1; got {out.shape}")
+            out, mv = np.split(out, 2, axis=1)
+        if z is None:
+            z = np.zeros_like(x)
+        return ddpm_step(schedule, x, t, out, noise=z, model_variance=mv, **options)
+
+    return _loop(schedule, x, step_noise, rng, True, step, return_trajectory, callback)
+
+
+def ddim_sample(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    shape: tuple[int, ...] | None = None,
+    *,
+    x_T=None,
+    step_noise=None,
+    rng: np.random.Generator | None = None,
+    return_trajectory: bool = False,
+    callback: Callback | None = None,
+    **options,
+):
+    """DDIM sampling over every step of ``schedule`` (respace it first; eq. 7.9).
+
+    ``options`` go to :func:`refdiff.reverse.ddim_step` (``prediction_type``, ``eta``,
+    ``clip``, ``threshold_ratio``, ``threshold_max``, ``rederive_eps``,
+    ``final_alpha_bar``, ``final_step_noise``).  With η = 0 no step noise is drawn or used.
+    Returns as :func:`ddpm_sample`.
+    """
+    x = _start(schedule, shape, x_T, step_noise, rng)
+    needs_noise = options.get("eta", 0.0) != 0.0
+
+    def step(x, t, z):
+        out = _call(denoiser, x, int(schedule.timesteps[t]))
+        return ddim_step(schedule, x, t, out, noise=z, **options)
+
+    return _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback)
