@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +33,20 @@ def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:
     return a
 
 
+# The most float64 elements refdiff allocates for one array (2**31 elements = 16 GiB): larger
+# requests are refused with a ShapeError before anything is allocated (docs/reliability.md).
+MAX_ELEMENTS = 2**31
+
+
+def check_size(shape: tuple[int, ...], name: str, *, factor: int = 1) -> None:
+    """Refuse to allocate ``factor`` × prod(``shape``) elements when that exceeds MAX_ELEMENTS."""
+    n = factor * math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ShapeError(
+            name, f"{shape} needs {n:.3g} elements; refdiff allocates at most {MAX_ELEMENTS}"
+        )
+
+
 def as_batch(x: object, name: str) -> np.ndarray:
     """A float64 state of shape (B, *data_shape), B >= 1."""
     a = as_float_array(x, name)
@@ -55,6 +70,8 @@ def timesteps(t: object, name: str, *, low: int, high: int, batch: int | None = 
         a = a.astype(np.int64)
     elif a.dtype.kind not in "iu":
         raise TimestepError(name, f"must be integers; got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and a.max() > high:  # before a wrapping int64 cast
+        raise TimestepError(name, f"value {int(a.max())} is outside [{low}, {high}]")
     a = a.astype(np.int64, copy=False)
     if a.ndim > 1:
         raise TimestepError(name, f"must be a scalar or of shape (B,); got shape {a.shape}")

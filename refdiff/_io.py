@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FileFormatError
+from .errors import DTypeError, FileFormatError
 
 __all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "save_npz", "load_npz"]
 
@@ -58,7 +58,7 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``numpy.savez`` through :func:`atomic_write`; refuses object arrays (no pickle)."""
     for k, a in arrays.items():
         if np.asarray(a).dtype.hasobject:
-            raise TypeError(f"{k}: object arrays cannot be saved without pickle")
+            raise DTypeError(k, "object arrays cannot be saved without pickle")
     with atomic_write(path) as f:
         np.savez(f, **arrays)
 

@@ -8,7 +8,7 @@ import sys
 
 # name -> ("module:function", one-line help, extra that provides it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("refdiff.demo:main", "train, export, sample on ONNX and verify, in one go", "deploy,plots"),
+    "demo": ("refdiff.export.demo:main", "train, export, sample on ONNX and verify, in one go", "deploy,plots"),
     "export": ("refdiff.export.cli:export_main", "export denoisers and samplers to ONNX", "deploy"),
     "sample": ("refdiff.export.cli:sample_main", "run DDPM/DDIM with an ONNX denoiser", "deploy"),
     "vectors": ("refdiff.vectors:main", "write or check golden vectors", ""),

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._check import as_batch, noise_or_rng, option, per_sample, same_shape, state_and_t
+from ._check import (
+    as_batch,
+    as_float_array,
+    noise_or_rng,
+    option,
+    per_sample,
+    same_shape,
+    state_and_t,
+)
+from .errors import ShapeError
 from .forward import q_mean_var, q_sample
 from .parameterization import PREDICTION_TYPES, from_x0_eps
 from .posterior import LOG_VARIANCE_CLIPPINGS, posterior_log_variance, posterior_mean_var
@@ -139,6 +148,10 @@ def vlb_bpd(
     terms = np.empty((T + 1, x.shape[0]))
     terms[0] = prior_bpd(schedule, x)
     learned = options.get("variance_type", "fixed_small") in LEARNED
+    if noise is not None:
+        noise = as_float_array(noise, "noise")
+        if noise.shape != (T, *x.shape):
+            raise ShapeError("noise", f"shape {noise.shape} is not (T={T}, *{x.shape})")
     for t in range(1, T + 1):
         z = noise_or_rng(None if noise is None else np.asarray(noise)[t - 1], rng, x.shape)
         xt = q_sample(schedule, x, t, noise=z)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._check import check_size
 from ._io import load_npz, save_npz
 from .errors import FileFormatError, InputError, ShapeError
 
@@ -93,6 +94,8 @@ def init_mlp(
     if embed_dim % 2:
         raise InputError("embed_dim", f"must be even; got {embed_dim}")
     out_dim = data_dim if out_dim is None else out_dim
+    n_weights = (data_dim + embed_dim + (depth - 1) * hidden + out_dim) * hidden
+    check_size((n_weights,), "hidden")  # before allocating (docs/reliability.md)
     sizes = [data_dim + embed_dim] + [hidden] * depth + [out_dim]
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
@@ -115,8 +118,12 @@ def load_mlp(path) -> MLP:
         mlp = MLP(layers, int(z["embed_dim"]), float(z["max_period"]))
     except KeyError as e:
         raise FileFormatError(path, f"not an MLP weight file (missing {e})") from None
+    except (TypeError, ValueError) as e:  # non-scalar embed_dim / max_period, non-numeric data
+        raise FileFormatError(path, f"not an MLP weight file ({e})") from None
     if n == 0 or any(W.ndim != 2 or b.shape != (W.shape[1],) for W, b in layers):
         raise FileFormatError(path, "layer shapes do not chain")
+    if not (0 < mlp.embed_dim < layers[0][0].shape[0] and mlp.embed_dim % 2 == 0):
+        raise FileFormatError(path, f"embed_dim {mlp.embed_dim} does not fit W0 {layers[0][0].shape}")
     for (W1, _), (W2, _) in zip(layers[:-1], layers[1:]):
         if W1.shape[1] != W2.shape[0]:
             raise FileFormatError(path, "layer shapes do not chain")

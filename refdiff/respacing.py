@@ -6,6 +6,8 @@ Every function returns the kept times in refdiff's convention: ascending int64 t
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ._check import option
@@ -44,7 +46,9 @@ def spaced_times(T: int, num_steps: int, spacing: str = "leading", steps_offset:
     if spacing == "leading":
         idx = np.arange(N, dtype=np.int64) * (T // N) + int(steps_offset)
     elif spacing == "trailing":
-        idx = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
+        # diffusers' float arange sometimes yields an (N+1)-th value ≈ 0 (e.g. T=15, N=13);
+        # the first N values are the intended ones, computed exactly as arange does.
+        idx = np.round(np.arange(T, 0, -T / N)[:N]).astype(np.int64) - 1
     else:
         idx = np.linspace(0, T - 1, N).round().astype(np.int64)
     if idx.min() < 0 or idx.max() > T - 1:
@@ -73,6 +77,8 @@ def space_timesteps(T: int, sections: str | list[int]) -> np.ndarray:
                 want = int(sections[4:])
             except ValueError:
                 raise InputError("sections", f"bad 'ddimN' string {sections!r}") from None
+            if not 1 <= want <= T:
+                raise InputError("sections", f"{sections!r} asks for {want} of T={T} steps")
             for stride in range(1, T):
                 if len(range(0, T, stride)) == want:
                     return np.arange(0, T, stride, dtype=np.int64) + 1
@@ -82,7 +88,11 @@ def space_timesteps(T: int, sections: str | list[int]) -> np.ndarray:
         except ValueError:
             raise InputError("sections", f"bad section string {sections!r}") from None
     else:
-        counts = [int(c) for c in sections]
+        try:
+            counts = [operator.index(c) for c in sections]
+        except TypeError:
+            msg = f"must be 'ddimN', 'a,b,…' or a list of ints; got {sections!r}"
+            raise InputError("sections", msg) from None
     if not counts or any(c < 0 for c in counts):
         raise InputError("sections", f"needs non-negative counts; got {sections!r}")
     size_per, extra = divmod(T, len(counts))
@@ -97,4 +107,6 @@ def space_timesteps(T: int, sections: str | list[int]) -> np.ndarray:
             kept.append(start + round(pos))
             pos += stride
         start += size
+    if not kept:
+        raise InputError("sections", f"keeps no timestep: {sections!r}")
     return np.array(sorted(set(kept)), dtype=np.int64) + 1

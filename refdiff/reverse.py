@@ -11,14 +11,15 @@ No noise is added at the last step (t = 1) unless DDIM's ``final_step_noise`` sa
 States are float64 (B, *data_shape); t is an int in [1, T], scalar or (B,).  On a respaced
 schedule, t counts the kept steps and every formula uses the respaced ᾱ and β′.
 
-Named options (the peers disagree; docs/math.md §7 says who does what):
+Named options (the peers disagree; docs/math.md §7 defines them, §13 says who uses which):
 
 ``variance_type``
-    ``fixed_small``        β̃_t (posterior variance; DDPM paper σ² = β̃)
-    ``fixed_large``        β_t at every t (diffusers; respaced β′)
-    ``fixed_large_iddpm``  β̃_2 at t = 1, else β_t (improved-diffusion's append(β̃_1, β[1:]))
-    ``learned``            model_variance is a log-variance (improved-diffusion LEARNED)
-    ``learned_linear``     model_variance is a variance (diffusers "learned")
+    ``fixed_small``        β̃_t (posterior variance; DDPM paper σ² = β̃) (eq. 7.4)
+    ``fixed_large``        β_t at every t (diffusers; respaced β′) (eq. 7.5)
+    ``fixed_large_iddpm``  β̃_2 at t = 1, else β_t (eq. 7.6; improved-diffusion's 0-based
+                           append(posterior_variance[1], betas[1:]))
+    ``learned``            model_variance is a log-variance (improved-diffusion LEARNED; eq. 7.8)
+    ``learned_linear``     model_variance is a variance (diffusers "learned"; eq. 7.8)
     ``learned_range``      v ∈ [−1, 1] interpolates log β̃_t … log β_t (eq. 7.7)
 """
 
@@ -30,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._check import as_batch, noise_or_rng, option, per_sample, same_shape, state_and_t
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .parameterization import PREDICTION_TYPES, to_x0_eps
 from .posterior import (
     LOG_VARIANCE_CLIPPINGS,
@@ -186,7 +187,10 @@ def ddpm_parts(
         log_var = np.log(var)
     elif variance_type == "learned":
         log_var = mv
-        var = np.exp(mv)
+        with np.errstate(over="ignore"):
+            var = np.exp(mv)
+        if not np.isfinite(var).all():
+            raise NonFiniteError("model_variance", "exp(log-variance) overflows float64")
     elif variance_type == "learned_linear":
         if np.any(mv <= 0):
             raise InputError("model_variance", "learned_linear variances must be > 0")
@@ -195,7 +199,10 @@ def ddpm_parts(
         frac = (mv + 1.0) / 2.0
         lo = per_sample(posterior_log_variance(schedule, t, log_variance_clipping), n)
         log_var = frac * np.log(beta) + (1.0 - frac) * lo
-        var = np.exp(log_var)
+        with np.errstate(over="ignore"):
+            var = np.exp(log_var)
+        if not np.isfinite(var).all():
+            raise NonFiniteError("model_variance", "the interpolated variance overflows float64")
     return StepParts(mean, var, log_var, x0, eps)
 
 

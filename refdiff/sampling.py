@@ -16,6 +16,7 @@ so ``sample(rng=Generator(s))`` equals ``sample(*draw_noise(Generator(s), N, sha
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import numpy as np
@@ -34,8 +35,28 @@ Callback = Callable[[int, int, np.ndarray], None]
 
 def draw_noise(rng: np.random.Generator, num_steps: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(x_T, step_noise) drawn in the order the samplers draw them; float64."""
-    x_T = rng.standard_normal(shape)
+    from ._check import check_size, noise_or_rng
+
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 0:
+        raise InputError("num_steps", f"must be an int >= 0; got {num_steps!r}")
+    shape = _shape(shape)
+    check_size(shape, "shape", factor=int(num_steps) + 1)
+    x_T = noise_or_rng(None, rng, shape)
     return x_T, rng.standard_normal((num_steps, *shape))
+
+
+def _shape(shape) -> tuple[int, ...]:
+    """A state shape: a non-empty tuple of positive ints, at most MAX_ELEMENTS in all."""
+    from ._check import check_size
+
+    try:
+        out = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise ShapeError("shape", f"must be a tuple of ints; got {shape!r}") from None
+    if len(out) < 1 or min(out) < 1:
+        raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
+    check_size(out, "shape")
+    return out
 
 
 def _start(schedule, shape, x_T, step_noise, rng):
@@ -48,9 +69,7 @@ def _start(schedule, shape, x_T, step_noise, rng):
     else:
         if shape is None:
             raise InputError("shape", "give shape= or x_T=")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or min(shape) < 1:
-            raise ShapeError("shape", f"needs a batch axis and positive sizes; got {shape}")
+        shape = _shape(shape)
         if not isinstance(rng, np.random.Generator):
             from .errors import RandomnessError
 

@@ -1,4 +1,4 @@
-"""Noise schedules: β_t, α_t, ᾱ_t and what derives from them (docs/math.md §2, eqs. 2.1–2.9).
+"""Noise schedules: β_t, α_t, ᾱ_t and what derives from them (docs/math.md §2, eqs. 2.1–2.15).
 
 Time convention (docs/math.md §1): t ∈ {0, 1, …, T}; t = 0 is the data, step t adds the
 t-th noise.  Every per-step array of a :class:`Schedule` has length T + 1 and is indexed by t
@@ -65,7 +65,7 @@ class Schedule:
         timesteps: (T+1,) int64, the time of the *base* (training) schedule that step t of
             this schedule stands for; the identity unless respaced.  A denoiser trained on the
             base schedule is called with ``timesteps[t]``.
-        base_alpha_bar_1: ᾱ at base time 1 (the "final ᾱ" option of DDIM, eq. 5.6).
+        base_alpha_bar_1: ᾱ at base time 1 (the "final ᾱ" option of DDIM, eq. 7.10).
         name: a human-readable description.
     """
 
@@ -87,6 +87,17 @@ class Schedule:
             raise ScheduleError("alpha_bar", "entry t=0 must be the data (ᾱ=1, β=0, time 0)")
         if np.any(np.diff(ts) <= 0):
             raise ScheduleError("timesteps", "must be strictly increasing")
+        # The invariants every formula relies on (docs/reliability.md): finite, ᾱ strictly
+        # decreasing in [0, 1] and zero at most at t = T, β_t in (0, 1] for t >= 1.
+        if not (np.isfinite(b).all() and np.isfinite(ab).all()):
+            raise ScheduleError("alpha_bar", "beta and alpha_bar must be finite")
+        if np.any(np.diff(ab) >= 0) or ab[-1] < 0.0 or np.any(ab[1:-1] <= 0.0):
+            raise ScheduleError("alpha_bar", "must decrease strictly from 1, zero at most at t=T")
+        if np.any(b[1:] <= 0.0) or np.any(b[1:] > 1.0):
+            raise ScheduleError("beta", "β_t must be in (0, 1] for t >= 1")
+        if not 0.0 < self.base_alpha_bar_1 <= 1.0:
+            msg = f"must be in (0, 1]; got {self.base_alpha_bar_1!r}"
+            raise ScheduleError("base_alpha_bar_1", msg)
 
     # -- sizes ------------------------------------------------------------------------------
     @property
@@ -185,12 +196,18 @@ def from_betas(betas: object, *, name: str = "from_betas") -> Schedule:
         raise ScheduleError("betas", f"β_{i + 1} = 1 before the last step makes ᾱ zero early")
     beta = np.concatenate([[0.0], b])
     alpha_bar = np.cumprod(1.0 - beta)
+    stuck = np.flatnonzero(np.diff(alpha_bar) >= 0)
+    if stuck.size:  # 1 − β_t rounds to 1 (β_t < 1.1e-16), or ᾱ underflowed to 0 before t = T
+        i = int(stuck[0])
+        ab_i, b_i = float(alpha_bar[i]), float(b[i])
+        msg = f"ᾱ_{i + 1} = ᾱ_{i} = {ab_i!r} in float64 (β_{i + 1} = {b_i!r})"
+        raise ScheduleError("betas", msg)
     T = b.shape[0]
     return Schedule(beta, alpha_bar, np.arange(T + 1, dtype=np.int64), float(alpha_bar[1]), name)
 
 
 def from_alpha_bar(alpha_bar: object, *, name: str = "from_alpha_bar") -> Schedule:
-    """Schedule from ᾱ_1..ᾱ_T, shape (T,): strictly decreasing, in [0, 1), only ᾱ_T may be 0."""
+    """Schedule from ᾱ_1..ᾱ_T, shape (T,), via eq. 2.3: strictly decreasing, only ᾱ_T may be 0."""
     ab = as_float_array(alpha_bar, "alpha_bar")
     if ab.ndim != 1 or ab.shape[0] < 1:
         raise ScheduleError("alpha_bar", f"must be 1-D with T >= 1 entries; got {ab.shape}")

@@ -1,0 +1,201 @@
+"""Timing helpers: interleaved medians, the machine's copy bandwidth, peak memory.
+
+Every comparison in the benchmarks is made *inside one run*: the compared variants are
+timed in alternating blocks (round r times every variant once, the order rotating from
+round to round), so a noisy neighbour slows all of them alike.  A variant's time is the
+median over rounds of (block time / calls per block); a ratio is the median over rounds of
+the per-round ratio, which cancels drift that a ratio of medians would keep.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Timing",
+    "race",
+    "ratio",
+    "copy_bandwidth",
+    "machine_info",
+    "peak_python_bytes",
+    "max_rss_bytes",
+]
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of one variant, one entry per round."""
+
+    name: str
+    calls_per_block: int
+    per_call: list[float] = field(default_factory=list)
+    per_call_cpu: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        """Median over rounds of wall-clock seconds per call (the number reported)."""
+        return float(np.median(self.per_call))
+
+    @property
+    def best(self) -> float:
+        """Fastest round: the least disturbed by other processes."""
+        return float(np.min(self.per_call))
+
+    @property
+    def median_cpu(self) -> float:
+        """Median over rounds of this process's CPU seconds per call (all its threads)."""
+        return float(np.median(self.per_call_cpu))
+
+    @property
+    def spread(self) -> float:
+        """(p75 − p25) / median over rounds: how noisy this variant was."""
+        q25, q75 = np.percentile(self.per_call, [25, 75])
+        return float((q75 - q25) / self.median) if self.median > 0 else 0.0
+
+
+def _block(fn: Callable[[], object], n: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``n`` calls."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _calibrate(fn: Callable[[], object], block_s: float, max_calls: int) -> int:
+    """Calls per block so that one block lasts about ``block_s`` (at least one call)."""
+    fn()  # warm-up: first-call costs (imports, allocations, session setup) stay out
+    n = 1
+    while True:
+        dt = _block(fn, n)[0]
+        if dt >= block_s / 4 or n >= max_calls:
+            break
+        n *= 4
+    per = dt / n
+    return int(min(max_calls, max(1, round(block_s / max(per, 1e-9)))))
+
+
+def race(
+    variants: dict[str, Callable[[], object]],
+    *,
+    rounds: int = 7,
+    block_s: float = 0.02,
+    max_calls: int = 100_000,
+) -> dict[str, Timing]:
+    """Time ``variants`` interleaved: ``rounds`` rounds, each runs every variant for a block.
+
+    The order rotates each round (round r starts with variant r mod k).  The garbage
+    collector is paused inside blocks.  Returns name → :class:`Timing`.
+    """
+    names = list(variants)
+    out = {
+        nm: Timing(nm, _calibrate(variants[nm], block_s, max_calls)) for nm in names
+    }
+    was = gc.isenabled()
+    try:
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for nm in order:
+                gc.collect()
+                gc.disable()
+                dt, cpu = _block(variants[nm], out[nm].calls_per_block)
+                if was:
+                    gc.enable()
+                out[nm].per_call.append(dt / out[nm].calls_per_block)
+                out[nm].per_call_cpu.append(cpu / out[nm].calls_per_block)
+    finally:
+        if was:
+            gc.enable()
+    return out
+
+
+def ratio(a: Timing, b: Timing) -> float:
+    """Median over rounds of a/b (the rounds were interleaved, so each pair is adjacent)."""
+    n = min(len(a.per_call), len(b.per_call))
+    return float(np.median(np.asarray(a.per_call[:n]) / np.asarray(b.per_call[:n])))
+
+
+def copy_bandwidth(nbytes: int = 256 * 2**20, rounds: int = 7) -> float:
+    """Bytes per second of a large ``numpy.copyto`` (bytes read + bytes written).
+
+    The arrays (``nbytes`` each, default 256 MiB) are far larger than the last-level
+    cache, so this is the memory bandwidth a streaming step can reach from NumPy.
+    """
+    n = nbytes // 8
+    src = np.random.default_rng(0).standard_normal(n)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * src.nbytes / float(np.median(times))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, object]:
+    """CPU model, core count, memory, library versions (what is installed, not imported)."""
+    info: dict[str, object] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    try:
+        info["memory_gib"] = round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
+        )
+    except (ValueError, OSError, AttributeError):
+        pass
+    from importlib import metadata
+
+    for dist in ("torch", "diffusers", "onnxruntime", "onnxruntime-gpu", "onnx", "scipy"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+def peak_python_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes allocated through Python's and NumPy's allocators while ``fn()`` runs.
+
+    NumPy reports its array buffers to :mod:`tracemalloc`, so this is the peak of the
+    reference code's temporaries (not of onnxruntime, which allocates on its own).
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return int(peak - base)
+
+
+def max_rss_bytes() -> int:
+    """The process's resident-set high-water mark so far (Linux: ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,180 @@
+"""``refdiff bench``: race the reference and the ONNX samplers against their peers and floors.
+
+Sections (``--only`` picks some):
+
+- ``steps``    the reference DDPM/DDIM step and loop vs diffusers' schedulers, and the floor;
+- ``ort``      the onnxruntime samplers: per-step loop vs the bare denoiser, the whole-sampler
+               graph vs the loop, both vs the diffusers/optimum-style loop;
+- ``scaling``  time against steps and batch, peak memory;
+- ``stats``    seconds per statistical assertion of the statistical test suite.
+
+Prints a table per section and a summary of issue 7's targets, and writes every number as
+JSON (atomically).  ``--quick`` runs a smaller version (about a minute) that keeps every
+section.  Standalone: ``python benchmarks/run.py [options]`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("steps", "ort", "scaling", "stats")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refdiff bench",
+        description="Benchmarks: reference and ONNX samplers against peers and floors "
+        "(ratios measured side by side in one run).",
+    )
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~1 min)")
+    p.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="onnxruntime provider for the ort/scaling sections (default cpu)",
+    )
+    p.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default all)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results*.json)")
+    p.add_argument("--no-peers", action="store_true", help="skip torch/diffusers even if installed")
+    return p
+
+
+def _sections(text: str) -> list[str]:
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in out if s not in SECTIONS]
+    if bad or not out:
+        raise SystemExit(f"refdiff bench: --only takes {','.join(SECTIONS)}; got {text!r}")
+    return out
+
+
+def _default_out(args) -> Path:
+    name = "results"
+    if args.provider != "cpu":
+        name += f"-{args.provider}"
+    if args.quick:
+        name += "-quick"
+    return HERE / f"{name}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    sections = _sections(args.only)
+    from refdiff._io import write_json
+
+    from . import _timing, report
+
+    out_path = args.out or _default_out(args)
+    t_start = time.perf_counter()
+    info = _timing.machine_info()
+    print(f"refdiff bench{' --quick' if args.quick else ''} on {info['cpu']} ({info['cores']} cores)")
+    bw = _timing.copy_bandwidth(64 * 2**20 if args.quick else 256 * 2**20)
+    info["copy_bandwidth_GBps"] = bw / 1e9
+    print(f"  copy bandwidth (read + write, large numpy.copyto): {bw / 1e9:.1f} GB/s")
+    result: dict = {
+        "machine": info,
+        "quick": args.quick,
+        "provider": args.provider,
+        "sections": {},
+        "errors": {},
+    }
+
+    for name in sections:
+        t0 = time.perf_counter()
+        print(f"\n== {name} ==")
+        try:
+            result["sections"][name] = _run_section(name, args, bw)
+        except Exception as e:  # one broken section must not lose the others' numbers
+            traceback.print_exc()
+            result["errors"][name] = f"{type(e).__name__}: {e}"
+        else:
+            print(report.section_table(name, result["sections"][name]))
+        print(f"  ({name}: {time.perf_counter() - t0:.0f} s)")
+
+    result["targets"] = report.collect_targets(result["sections"])
+    result["wall_s"] = time.perf_counter() - t_start
+    print("\n== targets (issue 7) ==")
+    print(report.targets_table(result["targets"]))
+    write_json(out_path, _clean(result))
+    print(f"\nwrote {out_path} ({result['wall_s']:.0f} s)")
+    return 1 if result["errors"] else 0
+
+
+def _run_section(name: str, args, bw: float) -> dict:
+    if name == "steps":
+        from . import bench_steps
+
+        return bench_steps.run(quick=args.quick, bandwidth=bw, peers=not args.no_peers)
+    if name == "ort":
+        from . import bench_ort
+
+        return bench_ort.run(quick=args.quick, provider=args.provider, peers=not args.no_peers)
+    if name == "scaling":
+        from . import bench_scaling
+
+        return bench_scaling.run(quick=args.quick, provider=args.provider)
+    from . import bench_stats
+
+    return bench_stats.run(quick=args.quick)
+
+
+def _clean(obj):
+    """JSON-safe copy: NaN/Inf become None (write_json refuses them), tuples lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        try:
+            return _clean(obj.item())
+        except (TypeError, ValueError):
+            return str(obj)
+    return obj
+
+
+def bootstrap() -> None:
+    """Make ``refdiff`` and ``refdiff.export`` importable from a bare checkout (no install).
+
+    ``refdiff.export`` lives in the top-level ``export/`` folder, mapped by setuptools; a
+    checkout that was never installed (the GPU machine) gets the same mapping here.
+    """
+    root = HERE.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import importlib.util
+
+    import refdiff
+
+    try:
+        import refdiff.export  # noqa: F401
+    except ModuleNotFoundError:
+        if not (root / "export" / "__init__.py").is_file():
+            return
+        spec = importlib.util.spec_from_file_location(
+            "refdiff.export", root / "export" / "__init__.py", submodule_search_locations=[str(root / "export")]
+        )
+        if spec is None or spec.loader is None:
+            return
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["refdiff.export"] = mod
+        spec.loader.exec_module(mod)
+        refdiff.export = mod  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    bootstrap()
+    from benchmarks.run import main as _main
+
+    raise SystemExit(_main())

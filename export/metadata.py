@@ -1,0 +1,90 @@
+"""Self-describing models: what refdiff writes into ``metadata_props`` and how to read it back.
+
+Every model refdiff exports carries these keys (values are strings; JSON where structured):
+
+=============================  =====================================================================
+``refdiff.format``             ``"1"``: the version of this key set
+``refdiff.version``            the refdiff version that wrote the file
+``refdiff.kind``               ``denoiser`` | ``step`` | ``fused_step`` | ``sampler``
+``refdiff.prediction_type``    what the denoiser outputs: ``epsilon`` | ``x0`` | ``v`` | ``score``
+``refdiff.timestep_convention`` ``refdiff`` (t = 1..T, base time) or ``index`` (0-based, t − 1)
+``refdiff.schedule``           JSON: name, T, beta, alpha_bar, timesteps, base_alpha_bar_1 (float64
+                               values written with 17 significant digits: round-trips exactly)
+``refdiff.sampler``            JSON: ``{"name": "ddpm"|"ddim", "options": {...}}`` (step/sampler)
+``refdiff.noise``              ``input`` (noise is an input) or ``graph`` (RandomNormalLike, seeded)
+``refdiff.seed``               the seed of the in-graph noise (``noise = graph`` only)
+``refdiff.dtype``              ``float32`` | ``float16``: the denoiser's compute and I/O type
+``refdiff.inputs``             JSON ``{name: meaning}`` for every graph input
+``refdiff.outputs``            JSON ``{name: meaning}`` for every graph output
+``refdiff.denoiser``           JSON: what denoiser is inside (``mlp``, ``gaussian_mixture``, …)
+=============================  =====================================================================
+
+For a denoiser the schedule is the *base* (training) schedule it was built for; for a step,
+fused step or sampler it is the (possibly respaced) schedule the sampler walks, whose
+``timesteps`` map each step back to the base time the denoiser is called with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import numpy as np
+
+from refdiff.schedule import Schedule
+
+__all__ = ["PREFIX", "KINDS", "schedule_to_json", "schedule_from_json", "read_metadata", "base_metadata"]
+
+PREFIX = "refdiff."
+KINDS = ("denoiser", "step", "fused_step", "sampler")
+FORMAT = "1"
+
+
+def schedule_to_json(schedule: Schedule) -> str:
+    """The schedule as JSON; float64 values round-trip exactly (``repr`` floats)."""
+    return json.dumps(
+        {
+            "name": schedule.name,
+            "T": schedule.T,
+            "beta": [float(v) for v in schedule.beta],
+            "alpha_bar": [float(v) for v in schedule.alpha_bar],
+            "timesteps": [int(v) for v in schedule.timesteps],
+            "base_alpha_bar_1": float(schedule.base_alpha_bar_1),
+        },
+        separators=(",", ":"),
+    )
+
+
+def schedule_from_json(text: str) -> Schedule:
+    """Inverse of :func:`schedule_to_json` (raises ``ValueError``/``KeyError`` when malformed)."""
+    d = json.loads(text)
+    return Schedule(
+        np.asarray(d["beta"], dtype=np.float64),
+        np.asarray(d["alpha_bar"], dtype=np.float64),
+        np.asarray(d["timesteps"], dtype=np.int64),
+        float(d["base_alpha_bar_1"]),
+        str(d.get("name", "custom")),
+    )
+
+
+def read_metadata(model) -> dict[str, str]:
+    """``metadata_props`` of an ``onnx.ModelProto`` as a dict (all keys, not only refdiff's)."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def base_metadata(kind: str, **fields: object) -> dict[str, str]:
+    """The common keys plus ``fields`` (dicts/lists become JSON, None values are dropped)."""
+    from refdiff import __version__
+
+    if kind not in KINDS:
+        raise ValueError(kind)
+    out = {PREFIX + "format": FORMAT, PREFIX + "version": __version__, PREFIX + "kind": kind}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, Schedule):
+            v = schedule_to_json(v)
+        elif isinstance(v, Mapping | list | tuple):
+            v = json.dumps(v, separators=(",", ":"), sort_keys=True)
+        out[PREFIX + k] = str(v)
+    return out

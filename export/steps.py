@@ -1,0 +1,320 @@
+"""Graphs of one sampler step: the update alone, and the denoiser fused with the update.
+
+All step graphs keep the sampler state in float32 whatever the denoiser's type (a float16
+denoiser sees a cast copy; its output is cast back before the update), and carry the step
+counter ``k`` as an int64 scalar tensor so that a loop of ``run_with_iobinding`` calls never
+touches the host (docs/deploy.md, "Per-step loop").  Coefficients come from
+:mod:`refdiff.export.tables` (float64 on the host, one rounding to float32).
+
+:func:`step_model` — the update step (runtime mode ``"steps"``), for any denoiser signature:
+
+    inputs   x (B, *S) float32, model_output (B, *S) denoiser's output type,
+             [step_noise (N, B, *S) float32], k () int64
+    outputs  x_next (B, *S) float32, [x_model (B, *S) denoiser's state type],
+             t_model (the denoiser's time for step k + 1, its dtype and shape), k_next () int64
+
+:func:`fused_step_model` — denoiser + update in one graph (runtime mode ``"fused"``):
+
+    inputs   x (B, *S) float32, [step_noise (N, B, *S) float32], k () int64
+    outputs  x_next (B, *S) float32, k_next () int64
+
+``step_noise`` is present when the sampler adds noise and ``noise="input"``; with
+``noise="graph"`` it is drawn in-graph by ``RandomNormalLike`` with a fixed seed attribute.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+
+from refdiff.errors import InputError, OptionError
+
+from ._graph import OPSET, GraphBuilder, finish_model, onnx_dtype, tensor_info
+from .metadata import base_metadata
+from .model_io import DenoiserModel, SignatureError
+from .tables import StepTables
+
+__all__ = [
+    "NOISE_SOURCES",
+    "MAX_SEED",
+    "step_model",
+    "fused_step_model",
+    "embed_model",
+    "emit_update",
+    "emit_denoiser_call",
+    "state_dims",
+]
+
+NOISE_SOURCES = ("input", "graph")
+MAX_SEED = 2**22  # seeds are float attributes: 2·seed + 1 must be exact in float32
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < MAX_SEED:
+        raise InputError("seed", f"must be an int in [0, {MAX_SEED}); got {seed!r}")
+    return int(seed)
+
+
+def check_noise(noise: str) -> str:
+    if noise not in NOISE_SOURCES:
+        raise OptionError("noise", noise, list(NOISE_SOURCES))
+    return noise
+
+
+def state_dims(den: DenoiserModel, batch: int | None = None, state_shape=None) -> list:
+    """Dims of the state (B, *S) for graph inputs: ints where known, symbolic names elsewhere.
+
+    ``state_shape`` (full shape with batch) fixes unknown dims; it must agree with the model.
+    """
+    sig = den.signature.state_shape
+    if state_shape is not None:
+        state_shape = tuple(int(s) for s in state_shape)
+        if len(state_shape) != len(sig) or any(
+            a is not None and a != b for a, b in zip(sig[1:], state_shape[1:])
+        ):
+            raise InputError("shape", f"{state_shape} does not fit the model's state shape {sig}")
+        dims = [batch if batch is not None else "B", *state_shape[1:]]
+    else:
+        dims = [batch if batch is not None else "B"]
+        dims += [d if d is not None else f"d{i}" for i, d in enumerate(sig[1:], start=1)]
+    if sig[0] is not None and batch is not None and sig[0] != batch:
+        raise InputError("batch", f"the model's batch axis is fixed at {sig[0]}; got {batch}")
+    if sig[0] is not None and batch is None:
+        dims[0] = sig[0]
+    return dims
+
+
+# -- embedding a model's graph --------------------------------------------------------------
+def _rename_graph(g: onnx.GraphProto, fn) -> None:
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        vi.name = fn(vi.name)
+    for t in g.initializer:
+        t.name = fn(t.name)
+    for node in g.node:
+        node.input[:] = [fn(n) if n else n for n in node.input]
+        node.output[:] = [fn(n) if n else n for n in node.output]
+        if node.name:
+            node.name = fn(node.name)
+        for a in node.attribute:
+            if a.HasField("g"):
+                _rename_graph(a.g, fn)
+            for sub in a.graphs:
+                _rename_graph(sub, fn)
+
+
+def _at_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    if version == OPSET:
+        return model
+    try:
+        from onnx import version_converter
+
+        return version_converter.convert_version(model, OPSET)
+    except Exception as e:  # noqa: BLE001 - the converter raises many kinds
+        raise SignatureError(
+            label, f"cannot convert the model from opset {version} to {OPSET} to embed it ({e}); use mode='steps'"
+        ) from None
+
+
+def embed_model(b: GraphBuilder, den: DenoiserModel, x: str, t: str, prefix: str) -> str:
+    """Copy the denoiser's nodes into ``b`` reading ``x`` and ``t``; returns its output's name.
+
+    Every name of the embedded graph (subgraphs included) gets ``prefix``; its initializers
+    become initializers of ``b``'s outermost graph, so a Loop body can use them.
+    """
+    sig = den.signature
+    model = _at_opset(den.model, den.label)
+    g = copy.deepcopy(model.graph)
+    if len(g.sparse_initializer):
+        raise SignatureError(den.label, "models with sparse initializers cannot be embedded; use mode='steps'")
+    mapping = {sig.state_input: x, sig.time_input: t}
+
+    def fn(name: str) -> str:
+        return mapping.get(name, prefix + name)
+
+    out_name = fn(sig.output)
+    _rename_graph(g, fn)
+    b.add_nodes(list(g.node))
+    b.initializers.extend(g.initializer)
+    for o in model.opset_import:
+        if o.domain not in ("", "ai.onnx"):
+            b.extra_opsets[o.domain] = max(o.version, b.extra_opsets.get(o.domain, 0))
+    b.functions.extend(model.functions)
+    return out_name
+
+
+# -- pieces -------------------------------------------------------------------------------------
+def _table(b: GraphBuilder, values: np.ndarray, k: str, hint: str) -> str:
+    return b.gather(b.const(np.asarray(values, dtype=np.float64), np.float32, hint), k)
+
+
+def emit_update(b: GraphBuilder, tables: StepTables, x: str, out: str, z: str | None, k: str) -> str:
+    """x_next = A_k x + B_k o + C_k clip(a_x,k x + a_o,k o) + S_k z (float32; tables module)."""
+    y = b.op("Mul", _table(b, tables.A, k, "coef_A"), x)
+    if np.any(tables.B != 0):
+        y = b.op("Add", y, b.op("Mul", _table(b, tables.B, k, "coef_B"), out))
+    if tables.clip is not None:
+        x0 = b.op(
+            "Add",
+            b.op("Mul", _table(b, tables.ax, k, "coef_ax"), x),
+            b.op("Mul", _table(b, tables.ao, k, "coef_ao"), out),
+        )
+        c = tables.clip
+        x0 = b.op("Clip", x0, b.const(np.float32(-c)), b.const(np.float32(c)))
+        y = b.op("Add", y, b.op("Mul", _table(b, tables.C, k, "coef_C"), x0))
+    if z is not None:
+        y = b.op("Add", y, b.op("Mul", _table(b, tables.S, k, "coef_S"), z))
+    return y
+
+
+def model_time_table(den: DenoiserModel, tables: StepTables) -> np.ndarray:
+    """(N + 1,) the denoiser's time argument at step k; entry N repeats N − 1 (never used)."""
+    base = np.concatenate([tables.base_t, tables.base_t[-1:]])
+    return den.model_time(base)
+
+
+def emit_model_time(b: GraphBuilder, den: DenoiserModel, tables: StepTables, k: str, x: str, batch) -> str:
+    """The denoiser's time input for step ``k``, shaped as its signature wants."""
+    table = b.const(model_time_table(den, tables), hint="model_time")
+    t = b.gather(table, k)  # ()
+    kind = den.signature.time_shape
+    if kind == "scalar":
+        return t
+    if kind == "one":
+        return b.op("Unsqueeze", t, b.const(np.array([0], np.int64), hint="axes"))
+    shape = b.const(np.array([batch], np.int64)) if isinstance(batch, int) else b.batch_of(x)
+    return b.op("Expand", t, shape)
+
+
+def emit_denoiser_call(b: GraphBuilder, den: DenoiserModel, x: str, t: str, prefix: str = "den/") -> str:
+    """Call the embedded denoiser on float32 ``x``; returns its output as float32."""
+    sig = den.signature
+    xm = x if sig.state_dtype == np.float32 else b.cast(x, sig.state_dtype)
+    out = embed_model(b, den, xm, t, prefix)
+    return out if sig.output_dtype == np.float32 else b.cast(out, np.float32)
+
+
+def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, seed: int | None):
+    """The standard-normal z of step k: a slice of the ``step_noise`` input, or in-graph."""
+    if not tables.noisy:
+        return None
+    if noise == "input":
+        return b.gather("step_noise", k)
+    return b.op("RandomNormalLike", x, dtype=onnx.TensorProto.FLOAT, mean=0.0, scale=1.0, seed=float(seed))
+
+
+def sampler_metadata(kind: str, den: DenoiserModel, tables: StepTables, noise: str, seed, io: tuple) -> dict:
+    den_meta = den.signature.metadata
+    described = den_meta.get("refdiff.denoiser")
+    return base_metadata(
+        kind,
+        prediction_type=tables.prediction_type,
+        timestep_convention=den.timestep_convention,
+        schedule=tables.schedule,
+        sampler={"name": tables.sampler, "options": tables.options},
+        noise=noise,
+        seed=seed if noise == "graph" else None,
+        dtype=np.dtype(den.signature.state_dtype).name,
+        inputs=io[0],
+        outputs=io[1],
+        denoiser=json.loads(described) if described else {
+            "type": "external",
+            "producer": f"{den.model.producer_name} {den.model.producer_version}".strip(),
+            "state_input": den.signature.state_input,
+            "time_input": den.signature.time_input,
+            "output": den.signature.output,
+        },
+        noise_layout="x_T (B, *S); step_noise (N, B, *S), step_noise[k] is used by the k-th step (time N-k to N-k-1)",
+    )
+
+
+def _finish(b, name, ins, outs, meta, doc):
+    try:
+        return finish_model(b.graph(name, ins, outs), meta, doc=doc, builder=b)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise SignatureError("<model>", f"the composed graph does not check ({str(e).splitlines()[0]})") from None
+
+
+# -- models -------------------------------------------------------------------------------------
+def step_model(
+    den: DenoiserModel,
+    tables: StepTables,
+    *,
+    noise: str = "input",
+    seed: int = 0,
+    batch: int | None = None,
+    state_shape=None,
+) -> onnx.ModelProto:
+    """The update step for the denoiser ``den`` (signature, dtypes, time convention).
+
+    See the module docstring for inputs and outputs.  ``batch``: None (dynamic) or fixed
+    (CUDA graphs need fixed shapes).  ``seed``: of ``RandomNormalLike`` when ``noise="graph"``.
+    """
+    check_noise(noise)
+    seed = check_seed(seed)
+    sig = den.signature
+    dims = state_dims(den, batch, state_shape)
+    b = GraphBuilder()
+    k = "k"
+    z = emit_noise(b, tables, noise, "x", k, seed)
+    out = "model_output" if sig.output_dtype == np.float32 else b.cast("model_output", np.float32)
+    xn = emit_update(b, tables, "x", out, z, k)
+    b.op("Identity", xn, outputs=["x_next"])
+    kn = b.op("Add", k, b.const(np.int64(1)), outputs=["k_next"])
+    outputs = [tensor_info("x_next", np.float32, dims)]
+    meaning_out = {"x_next": "state after step k, float32"}
+    if sig.state_dtype != np.float32:
+        b.op("Cast", "x_next", outputs=["x_model"], to=onnx_dtype(sig.state_dtype))
+        outputs.append(tensor_info("x_model", sig.state_dtype, dims))
+        meaning_out["x_model"] = "x_next cast to the denoiser's state type"
+    tm = emit_model_time(b, den, tables, kn, "x", dims[0])
+    b.op("Identity", tm, outputs=["t_model"])
+    t_dims = {"scalar": [], "one": [1], "batch": [dims[0]]}[sig.time_shape]
+    outputs += [tensor_info("t_model", sig.time_dtype, t_dims), tensor_info("k_next", np.int64, [])]
+    meaning_out.update(t_model="the denoiser's time argument for step k + 1", k_next="k + 1")
+    inputs = [tensor_info("x", np.float32, dims), tensor_info("model_output", sig.output_dtype, dims)]
+    meaning_in = {"x": "state at step k (time N-k), float32", "model_output": "denoiser output at (x, step k)"}
+    if z is not None and noise == "input":
+        inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
+        meaning_in["step_noise"] = "(N, B, *S) standard normal; slice k is used"
+    inputs.append(tensor_info("k", np.int64, []))
+    meaning_in["k"] = "step index, 0-based (int64 scalar)"
+    meta = sampler_metadata("step", den, tables, noise, seed, (meaning_in, meaning_out))
+    return _finish(b, "refdiff_step", inputs, outputs, meta, "refdiff DDPM/DDIM update step")
+
+
+def fused_step_model(
+    den: DenoiserModel,
+    tables: StepTables,
+    *,
+    noise: str = "input",
+    seed: int = 0,
+    batch: int | None = None,
+    state_shape=None,
+) -> onnx.ModelProto:
+    """Denoiser and update in one graph (one ``run`` per step); see the module docstring."""
+    check_noise(noise)
+    seed = check_seed(seed)
+    dims = state_dims(den, batch, state_shape)
+    b = GraphBuilder()
+    k = "k"
+    t = emit_model_time(b, den, tables, k, "x", dims[0])
+    out = emit_denoiser_call(b, den, "x", t)
+    z = emit_noise(b, tables, noise, "x", k, seed)
+    xn = emit_update(b, tables, "x", out, z, k)
+    b.op("Identity", xn, outputs=["x_next"])
+    b.op("Add", k, b.const(np.int64(1)), outputs=["k_next"])
+    inputs = [tensor_info("x", np.float32, dims)]
+    meaning_in = {"x": "state at step k (time N-k), float32"}
+    if z is not None and noise == "input":
+        inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
+        meaning_in["step_noise"] = "(N, B, *S) standard normal; slice k is used"
+    inputs.append(tensor_info("k", np.int64, []))
+    meaning_in["k"] = "step index, 0-based (int64 scalar)"
+    outputs = [tensor_info("x_next", np.float32, dims), tensor_info("k_next", np.int64, [])]
+    meaning_out = {"x_next": "state after step k, float32", "k_next": "k + 1"}
+    meta = sampler_metadata("fused_step", den, tables, noise, seed, (meaning_in, meaning_out))
+    return _finish(b, "refdiff_fused_step", inputs, outputs, meta, "refdiff denoiser + DDPM/DDIM step")
