@@ -188,17 +188,22 @@ def load_model(source: object, *, load_external_data: bool = True) -> tuple[onnx
     meta = read_metadata(model)
     if PREFIX + "format" in meta and END_KEY not in meta:
         raise CorruptModelError(label, "refdiff metadata is incomplete: the file is truncated")
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptModelError(label, f"not a valid ONNX model (truncated or corrupted?): {first}") from None
-    if load_external_data and path is not None and any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model.graph)
-    ):
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model.graph))
+    if external and load_external_data and path is not None:
         from onnx.external_data_helper import load_external_data_for_model
 
-        load_external_data_for_model(model, str(path.parent))
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as e:
+            raise ExternalDataError(label, f"external data cannot be read ({e})") from None
+    try:
+        if external and not load_external_data and path is not None:
+            onnx.checker.check_model(str(path))  # resolves external data next to the file
+        else:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, UnicodeDecodeError) as e:  # bad UTF-8 in a name
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptModelError(label, f"not a valid ONNX model (truncated or corrupted?): {first}") from None
     return model, path
 
 

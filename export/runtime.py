@@ -206,8 +206,8 @@ class OrtSampler:
 
     def _init_sampler_model(self, proto, path, meta, schedule, sampler, mode, options, provider, sess_kw):
         label = str(path) if path is not None else "<model>"
-        if schedule is not None or options or mode not in ("steps", "graph") or sampler not in ("ddpm", meta_sampler(meta)):
-            raise InputError("model", f"{label} is a complete sampler; its schedule and options are baked in")
+        if schedule is not None or options or mode == "fused":
+            raise InputError("model", f"{label} is a complete sampler (schedule, sampler and options are baked in)")
         if self.cuda_graph:
             raise InputError("cuda_graph", "CUDA graphs cannot hold a Loop")
         self.mode = "graph"
@@ -395,18 +395,11 @@ class OrtSampler:
                 if bar is not None:
                     bar.update(1)
                 if callback is not None:
-                    callback(i, N - i - 1, x[1 - p].numpy())
+                    callback(i, N - i - 1, np.array(x[1 - p].numpy(), copy=True))
         finally:
             if bar is not None:
                 bar.close()
-        return x[N % 2].numpy()
-
-
-def meta_sampler(meta: dict) -> str:
-    try:
-        return json.loads(meta.get(PREFIX + "sampler", "{}")).get("name", "ddpm")
-    except ValueError:
-        return "ddpm"
+        return np.array(x[N % 2].numpy(), copy=True)  # .numpy() may alias the buffer
 
 
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:

@@ -27,7 +27,7 @@ def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:
     if a.dtype.kind not in "fiu":
         raise DTypeError(name, f"dtype {a.dtype} is not a real number type")
     a = a.astype(np.float64, copy=False)
-    if finite and a.size and not np.isfinite(a).all():
+    if finite and a.size and not _all_finite(a):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise NonFiniteError(name, f"{bad} of {a.size} values are NaN or Inf")
     return a
@@ -47,11 +47,27 @@ def check_size(shape: tuple[int, ...], name: str, *, factor: int = 1) -> None:
         )
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """True when no value of the float64 array ``a`` is NaN or ±Inf.
+
+    For large arrays a finite sum proves every value finite (NaN and ±Inf propagate through
+    addition) in one pass without a boolean temporary; a non-finite sum (possibly an
+    overflow of finite values) is settled by the elementwise test.
+    """
+    if a.size > 4096:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if math.isfinite(np.add.reduce(a, axis=None)):
+                return True
+    return bool(np.logical_and.reduce(np.isfinite(a), axis=None))
+
+
 def as_batch(x: object, name: str) -> np.ndarray:
     """A float64 state of shape (B, *data_shape), B >= 1."""
     a = as_float_array(x, name)
     if a.ndim < 1:
         raise ShapeError(name, f"needs a batch axis; got a scalar (shape {a.shape})")
+    if a.size == 0:
+        raise ShapeError(name, f"is empty (shape {a.shape})")
     return a
 
 
@@ -63,10 +79,23 @@ def option(value: object, name: str, valid: Sequence[str]) -> str:
 
 def timesteps(t: object, name: str, *, low: int, high: int, batch: int | None = None) -> np.ndarray:
     """Integer timesteps in [low, high], as an int64 array (scalar or shape (B,))."""
-    a = np.asarray(t)
+    if type(t) is int or (type(t) is np.ndarray and t.ndim == 0 and t.dtype == np.int64):
+        # Fast path for one plain integer (every step of a sampling loop): the same checks
+        # and the same result as below, without the array reductions (~3 µs a call).
+        v = int(t)
+        if v < low or v > high:
+            raise TimestepError(name, f"value {v} is outside [{low}, {high}]")
+        return np.asarray(t, dtype=np.int64)
+    try:
+        a = np.asarray(t)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise TimestepError(name, f"cannot be read as an array ({e})") from None
     if a.dtype.kind == "f":
         if a.size and not (np.isfinite(a).all() and (a == np.round(a)).all()):
             raise TimestepError(name, f"must be integers; got {a.ravel()[:4]!r}")
+        if a.size and float(np.abs(a).max()) > 2.0**62:  # before an overflowing int64 cast
+            bad = a.ravel()[np.argmax(np.abs(a))]
+            raise TimestepError(name, f"value {bad:.6g} is outside [{low}, {high}]")
         a = a.astype(np.int64)
     elif a.dtype.kind not in "iu":
         raise TimestepError(name, f"must be integers; got dtype {a.dtype}")

@@ -23,6 +23,10 @@ from .errors import DTypeError, FileFormatError
 __all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "save_npz", "load_npz"]
 
 
+_UMASK = os.umask(0)  # read the process umask once (os.umask can only read by setting)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
     """Context manager yielding a binary file; on success it replaces ``path`` atomically."""
@@ -30,6 +34,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual umask mode
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

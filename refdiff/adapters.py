@@ -175,6 +175,9 @@ class DiffusersTarget:
         if step is None:
             step = getattr(self._factory(), "step")
         params = inspect.signature(step).parameters
+        if dtype is None:
+            inst = probe if hasattr(probe, "alphas_cumprod") else self._factory()
+            dtype = str(to_numpy(inst.alphas_cumprod).dtype)
         self.kind = "ddim" if "eta" in params else "ddpm"
         self._variance_noise = "variance_noise" in params
         self.variance_aliases = dict(variance_aliases or {})
@@ -228,7 +231,8 @@ class DiffusersTarget:
     def scheduler(self, setting, options: Mapping[str, object] | None = None):
         """A scheduler configured for ``setting`` and ``options`` with ``set_timesteps`` done."""
         cfg = self._config(setting, options)
-        key = tuple(sorted((k, repr(v)) for k, v in cfg.items()))
+        n = setting.num_steps or setting.T
+        key = (n, *sorted((k, repr(v)) for k, v in cfg.items()))
         if key not in self._cache:
             s = self._factory(**cfg)
             s.set_timesteps(setting.num_steps or setting.T)
@@ -261,6 +265,9 @@ class DiffusersTarget:
             self._tensor(sched, x0), self._tensor(sched, noise), from_numpy_like(ts, like, "int64")
         )
         return to_numpy(out).astype(np.float64)
+
+    def posterior(self, setting, x0, x_t, t):
+        raise Unsupported("diffusers schedulers have no posterior method (checked through step)")
 
     def _neutral(self) -> dict:
         return {"variance_type": "fixed_small"} if self.kind == "ddpm" else {}

@@ -31,7 +31,7 @@ from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.linalg import cho_solve
 
 from ._check import as_batch, as_float_array, option
 from .errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "AffineStep",
     "as_mixture",
     "marginal",
+    "forward_joint",
     "posterior_mean_x0",
     "score",
     "denoiser",
@@ -224,7 +225,7 @@ class GaussianMixture:
 
     def log_prob(self, x) -> np.ndarray:
         """log Σ_k w_k N(x; m_k, S_k) for x (n, D) (or (n,) when D = 1): shape (n,)."""
-        return logsumexp(self.component_log_probs(x), axis=1)
+        return _logsumexp(self.component_log_probs(x))
 
     def mean(self) -> np.ndarray:
         """Σ w_k m_k, shape (D,)."""
@@ -291,47 +292,109 @@ def marginal(data: Law, schedule_or_alpha_bar: Schedule | float, t: int | None =
     return GaussianMixture(mix.weights, a * mix.means, ab * mix.covs + (1.0 - ab) * np.eye(mix.dim))
 
 
+def forward_joint(data: Law, alpha_bars) -> Gaussian:
+    """The joint law of (x_{τ_1}, …, x_{τ_k}) of one forward trajectory, stacked to (k·D,).
+
+    ``alpha_bars``: ᾱ at the k times, non-increasing (ᾱ = 1 is x_0 itself).  For Gaussian
+    data N(m, S): block i has mean √ᾱ_i m and, for i ≤ j, Cov(x_i, x_j) =
+    √(ᾱ_j/ᾱ_i) (ᾱ_i S + (1−ᾱ_i) I), since x_j = √(ᾱ_j/ᾱ_i) x_i + independent noise (eq. 3.3).
+    """
+    g = _gaussian(data, "forward_joint")
+    ab = as_float_array(alpha_bars, "alpha_bars").reshape(-1)
+    if ab.size < 1 or np.any(ab < 0) or np.any(ab > 1) or np.any(np.diff(ab) > 0):
+        raise InputError("alpha_bars", f"must be non-increasing values in [0, 1]; got {ab}")
+    if np.any(ab[:-1] == 0.0):
+        raise InputError("alpha_bars", "ᾱ = 0 can only be the last time")
+    D, k = g.dim, ab.size
+    mean = np.concatenate([math.sqrt(a) * g.mean for a in ab])
+    cov = np.empty((k * D, k * D))
+    for i in range(k):
+        ci = ab[i] * g.cov + (1.0 - ab[i]) * np.eye(D)
+        for j in range(i, k):
+            block = math.sqrt(ab[j] / ab[i]) * ci
+            cov[i * D : (i + 1) * D, j * D : (j + 1) * D] = block
+            cov[j * D : (j + 1) * D, i * D : (i + 1) * D] = block.T
+    return Gaussian(mean, cov)
+
+
 # -- the posterior of x_0 given x_t -------------------------------------------------------------
 class _Posterior(NamedTuple):
-    resp: np.ndarray  # (B, K) posterior component weights r_k(x_t)
-    means: np.ndarray  # (B, K, D) E[x_0 | x_t, k]
-    covs: np.ndarray  # (K, D, D) Cov[x_0 | x_t, k]
-    scores: np.ndarray  # (B, K, D) −C_k⁻¹ (x_t − √ᾱ m_k)
+    resp: list[np.ndarray]  # K × (B,) posterior component weights r_k(x_t)
+    means: list[np.ndarray]  # K × (B, D) E[x_0 | x_t, k]
+    covs: list[np.ndarray]  # K × (D, D) Cov[x_0 | x_t, k]
+    scores: list[np.ndarray]  # K × (B, D) −C_k⁻¹ (x_t − √ᾱ m_k)
+
+    def mix(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Σ_k r_k parts[k] for parts K × (B, D): shape (B, D)."""
+        out = self.resp[0][:, None] * parts[0]
+        for r, p in zip(self.resp[1:], parts[1:]):
+            out += r[:, None] * p
+        return out
 
 
 def _posterior(mix: GaussianMixture, x: np.ndarray, ab: float) -> _Posterior:
-    """Component posteriors of x_0 given x (B, D) at one ᾱ (joint-Gaussian conditioning)."""
+    """Component posteriors of x_0 given x (B, D) at one ᾱ (joint-Gaussian conditioning).
+
+    Component k: C = ᾱ S + (1−ᾱ) I, E[x_0|x,k] = m + √ᾱ S C⁻¹ (x − √ᾱ m),
+    Cov[x_0|x,k] = S − ᾱ S C⁻¹ S, log r_k = log w_k + log N(x; √ᾱ m, C) − log p(x).
+    """
     a, D = math.sqrt(ab), mix.dim
     eye = np.eye(D)
     B, K = x.shape[0], mix.K
-    logp = np.empty((B, K))
-    means = np.empty((B, K, D))
-    covs = np.empty((K, D, D))
-    scores = np.empty((B, K, D))
+    logp, means, covs, scores = [], [], [], []
     with np.errstate(divide="ignore"):
         lw = np.log(mix.weights)
     for k in range(K):
         S, m = mix.covs[k], mix.means[k]
         C = ab * S + (1.0 - ab) * eye
         chol = np.linalg.cholesky(C)
-        d = (x - a * m).T  # (D, B)
-        y = np.linalg.solve(chol, d)
-        cinv_d = np.linalg.solve(chol.T, y)  # C⁻¹ d, (D, B)
-        logp[:, k] = lw[k] - 0.5 * (
-            np.einsum("db,db->b", y, y)
-            + 2.0 * np.log(np.diag(chol)).sum()
-            + D * math.log(2 * math.pi)
-        )
-        means[:, k] = m + a * (S @ cinv_d).T
-        cinv_s = np.linalg.solve(chol.T, np.linalg.solve(chol, S))
-        post = S - ab * S @ cinv_s
-        covs[k] = 0.5 * (post + post.T)
-        scores[:, k] = -cinv_d.T
+        cinv = cho_solve((chol, True), eye)
+        cinv = 0.5 * (cinv + cinv.T)
+        d = x - a * m  # (B, D)
+        cd = _right_mul(d, cinv)  # rows C⁻¹ d
+        if K > 1:
+            logdet = 2.0 * np.log(np.diag(chol)).sum()
+            quad = (d * cd).sum(axis=1) if D > 1 else (d * cd)[:, 0]
+            logp.append(lw[k] - 0.5 * (quad + logdet + D * math.log(2.0 * math.pi)))
+        means.append(m + a * _right_mul(cd, S))  # m + √ᾱ S C⁻¹ d (S symmetric)
+        post = S - ab * S @ cinv @ S
+        covs.append(0.5 * (post + post.T))
+        scores.append(-cd)
     if K == 1:
-        resp = np.ones((B, 1))
+        resp = [np.ones(B)]
     else:
-        resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+        mx = logp[0].copy()
+        for lp in logp[1:]:
+            np.maximum(mx, lp, out=mx)
+        mx[~np.isfinite(mx)] = 0.0
+        ex = [np.exp(lp - mx) for lp in logp]
+        tot = ex[0].copy()
+        for e in ex[1:]:
+            tot += e
+        resp = [e / tot for e in ex]
     return _Posterior(resp, means, covs, scores)
+
+
+def _right_mul(x: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """x @ M for (B, D) x and a small (D, D) M, column by column (faster than BLAS here)."""
+    D = M.shape[0]
+    if D > 4:
+        return x @ M
+    out = np.empty_like(x)
+    for j in range(D):
+        col = x[:, 0] * M[0, j]
+        for i in range(1, D):
+            col += x[:, i] * M[i, j]
+        out[:, j] = col
+    return out
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """log Σ_k exp(a[:, k]) for (B, K): shape (B,)."""
+    mx = np.max(a, axis=1)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return mx + np.log(np.exp(a - mx[:, None]).sum(axis=1))
 
 
 def _per_sample_alpha_bar(alpha_bar: object, B: int) -> np.ndarray:
@@ -352,6 +415,8 @@ def _by_alpha_bar(data: Law, x_t, alpha_bar, fn: Callable[[_Posterior], np.ndarr
     mix = as_mixture(data)
     x = _points(x_t, mix.dim, "x_t")
     ab = _per_sample_alpha_bar(alpha_bar, x.shape[0])
+    if ab.size and np.all(ab == ab[0]):
+        return fn(_posterior(mix, x, float(ab[0])))
     out = np.empty_like(x)
     for v in np.unique(ab):
         idx = np.flatnonzero(ab == v)
@@ -364,7 +429,7 @@ def posterior_mean_x0(data: Law, x_t, alpha_bar) -> np.ndarray:
 
     ``x_t`` (B, D); ``alpha_bar`` a scalar or per sample, broadcastable as (B, 1).
     """
-    return _by_alpha_bar(data, x_t, alpha_bar, lambda p: np.einsum("bk,bkd->bd", p.resp, p.means))
+    return _by_alpha_bar(data, x_t, alpha_bar, lambda p: p.mix(p.means))
 
 
 def score(data: Law, x_t, alpha_bar) -> np.ndarray:
@@ -373,7 +438,7 @@ def score(data: Law, x_t, alpha_bar) -> np.ndarray:
     Tweedie's formula E[x_0|x_t] = (x_t + (1−ᾱ) ∇ log p_t(x_t)) / √ᾱ links it to
     :func:`posterior_mean_x0` (tested, not used: the two are computed independently).
     """
-    return _by_alpha_bar(data, x_t, alpha_bar, lambda p: np.einsum("bk,bkd->bd", p.resp, p.scores))
+    return _by_alpha_bar(data, x_t, alpha_bar, lambda p: p.mix(p.scores))
 
 
 def _base_alpha_bar(schedule: Schedule, t: np.ndarray) -> np.ndarray:
@@ -493,7 +558,7 @@ class ReverseKernel:
             [lw[:, k] + _rowwise_logpdf(x, self.means[:, k], self.covs[k]) for k in range(K)],
             axis=1,
         )
-        return logsumexp(lp, axis=1)
+        return _logsumexp(lp)
 
 
 def _rowwise_logpdf(x: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -512,8 +577,9 @@ def reverse_kernel(data: Law, schedule: Schedule, x_t, t: int) -> ReverseKernel:
     x = _points(x_t, mix.dim, "x_t")
     c0, ct, v = reverse_coefficients(schedule, t)
     p = _posterior(mix, x, float(schedule.alpha_bar[t]))
-    covs = c0**2 * p.covs + v * np.eye(mix.dim)
-    return ReverseKernel(p.resp, c0 * p.means + ct * x[:, None, :], covs)
+    covs = c0**2 * np.stack(p.covs) + v * np.eye(mix.dim)
+    means = np.stack([c0 * m + ct * x for m in p.means], axis=1)
+    return ReverseKernel(np.stack(p.resp, axis=1), means, covs)
 
 
 def reverse_sample(

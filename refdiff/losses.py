@@ -21,7 +21,7 @@ from ._check import (
     same_shape,
     state_and_t,
 )
-from .errors import ShapeError
+from .errors import InputError, ShapeError
 from .forward import q_mean_var, q_sample
 from .parameterization import PREDICTION_TYPES, from_x0_eps
 from .posterior import LOG_VARIANCE_CLIPPINGS, posterior_log_variance, posterior_mean_var
@@ -69,7 +69,9 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> np.ndarray:
 
 def approx_standard_normal_cdf(x) -> np.ndarray:
     """The tanh approximation of Φ used by the DDPM decoder: ½(1 + tanh(√(2/π)(x + 0.044715x³)))."""
-    x = np.asarray(x, dtype=np.float64)
+    # tanh is exactly ±1 in float64 beyond |x| ≈ 7, so clipping at ±1e3 changes no value and
+    # keeps x³ from overflowing (docs/reliability.md)
+    x = np.clip(np.asarray(x, dtype=np.float64), -1e3, 1e3)
     return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
@@ -121,7 +123,12 @@ def vlb_term_bpd(
     true_lv = per_sample(posterior_log_variance(schedule, t, log_variance_clipping), xt.ndim)
     m = as_batch(model_mean, "model_mean")
     same_shape(xt, m, "x_t", "model_mean")
-    lv = np.broadcast_to(np.asarray(model_log_variance, dtype=np.float64), xt.shape)
+    lv = as_float_array(model_log_variance, "model_log_variance")
+    try:
+        lv = np.broadcast_to(lv, xt.shape)
+    except ValueError:
+        msg = f"shape {lv.shape} does not broadcast to {xt.shape}"
+        raise ShapeError("model_log_variance", msg) from None
     kl = _mean_flat(normal_kl(mean, true_lv, m, lv)) / LN2
     nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, m, 0.5 * lv)) / LN2
     return np.where(np.broadcast_to(t, kl.shape) == 1, nll, kl)
@@ -144,6 +151,8 @@ def vlb_bpd(
     from .reverse import LEARNED, ddpm_parts
 
     x = as_batch(x0, "x0")
+    if not callable(denoiser):
+        raise InputError("denoiser", f"must be callable f(x_t, t); got {type(denoiser).__name__}")
     T = schedule.T
     terms = np.empty((T + 1, x.shape[0]))
     terms[0] = prior_bpd(schedule, x)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._check import check_size
 from ._io import load_npz, save_npz
-from .errors import FileFormatError, InputError, ShapeError
+from .errors import FileFormatError, InputError, RandomnessError, ShapeError
 
 __all__ = ["MLP", "timestep_embedding", "init_mlp", "save_mlp", "load_mlp"]
 
@@ -36,7 +36,8 @@ def timestep_embedding(t, embed_dim: int, max_period: float = 10_000.0) -> np.nd
 
 
 def _silu(u: np.ndarray) -> np.ndarray:
-    return u / (1.0 + np.exp(-u))
+    with np.errstate(over="ignore"):  # u ≪ 0: exp(−u) = inf gives the exact limit −0.0
+        return u / (1.0 + np.exp(-u))
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,8 +89,10 @@ def init_mlp(
     max_period: float = 10_000.0,
 ) -> MLP:
     """He-style initialisation; ``depth`` hidden layers of width ``hidden``."""
+    if not isinstance(rng, np.random.Generator):
+        raise RandomnessError("rng", f"must be a numpy.random.Generator; got {type(rng).__name__}")
     for nm, v in (("data_dim", data_dim), ("hidden", hidden), ("depth", depth), ("embed_dim", embed_dim)):
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(nm, f"must be a positive int; got {v!r}")
     if embed_dim % 2:
         raise InputError("embed_dim", f"must be even; got {embed_dim}")
@@ -114,7 +117,10 @@ def load_mlp(path) -> MLP:
     z = load_npz(path)
     try:
         n = sum(1 for k in z if k.startswith("W"))
-        layers = tuple((z[f"W{i}"].astype(np.float64), z[f"b{i}"].astype(np.float64)) for i in range(n))
+        raw = [(z[f"W{i}"], z[f"b{i}"]) for i in range(n)]
+        if any(a.dtype.kind not in "fiu" for pair in raw for a in pair):
+            raise FileFormatError(path, "weights must be real numbers")
+        layers = tuple((W.astype(np.float64), b.astype(np.float64)) for W, b in raw)
         mlp = MLP(layers, int(z["embed_dim"]), float(z["max_period"]))
     except KeyError as e:
         raise FileFormatError(path, f"not an MLP weight file (missing {e})") from None
@@ -123,8 +129,13 @@ def load_mlp(path) -> MLP:
     if n == 0 or any(W.ndim != 2 or b.shape != (W.shape[1],) for W, b in layers):
         raise FileFormatError(path, "layer shapes do not chain")
     if not (0 < mlp.embed_dim < layers[0][0].shape[0] and mlp.embed_dim % 2 == 0):
-        raise FileFormatError(path, f"embed_dim {mlp.embed_dim} does not fit W0 {layers[0][0].shape}")
+        shape = layers[0][0].shape
+        raise FileFormatError(path, f"embed_dim {mlp.embed_dim} does not fit W0 of shape {shape}")
     for (W1, _), (W2, _) in zip(layers[:-1], layers[1:]):
         if W1.shape[1] != W2.shape[0]:
             raise FileFormatError(path, "layer shapes do not chain")
+    if not (np.isfinite(mlp.max_period) and mlp.max_period > 0.0):
+        raise FileFormatError(path, f"max_period {mlp.max_period} is not a finite float > 0")
+    if not all(np.isfinite(a).all() for pair in layers for a in pair):
+        raise FileFormatError(path, "weights contain NaN or Inf")
     return mlp

@@ -41,6 +41,8 @@ def spaced_times(T: int, num_steps: int, spacing: str = "leading", steps_offset:
     option(spacing, "spacing", SPACINGS)
     if isinstance(steps_offset, bool) or not isinstance(steps_offset, int | np.integer):
         raise InputError("steps_offset", f"must be an int; got {steps_offset!r}")
+    if abs(int(steps_offset)) > T:
+        raise InputError("steps_offset", f"must be in [0, T={T}]; got {steps_offset!r}")
     if steps_offset and spacing != "leading":
         raise InputError("steps_offset", f"applies to 'leading' spacing only, not {spacing!r}")
     if spacing == "leading":

@@ -85,6 +85,7 @@ def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float = 1.0) -> n
 
     s = clip(quantile(|x̂_0|, ratio), 1, max_value); x̂_0 ← clip(x̂_0, −s, s) / s.
     """
+    x0 = as_batch(x0, "x0")
     if not (isinstance(ratio, int | float) and 0.0 < ratio <= 1.0):
         raise InputError("threshold_ratio", f"must be in (0, 1]; got {ratio!r}")
     if not (isinstance(max_value, int | float) and math.isfinite(max_value) and max_value >= 1.0):
@@ -145,12 +146,15 @@ def ddpm_parts(
     threshold_ratio: float | None = None,
     threshold_max: float = 1.0,
     log_variance_clipping: str = "next",
+    _mean_var_only: bool = False,
 ) -> StepParts:
     """Mean and variance of the DDPM step p(x_{t−1}|x_t) (eqs. 7.3–7.8).
 
     ``model_variance`` (state shape) is required by the learned variance types and refused
     by the fixed ones.  ``log_variance_clipping`` picks the t = 1 convention of eq. 4.3 for
-    ``fixed_small`` and ``learned_range``.
+    ``fixed_small`` and ``learned_range``.  (``_mean_var_only``, internal: :func:`ddpm_step`
+    needs only mean and variance; ε̂ and, for fixed_small, log_variance are then None.
+    Every check still runs.)
     """
     option(variance_type, "variance_type", VARIANCE_TYPES)
     option(log_variance_clipping, "log_variance_clipping", LOG_VARIANCE_CLIPPINGS)
@@ -166,8 +170,12 @@ def ddpm_parts(
     )
     n = xt.ndim
     c0, ct = posterior_coefficients(schedule, t)
-    mean = per_sample(c0, n) * x0 + per_sample(ct, n) * xt
-    eps = (xt - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)  # ε̂ consistent with the clipped x̂_0
+    mean = per_sample(c0, n) * x0
+    mean += per_sample(ct, n) * xt  # in place: the same value as c0·x̂0 + ct·x_t
+    eps = None
+    if not _mean_var_only:
+        eps = xt - np.sqrt(ab) * x0  # ε̂ consistent with the clipped x̂_0
+        eps /= np.sqrt(1.0 - ab)
     if variance_type in LEARNED:
         if model_variance is None:
             raise InputError("model_variance", f"variance_type={variance_type!r} needs it")
@@ -178,7 +186,9 @@ def ddpm_parts(
     beta = per_sample(schedule.beta[t], n)
     if variance_type == "fixed_small":
         var = per_sample(posterior_variance(schedule, t), n)
-        log_var = per_sample(posterior_log_variance(schedule, t, log_variance_clipping), n)
+        log_var = None
+        if not _mean_var_only:
+            log_var = per_sample(posterior_log_variance(schedule, t, log_variance_clipping), n)
     elif variance_type == "fixed_large":
         var, log_var = beta, np.log(beta)
     elif variance_type == "fixed_large_iddpm":
@@ -212,10 +222,12 @@ def ddpm_step(schedule: Schedule, x_t, t, model_output, *, noise=None, rng=None,
     ``options`` are those of :func:`ddpm_parts`.  Pass the standard-normal ``noise`` (state
     shape) or a Generator ``rng``.
     """
-    p = ddpm_parts(schedule, x_t, t, model_output, **options)
+    p = ddpm_parts(schedule, x_t, t, model_output, _mean_var_only=True, **options)
     z = noise_or_rng(noise, rng, p.mean.shape)
     t = schedule.check_t(t)
-    return p.mean + _last_step_mask(t, p.mean.ndim) * np.sqrt(p.variance) * z
+    mean = p.mean  # a fresh array: accumulate in place (same value as mean + s·z)
+    mean += _last_step_mask(t, mean.ndim) * np.sqrt(p.variance) * z
+    return mean
 
 
 def _ddim_alpha_bar_prev(schedule: Schedule, t: np.ndarray, final_alpha_bar) -> np.ndarray:
@@ -268,11 +280,13 @@ def ddim_parts(
     )
     n = xt.ndim
     if rederive_eps:
-        eps = (xt - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)
+        eps = xt - np.sqrt(ab) * x0  # then divided in place: (x_t − √ᾱ x̂0) / √(1 − ᾱ)
+        eps /= np.sqrt(1.0 - ab)
     abp = per_sample(_ddim_alpha_bar_prev(schedule, t, final_alpha_bar), n)
     var = eta**2 * (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp)
     var = np.maximum(var, 0.0)
-    mean = np.sqrt(abp) * x0 + np.sqrt(np.maximum(1.0 - abp - var, 0.0)) * eps
+    mean = np.sqrt(abp) * x0
+    mean += np.sqrt(np.maximum(1.0 - abp - var, 0.0)) * eps  # in place, same value
     with np.errstate(divide="ignore"):
         log_var = np.log(var)
     return StepParts(mean, var, log_var, x0, eps)
@@ -300,7 +314,9 @@ def ddim_step(
     z = noise_or_rng(noise, rng, p.mean.shape)
     t = schedule.check_t(t)
     mask = 1.0 if final_step_noise else _last_step_mask(t, p.mean.ndim)
-    return p.mean + mask * np.sqrt(p.variance) * z
+    mean = p.mean  # a fresh array: accumulate in place (same value as mean + s·z)
+    mean += mask * np.sqrt(p.variance) * z
+    return mean
 
 
 def ddim_inverse_step(

@@ -64,7 +64,7 @@ def _start(schedule, shape, x_T, step_noise, rng):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
     if x_T is not None:
         x = as_batch(x_T, "x_T")
-        if shape is not None and tuple(shape) != x.shape:
+        if shape is not None and _shape(shape) != x.shape:
             raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
     else:
         if shape is None:
@@ -131,6 +131,8 @@ def ddpm_sample(
     ``log_variance_clipping``).  Returns x_0, float64 state shape, or (x_0, trajectory)
     with trajectory of shape (N+1, *state_shape), trajectory[0] = x_T.
     """
+    if not callable(denoiser):
+        raise InputError("denoiser", f"must be callable f(x_t, t); got {type(denoiser).__name__}")
     x = _start(schedule, shape, x_T, step_noise, rng)
     vt = options.get("variance_type", "fixed_small")
     option(vt, "variance_type", VARIANCE_TYPES)
@@ -169,6 +171,8 @@ def ddim_sample(
     ``final_alpha_bar``, ``final_step_noise``).  With η = 0 no step noise is drawn or used.
     Returns as :func:`ddpm_sample`.
     """
+    if not callable(denoiser):
+        raise InputError("denoiser", f"must be callable f(x_t, t); got {type(denoiser).__name__}")
     x = _start(schedule, shape, x_T, step_noise, rng)
     needs_noise = options.get("eta", 0.0) != 0.0
 

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._check import as_float_array
+from ._check import as_float_array, timesteps
 from .errors import InputError, ScheduleError, TimestepError
 
 __all__ = [
@@ -156,8 +156,6 @@ class Schedule:
 
     def check_t(self, t: object, name: str = "t", *, allow_zero: bool = False) -> np.ndarray:
         """Validate timesteps against this schedule: int64 array in [1, T] (or [0, T])."""
-        from ._check import timesteps
-
         return timesteps(t, name, low=0 if allow_zero else 1, high=self.T)
 
 

@@ -84,7 +84,7 @@ def test_log_probs_by_hand():
     assert lp[0] == pytest.approx(expect, rel=1e-13)
 
 
-# -- composition q(x_t|x_s) ∘ q(x_s|x_0) = q(x_t|x_0) --------------------------------------------
+# -- composition q(x_t|x_s) ∘ q(x_s|x_0) = q(x_t|x_0) ------------------------------------------
 @st.composite
 def s_t_case(draw):
     sch = draw(schedules(min_T=2))
@@ -170,7 +170,7 @@ def test_rng_equals_injected_noise(sch, shape, seed):
     np.testing.assert_array_equal(a, b)
 
 
-# -- log-densities against scipy.stats ------------------------------------------------------------
+# -- log-densities against scipy.stats ---------------------------------------------------------
 @given(s_t_case(), state_shapes(), seeds)
 @settings(max_examples=40, deadline=None)
 def test_log_probs_against_scipy(case, shape, seed):

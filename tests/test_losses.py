@@ -21,7 +21,7 @@ LN2 = math.log(2.0)
 BINS = -1.0 + 2.0 * np.arange(256) / 255.0  # the 256 data levels in [−1, 1]
 
 
-# -- targets and MSE -----------------------------------------------------------------------------
+# -- targets and MSE ---------------------------------------------------------------------------
 def test_training_targets_by_hand():
     s = hand_schedule()
     x0, z = np.array([[1.0, -1.0]]), np.array([[0.5, 2.0]])
@@ -54,7 +54,7 @@ def test_target_is_what_the_reverse_step_inverts(sch, shape, seed, kind):
     )
 
 
-# -- normal_kl ------------------------------------------------------------------------------------
+# -- normal_kl ---------------------------------------------------------------------------------
 def test_normal_kl_by_hand():
     # KL(N(0,1) ‖ N(1,1)) = ½;  KL(N(0,1) ‖ N(0,4)) = ½(−1 + ln 4 + ¼)
     assert L.normal_kl(0.0, 0.0, 1.0, 0.0) == pytest.approx(0.5, rel=1e-15)
@@ -63,7 +63,10 @@ def test_normal_kl_by_hand():
 
 
 @given(
-    st.floats(-3, 3), st.floats(-4, 2), st.floats(-3, 3), st.floats(-4, 2),
+    st.floats(-3, 3),
+    st.floats(-4, 2),
+    st.floats(-3, 3),
+    st.floats(-4, 2),
 )
 @settings(max_examples=15, deadline=None)
 def test_normal_kl_against_numerical_integral(m1, lv1, m2, lv2):
@@ -83,7 +86,7 @@ def test_normal_kl_against_numerical_integral(m1, lv1, m2, lv2):
     assert float(L.normal_kl(m1, lv1, m2, lv2)) == pytest.approx(kl, rel=1e-6, abs=1e-9)
 
 
-# -- discretized Gaussian decoder -----------------------------------------------------------------
+# -- discretized Gaussian decoder --------------------------------------------------------------
 def test_discretized_likelihood_by_hand():
     # mean 0, scale 1, x = 0: Φ̃(1/255) − Φ̃(−1/255), Φ̃ the tanh approximation
     def phi(x):
@@ -115,7 +118,7 @@ def test_discretized_likelihood_sums_to_one(mean, log_scale):
     assert np.abs(p - exact).max() < 4e-4
 
 
-# -- prior and VLB ---------------------------------------------------------------------------------
+# -- prior and VLB -----------------------------------------------------------------------------
 def test_prior_bpd_by_hand():
     # q(x_3|x_0 = 1) = N(0.6, 0.64): KL to N(0,1) = ½(0.64 + 0.36 − 1 − ln 0.64) = −ln 0.8 nats
     got = L.prior_bpd(hand_schedule(), np.array([[1.0, 1.0]]))
@@ -169,7 +172,10 @@ def test_vlb_bpd(sch, B, seed):
     # rng path draws the same noise
     t2, _ = L.vlb_bpd(sch, x0, lambda x, t: 0.1 * x, rng=np.random.default_rng(seed + 1))
     t3, _ = L.vlb_bpd(
-        sch, x0, lambda x, t: 0.1 * x, noise=np.random.default_rng(seed + 1).standard_normal((sch.T, B, 4))
+        sch,
+        x0,
+        lambda x, t: 0.1 * x,
+        noise=np.random.default_rng(seed + 1).standard_normal((sch.T, B, 4)),
     )
     np.testing.assert_array_equal(t2, t3)
     # the exact denoiser with fixed_small: every KL term L_{t−1}, t ≥ 2, vanishes

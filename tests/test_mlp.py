@@ -15,7 +15,8 @@ from refdiff.errors import FileFormatError, InputError, ShapeError
 
 
 def test_timestep_embedding_by_hand():
-    # embed_dim 4: half 2, f = exp(−ln(10000)·j/2) = (1, 0.01); e = [cos t, cos t/100, sin t, sin t/100]
+    # embed_dim 4: half 2, f = exp(−ln(10000)·j/2) = (1, 0.01);
+    # e = [cos t, cos(t/100), sin t, sin(t/100)]
     e = M.timestep_embedding(np.array([0.0, 1.0, 250.0]), 4)
     want = [
         [1.0, 1.0, 0.0, 0.0],
@@ -40,7 +41,9 @@ def test_forward_pass_by_hand():
     want = h @ W1 + b1
     np.testing.assert_allclose(mlp(np.array([[x]]), np.array([t])), [want], rtol=1e-14)
     # t may be a scalar for the whole batch, int or float
-    np.testing.assert_array_equal(mlp(np.array([[x], [x]]), 3), mlp(np.array([[x], [x]]), [3.0, 3.0]))
+    np.testing.assert_array_equal(
+        mlp(np.array([[x], [x]]), 3), mlp(np.array([[x], [x]]), [3.0, 3.0])
+    )
     with pytest.raises(ShapeError) as e:
         mlp(np.zeros((2, 3)), 1)
     assert e.value.argument == "x"
@@ -65,7 +68,9 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_init_mlp_shapes_and_errors():
-    mlp = M.init_mlp(np.random.default_rng(0), data_dim=2, hidden=8, depth=3, embed_dim=4, out_dim=4)
+    mlp = M.init_mlp(
+        np.random.default_rng(0), data_dim=2, hidden=8, depth=3, embed_dim=4, out_dim=4
+    )
     assert [W.shape for W, _ in mlp.layers] == [(6, 8), (8, 8), (8, 8), (8, 4)]
     assert mlp(np.zeros((3, 2)), np.ones(3)).shape == (3, 4)
     for kw, arg in (

@@ -31,7 +31,7 @@ def by_definition(x0, eps, ab):
     }
 
 
-# -- hand derivations: t = 2, ᾱ = 0.72 -----------------------------------------------------------
+# -- hand derivations: t = 2, ᾱ = 0.72 ---------------------------------------------------------
 def test_conversions_by_hand():
     s = hand_schedule()
     x0, eps = np.array([[1.0]]), np.array([[0.5]])
@@ -56,11 +56,13 @@ def test_score_is_the_gradient_of_the_log_density():
     for j in range(2):
         e = np.zeros_like(xt)
         e[0, j] = h
-        grad[0, j] = (F.q_log_prob(s, xt + e, x0, 3)[0] - F.q_log_prob(s, xt - e, x0, 3)[0]) / (2 * h)
+        grad[0, j] = (F.q_log_prob(s, xt + e, x0, 3)[0] - F.q_log_prob(s, xt - e, x0, 3)[0]) / (
+            2 * h
+        )
     np.testing.assert_allclose(PZ.convert(s, xt, 3, x0, "x0", "score"), grad, rtol=1e-8)
 
 
-# -- round trips and definitions over random schedules ---------------------------------------------
+# -- round trips and definitions over random schedules -----------------------------------------
 @st.composite
 def conditioned(draw):
     """A schedule and a t whose √ᾱ and √(1−ᾱ) are both ≥ 1e-2 (conversions divide by them)."""
@@ -108,7 +110,7 @@ def test_per_sample_t(sch, B, seed, data):
         )
 
 
-# -- zero terminal SNR -----------------------------------------------------------------------------
+# -- zero terminal SNR -------------------------------------------------------------------------
 def test_zero_terminal_snr_epsilon_undefined_v_works():
     z = S.rescale_zero_terminal_snr(hand_schedule())
     T, xt, p = z.T, np.array([[0.4, -0.3]]), np.array([[1.0, 2.0]])

@@ -17,7 +17,7 @@ from tests.strategies import hand_schedule, normal, per_sample, schedules, seeds
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
-# -- hand derivations: β = (0.1, 0.2, 0.5), ᾱ = (0.9, 0.72, 0.36), ᾱ_prev = (1, 0.9, 0.72) --------
+# -- hand derivations: β = (0.1, 0.2, 0.5), ᾱ = (0.9, 0.72, 0.36), ᾱ_prev = (1, 0.9, 0.72) -----
 def test_coefficients_by_hand():
     s = hand_schedule()
     c0, ct = P.posterior_coefficients(s, np.array([1, 2, 3]))
@@ -71,7 +71,7 @@ def test_mean_var_and_sample_by_hand():
     assert float(var) == 0.0
 
 
-# -- independent derivations --------------------------------------------------------------------
+# -- independent derivations -------------------------------------------------------------------
 @st.composite
 def case(draw):
     sch = draw(schedules(min_T=2))

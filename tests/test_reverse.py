@@ -25,7 +25,7 @@ def prediction_of(kind, x0, eps, ab):
     return {"epsilon": eps, "x0": x0, "v": SQ(ab) * eps - SQ(1 - ab) * x0}[kind]
 
 
-# -- DDPM by hand: β = (0.1, 0.2, 0.5), ᾱ = (0.9, 0.72, 0.36) -----------------------------------
+# -- DDPM by hand: β = (0.1, 0.2, 0.5), ᾱ = (0.9, 0.72, 0.36) ----------------------------------
 def test_ddpm_fixed_small_by_hand():
     s = hand_schedule()
     # t = 3, x_t = 1, ε̂ = 0.5:  x̂_0 = (1 − √0.64·0.5)/√0.36 = (1 − 0.4)/0.6 = 1
@@ -63,8 +63,12 @@ def test_ddpm_variance_types_by_hand():
         [SQ(0.1 / 14), SQ(0.2 / 14), SQ(0.5 * 0.21875)],
         rtol=1e-13,
     )
-    np.testing.assert_allclose(var("learned", model_variance=np.log([[0.3], [0.2], [0.1]])), [0.3, 0.2, 0.1])
-    np.testing.assert_allclose(var("learned_linear", model_variance=[[0.3], [0.2], [0.1]]), [0.3, 0.2, 0.1])
+    np.testing.assert_allclose(
+        var("learned", model_variance=np.log([[0.3], [0.2], [0.1]])), [0.3, 0.2, 0.1]
+    )
+    np.testing.assert_allclose(
+        var("learned_linear", model_variance=[[0.3], [0.2], [0.1]]), [0.3, 0.2, 0.1]
+    )
 
 
 def test_clip_and_threshold_by_hand():
@@ -76,16 +80,20 @@ def test_clip_and_threshold_by_hand():
     # dynamic thresholding: |x̂_0| = (0.5, 3, 2, 1)
     x0 = np.array([[0.5, -3.0, 2.0, 1.0]])
     # ratio 1 → s = clip(max = 3, 1, 2.5) = 2.5 → clip(x, ±2.5)/2.5
-    np.testing.assert_allclose(R.dynamic_threshold(x0, 1.0, 2.5), [[0.2, -1.0, 0.8, 0.4]], rtol=1e-15)
+    np.testing.assert_allclose(
+        R.dynamic_threshold(x0, 1.0, 2.5), [[0.2, -1.0, 0.8, 0.4]], rtol=1e-15
+    )
     # ratio 0.5 → linear-interpolated median of (0.5, 1, 2, 3) = 1.5
     np.testing.assert_allclose(
         R.dynamic_threshold(x0, 0.5, 10.0), [[1 / 3, -1.0, 1.0, 2 / 3]], rtol=1e-15
     )
     # quantile below 1: s = 1, nothing but a clip to [−1, 1]
-    np.testing.assert_array_equal(R.dynamic_threshold(np.array([[0.5, -0.2]]), 0.9, 5.0), [[0.5, -0.2]])
+    np.testing.assert_array_equal(
+        R.dynamic_threshold(np.array([[0.5, -0.2]]), 0.9, 5.0), [[0.5, -0.2]]
+    )
 
 
-# -- DDIM by hand ---------------------------------------------------------------------------------
+# -- DDIM by hand ------------------------------------------------------------------------------
 def test_ddim_by_hand():
     s = hand_schedule()
     # t = 3, x_t = 1, ε̂ = 0.5 → x̂_0 = 1
@@ -164,7 +172,7 @@ def test_ddim_inverse_by_hand():
     assert got[0, 0] == pytest.approx(SQ(0.9) + SQ(0.1) * 0.5, rel=1e-14)
 
 
-# -- properties -----------------------------------------------------------------------------------
+# -- properties --------------------------------------------------------------------------------
 @st.composite
 def step_case(draw, min_T=1):
     sch = draw(schedules(min_T=min_T))
@@ -260,7 +268,9 @@ def test_learned_variance_types(case, seed, clipping):
     n = len(shape)
     kw = dict(log_variance_clipping=clipping)
     a = R.ddpm_parts(sch, xt, t, out, variance_type="learned", model_variance=lv, **kw)
-    b = R.ddpm_parts(sch, xt, t, out, variance_type="learned_linear", model_variance=np.exp(lv), **kw)
+    b = R.ddpm_parts(
+        sch, xt, t, out, variance_type="learned_linear", model_variance=np.exp(lv), **kw
+    )
     np.testing.assert_allclose(a.variance, b.variance, rtol=1e-15)
     np.testing.assert_allclose(a.log_variance, b.log_variance, rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(a.mean, b.mean)
@@ -274,7 +284,9 @@ def test_learned_variance_types(case, seed, clipping):
     hi = per_sample(np.log(sch.beta[t]), n)
     np.testing.assert_allclose(lr(-1.0).log_variance, np.broadcast_to(lo, shape), rtol=1e-14)
     np.testing.assert_allclose(lr(1.0).log_variance, np.broadcast_to(hi, shape), rtol=1e-14)
-    np.testing.assert_allclose(lr(0.0).variance, np.broadcast_to(np.exp((lo + hi) / 2), shape), rtol=1e-12)
+    np.testing.assert_allclose(
+        lr(0.0).variance, np.broadcast_to(np.exp((lo + hi) / 2), shape), rtol=1e-12
+    )
     # fixed_small's variance is the lower end (away from the t = 1 convention)
     fs = R.ddpm_parts(sch, xt, t, out, **kw)
     t_b = np.broadcast_to(t, (shape[0],))

@@ -28,7 +28,7 @@ def linear_denoiser(x, t):
     return 0.3 * x + 0.01 * t.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-# -- hand-run loops, T = 2, β = (0.1, 0.2): ᾱ = (0.9, 0.72) ----------------------------------------
+# -- hand-run loops, T = 2, β = (0.1, 0.2): ᾱ = (0.9, 0.72) ------------------------------------
 def test_ddpm_loop_by_hand():
     s = S.from_betas([0.1, 0.2])
     # with ε̂ = 0 the DDPM mean is x_t/√α_t (Ho eq. 11), variance β̃_2 = 0.2·0.1/0.28 = 1/14
@@ -66,7 +66,7 @@ def test_loops_are_the_steps_in_order(sch, shape, seed):
     np.testing.assert_array_equal(got, x)
 
 
-# -- noise layout: rng equals injected noise ---------------------------------------------------------
+# -- noise layout: rng equals injected noise ---------------------------------------------------
 @given(schedules(max_T=10), state_shapes(), seeds)
 @settings(max_examples=20, deadline=None)
 def test_rng_equals_draw_noise(sch, shape, seed):
@@ -83,7 +83,9 @@ def test_rng_equals_draw_noise(sch, shape, seed):
     np.testing.assert_array_equal(a, SM.ddim_sample(linear_denoiser, sch, x_T=x_T))
     # same seed, same bits
     c = SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
-    np.testing.assert_array_equal(c, SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed)))
+    np.testing.assert_array_equal(
+        c, SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
+    )
 
 
 def test_ddim_eta1_loop_equals_ddpm_loop():
@@ -94,7 +96,7 @@ def test_ddim_eta1_loop_equals_ddpm_loop():
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
-# -- trajectory, callback, base timesteps ----------------------------------------------------------
+# -- trajectory, callback, base timesteps ------------------------------------------------------
 @pytest.mark.parametrize("sampler", [SM.ddpm_sample, SM.ddim_sample])
 def test_trajectory_and_callback(sampler):
     sch = S.linear(5)
@@ -104,7 +106,12 @@ def test_trajectory_and_callback(sampler):
         seen.append((k, t, x.copy()))
 
     x, traj = sampler(
-        linear_denoiser, sch, (3, 2), rng=np.random.default_rng(0), return_trajectory=True, callback=cb
+        linear_denoiser,
+        sch,
+        (3, 2),
+        rng=np.random.default_rng(0),
+        return_trajectory=True,
+        callback=cb,
     )
     assert traj.shape == (6, 3, 2) and traj.dtype == np.float64
     np.testing.assert_array_equal(traj[-1], x)
@@ -142,7 +149,12 @@ def test_learned_variance_output_is_split_on_axis_1():
     for k in range(sch.T):
         t = sch.T - k
         x = R.ddpm_step(
-            sch, x, t, 0.1 * x, noise=zs[k], variance_type="learned_range",
+            sch,
+            x,
+            t,
+            0.1 * x,
+            noise=zs[k],
+            variance_type="learned_range",
             model_variance=np.full_like(x, -0.5),
         )
     np.testing.assert_allclose(got, x, rtol=1e-15)

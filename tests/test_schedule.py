@@ -39,7 +39,9 @@ def test_hand_schedule_snr_and_sigma():
     np.testing.assert_allclose(s.snr[1:], [9.0, 18.0 / 7.0, 9.0 / 16.0], rtol=1e-13)
     np.testing.assert_allclose(s.log_snr[1:], np.log([9.0, 18.0 / 7.0, 9.0 / 16.0]), rtol=1e-13)
     # σ_VE = √((1−ᾱ)/ᾱ) = 1/3, √(7/18), 4/3; 0 at t = 0
-    np.testing.assert_allclose(s.sigma, [0.0, 1.0 / 3.0, math.sqrt(7.0 / 18.0), 4.0 / 3.0], rtol=1e-13)
+    np.testing.assert_allclose(
+        s.sigma, [0.0, 1.0 / 3.0, math.sqrt(7.0 / 18.0), 4.0 / 3.0], rtol=1e-13
+    )
 
 
 def test_schedule_arrays_are_read_only():
@@ -49,7 +51,7 @@ def test_schedule_arrays_are_read_only():
             a[1] = 0.5
 
 
-# -- named schedules ----------------------------------------------------------------------
+# -- named schedules ---------------------------------------------------------------------------
 def test_linear_T3_by_hand():
     # linspace(1e-4, 0.02, 3) = (1e-4, (1e-4 + 0.02)/2, 0.02)
     s = S.linear(3)
@@ -115,7 +117,7 @@ def test_make_schedule_names():
     )
 
 
-# -- zero terminal SNR (Lin et al. 2023) ----------------------------------------------------
+# -- zero terminal SNR (Lin et al. 2023) -------------------------------------------------------
 def test_zero_terminal_snr_by_hand():
     # √ᾱ = (√0.9, √0.72, 0.6) → (√ᾱ − 0.6)·√0.9/(√0.9 − 0.6)
     s0, s2, s3 = math.sqrt(0.9), math.sqrt(0.72), 0.6
@@ -153,7 +155,7 @@ def test_zero_terminal_snr_properties(b):
     np.testing.assert_allclose(y, slope * (x - x[-1]), rtol=1e-9, atol=1e-12)
 
 
-# -- derived quantities and round trips over random schedules -------------------------------
+# -- derived quantities and round trips over random schedules ----------------------------------
 @given(betas())
 @settings(max_examples=60, deadline=None)
 def test_derived_quantities(b):
@@ -173,7 +175,7 @@ def test_derived_quantities(b):
     np.testing.assert_array_equal(s2.alpha_bar, s.alpha_bar)
 
 
-# -- time-index conversions -------------------------------------------------------------------
+# -- time-index conversions --------------------------------------------------------------------
 def test_t_from_index_and_back():
     np.testing.assert_array_equal(S.t_from_index([0, 1, 999]), [1, 2, 1000])
     assert S.t_from_index(0) == 1 and S.index_from_t(1) == 0
@@ -185,7 +187,7 @@ def test_t_from_index_and_back():
     assert e.value.argument == "t"
 
 
-# -- respace ------------------------------------------------------------------------------------
+# -- respace -----------------------------------------------------------------------------------
 def test_respace_by_hand():
     r = S.respace(hand_schedule(), [1, 3])
     # ᾱ' = (1, ᾱ_1, ᾱ_3) = (1, 0.9, 0.36);  β'_2 = 1 − 0.36/0.9 = 0.6

@@ -1,0 +1,343 @@
+"""Figures and text of the ``refdiff demo`` report (docs/demo.md).
+
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
+state, no display needed) and returned as PNG bytes, so the caller writes them atomically
+(:func:`refdiff._io.write_bytes`).  Every figure's title says what it shows.
+
+- :func:`samples_figure`     scatter panels: the data next to each sampler's output
+- :func:`trajectory_figure`  a strip of states x_t along one denoising run
+- :func:`schedule_figure`    ᾱ_t and log SNR(t) of the schedule, the sampled steps marked
+- :func:`timing_figure`      time per sampler step for each backend
+- :func:`loss_figure`        the training loss
+- :func:`markdown_report` / :func:`summary_table`   the report text and the printed table
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "png_bytes",
+    "samples_figure",
+    "trajectory_figure",
+    "schedule_figure",
+    "timing_figure",
+    "loss_figure",
+    "summary_table",
+    "markdown_report",
+]
+
+_DPI = 110
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _limits(points: Sequence[np.ndarray]) -> tuple[float, float]:
+    allp = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in points])
+    allp = allp[np.isfinite(allp).all(axis=1)]
+    if allp.size == 0:
+        return -1.0, 1.0
+    lo, hi = np.quantile(allp, [0.002, 0.998], axis=0)
+    half = 0.55 * float(np.max(hi - lo)) + 0.1
+    return -half + float(np.mean((lo + hi) / 2)), half + float(np.mean((lo + hi) / 2))
+
+
+def _scatter(ax, pts: np.ndarray, color: str, lim: tuple[float, float], max_points: int) -> None:
+    pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)[:max_points]
+    ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.35, color=color, linewidths=0, rasterized=True)
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=7)
+
+
+def samples_figure(
+    data: np.ndarray,
+    panels: Sequence[tuple[str, np.ndarray]],
+    *,
+    title: str,
+    max_points: int = 5000,
+) -> bytes:
+    """PNG: the data (grey) then one panel per (label, samples (n, 2)), each over the data."""
+    n = 1 + len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = _figure(3.2 * cols, 3.3 * rows + 0.3)
+    lim = _limits([data] + [p for _, p in panels])
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    _scatter(axes[0], data, "0.35", lim, max_points)
+    axes[0].set_title(f"data ({min(len(data), max_points)} points)", fontsize=9)
+    for ax, (label, pts) in zip(axes[1:], panels):
+        _scatter(ax, data, "0.8", lim, max_points)
+        _scatter(ax, pts, "tab:blue", lim, max_points)
+        ax.set_title(label, fontsize=9)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    return png_bytes(fig)
+
+
+def trajectory_figure(
+    snapshots: Sequence[tuple[int, np.ndarray]], *, title: str, max_points: int = 3000
+) -> bytes:
+    """PNG: one panel per (time t, states (n, 2)) from x_T to x_0, left to right."""
+    n = len(snapshots)
+    fig = _figure(2.3 * n, 2.7)
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    lim = _limits([p for _, p in snapshots])
+    for ax, (t, pts) in zip(axes, snapshots):
+        _scatter(ax, pts, "tab:purple", lim, max_points)
+        ax.set_title(f"t = {t}", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return png_bytes(fig)
+
+
+def schedule_figure(
+    alpha_bar: np.ndarray, marks: Sequence[tuple[str, np.ndarray]], *, title: str
+) -> bytes:
+    """PNG: ᾱ_t (left) and log SNR(t) = log(ᾱ/(1−ᾱ)) (right) for t = 1..T of the base schedule;
+    ``marks`` are (label, times) of the steps each sampler visits."""
+    ab = np.asarray(alpha_bar, dtype=np.float64)
+    t = np.arange(1, ab.shape[0])
+    a = ab[1:]
+    with np.errstate(divide="ignore"):
+        lsnr = np.log(a) - np.log1p(-a)
+    fig = _figure(9.0, 3.4)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(t, a, color="tab:blue", lw=1.5, label="ᾱ_t")
+    ax1.plot(t, np.sqrt(a), color="tab:cyan", lw=1.0, ls="--", label="√ᾱ_t (signal scale)")
+    ax1.set_xlabel("t")
+    ax1.set_title("ᾱ_t (cumulative signal fraction)", fontsize=9)
+    ax2.plot(t, lsnr, color="tab:red", lw=1.5, label="log SNR(t)")
+    ax2.set_xlabel("t")
+    ax2.set_title("log SNR(t) = log(ᾱ_t / (1 − ᾱ_t))", fontsize=9)
+    colors = ["tab:green", "tab:orange", "tab:purple", "tab:brown"]
+    for i, (label, times) in enumerate(marks):
+        times = np.asarray(times, dtype=np.int64)
+        c = colors[i % len(colors)]
+        if times.size > 200:  # a dense sampler: mark a thinned subset
+            times = times[:: math.ceil(times.size / 100)]
+        ax1.plot(times, ab[times], "o", ms=2.5, color=c, label=label)
+        ax2.plot(times, np.log(ab[times]) - np.log1p(-ab[times]), "o", ms=2.5, color=c, label=label)
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11)
+    return png_bytes(fig)
+
+
+def timing_figure(rows: Sequence[tuple[str, float]], *, title: str) -> bytes:
+    """PNG: horizontal bars of microseconds per sampler step, one per (label, µs)."""
+    fig = _figure(8.0, 0.45 * len(rows) + 1.4)
+    ax = fig.subplots()
+    labels = [r[0] for r in rows]
+    vals = np.array([r[1] for r in rows], dtype=np.float64)
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, vals, color=["tab:gray" if "numpy" in lab else "tab:blue" for lab in labels])
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("µs per step (log scale)")
+    for yi, v in zip(y, vals):
+        ax.text(v, yi, f" {v:,.0f}", va="center", fontsize=7)
+    ax.set_xlim(right=float(vals.max()) * 4 if vals.size else 1.0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def loss_figure(losses: np.ndarray, *, title: str) -> bytes:
+    """PNG: the minibatch loss per step (light) and its moving average over 1 % of the steps."""
+    losses = np.asarray(losses, dtype=np.float64)
+    fig = _figure(6.0, 3.2)
+    ax = fig.subplots()
+    steps = np.arange(1, losses.size + 1)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.6, label="minibatch loss")
+    w = max(1, losses.size // 100)
+    if losses.size >= w:
+        avg = np.convolve(losses, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], avg, color="tab:blue", lw=1.5, label=f"moving average ({w} steps)")
+    ax.set_yscale("log")
+    ax.set_xlabel("Adam step")
+    ax.set_ylabel("MSE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return png_bytes(fig)
+
+
+# -- text ---------------------------------------------------------------------------------
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "NO"
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        if v == 0.0:
+            return "0"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        if abs(v) >= 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.2e}"
+    return str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(out)
+
+
+_RUN_HEADER = (
+    "denoiser",
+    "sampler",
+    "steps",
+    "µs/step (ORT)",
+    "parity max|Δ|",
+    "parity",
+    "KS proj.",
+    "SW1",
+    "law",
+)
+
+
+def _run_rows(summary: dict) -> list[list[object]]:
+    rows = []
+    for r in summary["runs"]:
+        law = r.get("law") or {}
+        verdict = law.get("verdict", "—")
+        par = r.get("parity") or {}
+        rows.append(
+            [
+                r["denoiser"],
+                r["sampler"],
+                r["steps"],
+                r["ort_us_per_step"],
+                par.get("max_abs_err"),
+                par.get("passed"),
+                law.get("ks"),
+                law.get("sw1"),
+                verdict,
+            ]
+        )
+    base = summary.get("baseline")
+    if base:
+        rows.append(
+            [
+                "data (fresh draw)",
+                "—",
+                "—",
+                None,
+                None,
+                None,
+                base.get("ks"),
+                base.get("sw1"),
+                "baseline",
+            ]
+        )
+    return rows
+
+
+def summary_table(summary: dict) -> str:
+    """The short table the demo prints: one line per (denoiser, sampler) run, then verdicts."""
+    text = _table(_RUN_HEADER, _run_rows(summary), markdown=False)
+    prov = summary["provider"]
+    lines = [
+        text,
+        "",
+        f"provider: {prov['used']} (asked {prov['requested']}) — {prov['reason']}",
+        f"training: {summary['training']['steps']} steps in {summary['training']['wall_s']:.1f} s, "
+        f"loss {summary['training']['loss_first']:.3g} → {summary['training']['loss_last']:.3g}",
+        f"checks: parity {'passed' if summary['checks']['parity_passed'] else 'FAILED'}, "
+        f"exact law {_verdict(summary['checks']['exact_law_passed'])}, "
+        f"trained law {_verdict(summary['checks']['mlp_law_ok'])}; "
+        f"wall time {summary['wall_s']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(v) -> str:
+    return "n/a" if v is None else ("passed" if v else "FAILED")
+
+
+def markdown_report(summary: dict, figures: dict[str, str]) -> str:
+    """report.md: what ran, the results table, the checks with their tolerances, the figures."""
+    s = summary
+    prov, tr, data = s["provider"], s["training"], s["data"]
+    par, law = s["parity"], s["law_tests"]
+    out = [
+        "# refdiff demo report",
+        "",
+        f"refdiff {s['refdiff_version']}, onnxruntime {prov['onnxruntime_version']}; "
+        f"wall time {s['wall_s']:.1f} s; seed {s['options']['seed']}. "
+        f"Overall: **{'PASSED' if s['passed'] else 'FAILED'}**.",
+        "",
+        "## What ran",
+        "",
+        f"- data: `{data['name']}` — {data['description']}; {data['train_size']} training points.",
+        f"- schedule: {s['schedule']['name']}, T = {s['schedule']['T']}, "
+        f"ᾱ_T = {s['schedule']['alpha_bar_T']:.3g}.",
+        f"- trained MLP ({tr['config']['prediction_type']} prediction, hidden {tr['config']['hidden']}"
+        f" × {tr['config']['depth']}): {tr['steps']} Adam steps, batch {tr['config']['batch_size']}, "
+        f"{tr['wall_s']:.1f} s; loss {tr['loss_first']:.3g} → {tr['loss_last']:.3g}.",
+    ]
+    for name, info in s["samplers"].items():
+        out.append(
+            f"- {name}: {info['steps']} steps ({info['spacing']} spacing), {info['options']}."
+        )
+    out += [
+        f"- provider: **{prov['used']}** (asked `{prov['requested']}`): {prov['reason']}.",
+        f"- samples: {s['options']['samples']} per run, drawn by onnxruntime (per-step IO-binding "
+        f"loop, `fused` graphs) with noise from the host.",
+        "",
+        "## Results",
+        "",
+        _table(_RUN_HEADER, _run_rows(s), markdown=True),
+        "",
+        "## Checks",
+        "",
+        f"- **Parity** ({'passed' if s['checks']['parity_passed'] else 'FAILED'}): {par['description']}",
+        f"- **Law of the exact denoiser's samples** ({_verdict(s['checks']['exact_law_passed'])}): "
+        f"{law['exact_description']}",
+        f"- **Trained denoiser** ({_verdict(s['checks']['mlp_law_ok'])}): {law['mlp_description']}",
+        "- These statistics are reported by the demo; they are not part of the test suite's "
+        "error budget (refdiff.stats ledger).",
+        "",
+        "## Figures",
+        "",
+    ]
+    for fname, caption in figures.items():
+        out += [f"### {caption}", "", f"![{caption}]({fname})", ""]
+    out += ["## Files", ""]
+    out += [f"- `{f}`: {d}" for f, d in s["files"].items()]
+    return "\n".join(out) + "\n"
