@@ -24,11 +24,19 @@ T = 1000
 D = 2
 
 
-def _grid(quick: bool) -> list[tuple[int, int]]:
-    """(batch, steps) pairs: steps at batch 64, then batch at 20 steps."""
-    steps = (10, 100) if quick else (10, 100, 1000)
-    batches = (1, 64, 4096, 65536) if quick else (1, 64, 4096, 65536, 2**20)
-    grid = [(64, n) for n in steps] + [(b, 20) for b in batches if b != 64]
+# size → (steps at batch 64, batches at 20 steps, rounds, ORT points with peak-RSS children)
+PLANS = {
+    "smoke": ((2,), (1,), 1, 1),
+    "quick": ((10, 100), (1, 64, 4096, 65536), 3, 3),
+    "full": ((10, 100, 1000), (1, 64, 4096, 65536, 2**20), 5, 100),
+}
+
+
+def _grid(size: str) -> list[tuple[int, int]]:
+    """(batch, steps) pairs: steps at batch 64, then batch at 20 steps (smoke: 2 steps)."""
+    steps, batches = PLANS[size][:2]
+    n_b = 2 if size == "smoke" else 20
+    grid = [(64 if size != "smoke" else 1, n) for n in steps] + [(b, n_b) for b in batches]
     return sorted(set(grid), key=lambda bn: (bn[0], bn[1]))
 
 
@@ -44,14 +52,19 @@ def _ref_sampler(kind: str, batch: int, steps: int, seed: int = 0):
     return lambda: fn(den, sch, shape, rng=np.random.default_rng(seed))
 
 
-def run(*, quick: bool, provider: str = "cpu", log=print) -> dict:
+def run(*, size: str, provider: str = "cpu", threads: int | None = 1, log=print) -> dict:
     rows = []
-    for batch, steps in _grid(quick):
+    base_rounds, rss = PLANS[size][2], PLANS[size][3]
+    for batch, steps in _grid(size):
         for kind in ("ddpm", "ddim"):
             fn = _ref_sampler(kind, batch, steps)
-            work = batch * steps
-            rounds = 3 if (quick or work >= 2**22) else 5
-            t = race({kind: fn}, rounds=rounds, block_s=0.05, max_calls=1000)[kind]
+            rounds = min(base_rounds, 3) if batch * steps >= 2**22 else base_rounds
+            t = race(
+                {kind: fn},
+                rounds=rounds,
+                block_s=0.05 if size != "smoke" else 0.002,
+                max_calls=1000,
+            )[kind]
             peak = peak_python_bytes(fn)
             state = batch * D * 8
             row = {
@@ -66,7 +79,8 @@ def run(*, quick: bool, provider: str = "cpu", log=print) -> dict:
             }
             rows.append(row)
             log(
-                f"  ref {kind} batch {batch:>8} steps {steps:>5}: {row['us_per_step']:9.1f} µs/step, "
+                f"  ref {kind} batch {batch:>8} steps {steps:>5}: "
+                f"{row['us_per_step']:9.1f} µs/step, "
                 f"peak {row['peak_mib']:.2f} MiB = {row['peak_over_state']:.1f} states"
             )
     notes = [
@@ -79,7 +93,9 @@ def run(*, quick: bool, provider: str = "cpu", log=print) -> dict:
     except ImportError as e:  # pragma: no cover - bench_ort is part of this package
         notes.append(f"onnxruntime scaling skipped: {e}")
         return out
-    ort_rows, ort_notes = bench_ort.scaling_rows(_grid(quick), quick=quick, provider=provider, log=log)
+    ort_rows, ort_notes = bench_ort.scaling_rows(
+        _grid(size), rounds=base_rounds, rss=rss, provider=provider, threads=threads, log=log
+    )
     rows.extend(ort_rows)
     notes.extend(ort_notes)
     return out
@@ -89,4 +105,3 @@ def per_step_is_flat(rows: list[dict], sampler: str, batch: int = 64) -> float |
     """max/min µs per step over the steps grid at ``batch`` (1 = perfectly linear in steps)."""
     v = [r["us_per_step"] for r in rows if r["sampler"] == sampler and r["batch"] == batch]
     return max(v) / min(v) if len(v) >= 2 and min(v) > 0 else None
-

@@ -23,7 +23,12 @@ loops draw x_T and every step's noise from their own generator.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -127,6 +132,54 @@ def step_variants(shape, peer, seed: int = 0) -> dict:
     return v
 
 
+# glibc returns freed blocks above its trim threshold to the OS, so a step whose temporaries
+# exceed it page-faults them back in on every call; these settings keep them in the heap.
+NO_TRIM = "glibc.malloc.trim_threshold=17179869184:glibc.malloc.mmap_threshold=4294967295"
+
+_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from benchmarks import bench_steps as S
+from benchmarks._timing import race
+shape, rounds = tuple(json.loads(sys.argv[1])["shape"]), json.loads(sys.argv[1])["rounds"]
+v = {k: f for k, f in S.step_variants(shape, None).items() if k != "pass3"}
+t = race(v, rounds=rounds, block_s=0.03)
+print("PROBE_JSON:" + json.dumps({k: x.per_call for k, x in t.items()}))
+"""
+
+
+def malloc_probe(shape, rounds: int) -> dict | None:
+    """The DDPM/DDIM steps and the floor in a child with glibc's trimming off (``NO_TRIM``).
+
+    Shows how much of a large step's cost is the page faults of its temporaries on this
+    machine.  None where the child fails (e.g. not glibc: the variable is then ignored).
+    """
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, GLIBC_TUNABLES=NO_TRIM)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cfg = json.dumps({"shape": list(shape), "rounds": rounds})
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", _PROBE, cfg, root],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("PROBE_JSON:")), None)
+    if line is None:
+        return None
+    pc = {k: np.asarray(v) for k, v in json.loads(line.split(":", 1)[1]).items()}
+    floor = pc["noise"] + pc["pass4"]
+    return {
+        "glibc_tunables": NO_TRIM,
+        "us": {k: 1e6 * float(np.median(v)) for k, v in pc.items()},
+        "ref_ddpm_over_floor": float(np.median(pc["ref_ddpm"] / floor)),
+    }
+
+
 def loop_variants(shape, peer, steps: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     e = rng.standard_normal(shape)
@@ -136,8 +189,12 @@ def loop_variants(shape, peer, steps: int, seed: int = 0) -> dict:
         return e
 
     v = {
-        "ref_ddpm_loop": lambda: sampling.ddpm_sample(den, sch, shape, rng=np.random.default_rng(seed)),
-        "ref_ddim_loop": lambda: sampling.ddim_sample(den, sch, shape, rng=np.random.default_rng(seed)),
+        "ref_ddpm_loop": lambda: sampling.ddpm_sample(
+            den, sch, shape, rng=np.random.default_rng(seed)
+        ),
+        "ref_ddim_loop": lambda: sampling.ddim_sample(
+            den, sch, shape, rng=np.random.default_rng(seed)
+        ),
     }
     if peer is not None:
         torch, DDPMScheduler, DDIMScheduler = peer
@@ -162,49 +219,49 @@ def loop_variants(shape, peer, steps: int, seed: int = 0) -> dict:
     return v
 
 
+# size → (shapes, rounds, rounds for 2^20, block seconds, loop steps, loop rounds, loops at 2^20)
+PLANS = {
+    "smoke": (("1x2", "64x2"), 1, 1, 0.002, 2, 1, False),
+    "quick": (tuple(SHAPES), 3, 3, 0.01, 10, 3, False),
+    "full": (tuple(SHAPES), 9, 5, 0.03, 20, 7, True),
+}
+
+
 def run(
-    *,
-    quick: bool,
-    bandwidth: float,
-    peers: bool = True,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    loops: bool = True,
-    loop_steps: int = 20,
-    rounds: int | None = None,
-    log=print,
+    *, size: str, bandwidth: float, peers: bool = True, threads: int | None = 1, log=print
 ) -> dict:
-    """Race every variant at every shape; returns the JSON section (rows + notes)."""
-    shapes = SHAPES if shapes is None else shapes
+    """Race every variant at every shape of ``size``'s plan; returns the JSON section."""
+    labels, rounds, rounds_big, block_s, loop_steps, loop_rounds, loops_big = PLANS[size]
     peer, note = load_diffusers() if peers else (None, "diffusers peer skipped: --no-peers")
     notes = [note] if note else []
     if peer is not None:
-        peer[0].set_num_threads(peer[0].get_num_threads())  # touch: keep the default
-        notes.append(f"torch threads: {peer[0].get_num_threads()}; NumPy ufuncs run on one core")
+        if threads is not None:
+            peer[0].set_num_threads(threads)
+        notes.append(f"torch threads: {peer[0].get_num_threads()}; NumPy's ufuncs run on one core")
     rows = []
-    for label, shape in shapes.items():
+    for label in labels:
+        shape = SHAPES[label]
         n = math.prod(shape)
         big = n >= 2**20
-        r = rounds or (3 if (quick or big) else 9)
-        t = race(step_variants(shape, peer), rounds=r, block_s=0.01 if quick else 0.03)
+        r = rounds_big if big else rounds
+        t = race(step_variants(shape, peer), rounds=r, block_s=block_s)
         med = {k: v.median for k, v in t.items()}
         nbytes = 8 * n
-        floor_ddpm = med["noise"] + med["pass4"]
-        # per-round floor ratio: pair each ref round with the same round's floor parts
-        ddpm_over_floor = float(
-            np.median(
-                np.asarray(t["ref_ddpm"].per_call)
-                / (np.asarray(t["noise"].per_call) + np.asarray(t["pass4"].per_call))
-            )
-        )
+        # per-round floor ratio: each ref round against the same round's floor parts
+        floor_rounds = np.asarray(t["noise"].per_call) + np.asarray(t["pass4"].per_call)
         row = {
             "shape": label,
             "elements": n,
             "rounds": r,
             "us": {k: 1e6 * v for k, v in med.items()},
+            "us_best": {k: 1e6 * v.best for k, v in t.items()},
+            "us_cpu": {k: 1e6 * v.median_cpu for k, v in t.items()},
             "spread": {k: v.spread for k, v in t.items()},
-            "floor_ddpm_us": 1e6 * floor_ddpm,
+            "floor_ddpm_us": 1e6 * float(np.median(floor_rounds)),
             "floor_ddim_us": 1e6 * med["pass3"],
-            "ref_ddpm_over_floor": ddpm_over_floor,
+            "ref_ddpm_over_floor": float(
+                np.median(np.asarray(t["ref_ddpm"].per_call) / floor_rounds)
+            ),
             "ref_ddim_over_floor": ratio(t["ref_ddim"], t["pass3"]),
             "bw_floor_ddpm_us": 1e6 * 4 * nbytes / bandwidth,
             "bw_floor_ddim_us": 1e6 * 3 * nbytes / bandwidth,
@@ -212,18 +269,26 @@ def run(
         if peer is not None:
             row["diffusers_over_ref_ddpm"] = ratio(t["diffusers_ddpm"], t["ref_ddpm"])
             row["diffusers_over_ref_ddim"] = ratio(t["diffusers_ddim"], t["ref_ddim"])
-        if loops and not (quick and big):
+        if size != "smoke" and n >= 2**17:
+            probe = malloc_probe(shape, r)
+            if probe is not None:
+                row["no_trim"] = probe
+        if loops_big or not big:
             lt = race(
                 loop_variants(shape, peer, loop_steps),
-                rounds=3 if big else (3 if quick else 7),
-                block_s=0.05,
+                rounds=min(loop_rounds, 3) if big else loop_rounds,
+                block_s=max(block_s, 0.05) if size != "smoke" else block_s,
                 max_calls=1000,
             )
             row["loop_steps"] = loop_steps
             row["loop_us_per_step"] = {k: 1e6 * v.median / loop_steps for k, v in lt.items()}
             if peer is not None:
-                row["diffusers_over_ref_ddpm_loop"] = ratio(lt["diffusers_ddpm_loop"], lt["ref_ddpm_loop"])
-                row["diffusers_over_ref_ddim_loop"] = ratio(lt["diffusers_ddim_loop"], lt["ref_ddim_loop"])
+                row["diffusers_over_ref_ddpm_loop"] = ratio(
+                    lt["diffusers_ddpm_loop"], lt["ref_ddpm_loop"]
+                )
+                row["diffusers_over_ref_ddim_loop"] = ratio(
+                    lt["diffusers_ddim_loop"], lt["ref_ddim_loop"]
+                )
         rows.append(row)
         log(_line(row))
     out = {"rows": rows, "notes": notes}
@@ -250,7 +315,8 @@ def targets(rows: list[dict]) -> list[dict]:
                 val = row[f"diffusers_over_ref_{kind}"]
                 res.append(
                     {
-                        "target": f"ref {kind.upper()} step >= 10x faster than diffusers at {row['shape']}",
+                        "target": f"ref {kind.upper()} step >= 10x faster than diffusers "
+                        f"at {row['shape']}",
                         "value": val,
                         "goal": ">= 10",
                         "met": val >= 10.0,

@@ -76,32 +76,95 @@ def _steps(sec: dict) -> list[tuple[str, list[str], list[list]]]:
         "diffusers/ref",
     ]
     r1 = []
-    h2 = ["shape", "ref DDIM µs", "floor (pass) µs", "ref/floor", "diffusers DDIM µs", "diffusers/ref"]
+    h2 = [
+        "shape",
+        "ref DDIM µs",
+        "floor (pass) µs",
+        "ref/floor",
+        "diffusers DDIM µs",
+        "diffusers/ref",
+    ]
     r2 = []
-    h3 = ["shape", "steps", "ref DDPM µs/step", "diffusers µs/step", "diffusers/ref", "ref DDIM µs/step",
-          "diffusers µs/step", "diffusers/ref"]
+    h3 = [
+        "shape",
+        "steps",
+        "ref DDPM µs/step",
+        "diffusers µs/step",
+        "diffusers/ref",
+        "ref DDIM µs/step",
+        "diffusers µs/step",
+        "diffusers/ref",
+    ]
     r3 = []
     for row in sec.get("rows", []):
         us = row["us"]
-        r1.append([
-            row["shape"], us["ref_ddpm"], us["noise"], us["pass4"], row["floor_ddpm_us"],
-            row["ref_ddpm_over_floor"], row["bw_floor_ddpm_us"], us.get("diffusers_ddpm"),
-            row.get("diffusers_over_ref_ddpm"),
-        ])
-        r2.append([
-            row["shape"], us["ref_ddim"], row["floor_ddim_us"], row["ref_ddim_over_floor"],
-            us.get("diffusers_ddim"), row.get("diffusers_over_ref_ddim"),
-        ])
+        r1.append(
+            [
+                row["shape"],
+                us["ref_ddpm"],
+                us["noise"],
+                us["pass4"],
+                row["floor_ddpm_us"],
+                row["ref_ddpm_over_floor"],
+                row["bw_floor_ddpm_us"],
+                us.get("diffusers_ddpm"),
+                row.get("diffusers_over_ref_ddpm"),
+            ]
+        )
+        r2.append(
+            [
+                row["shape"],
+                us["ref_ddim"],
+                row["floor_ddim_us"],
+                row["ref_ddim_over_floor"],
+                us.get("diffusers_ddim"),
+                row.get("diffusers_over_ref_ddim"),
+            ]
+        )
         lp = row.get("loop_us_per_step")
         if lp:
-            r3.append([
-                row["shape"], row["loop_steps"], lp["ref_ddpm_loop"], lp.get("diffusers_ddpm_loop"),
-                row.get("diffusers_over_ref_ddpm_loop"), lp["ref_ddim_loop"],
-                lp.get("diffusers_ddim_loop"), row.get("diffusers_over_ref_ddim_loop"),
-            ])
+            r3.append(
+                [
+                    row["shape"],
+                    row["loop_steps"],
+                    lp["ref_ddpm_loop"],
+                    lp.get("diffusers_ddpm_loop"),
+                    row.get("diffusers_over_ref_ddpm_loop"),
+                    lp["ref_ddim_loop"],
+                    lp.get("diffusers_ddim_loop"),
+                    row.get("diffusers_over_ref_ddim_loop"),
+                ]
+            )
     out = [("DDPM step (noise drawn inside)", h1, r1), ("DDIM step (η = 0)", h2, r2)]
     if r3:
         out.append(("sampling loops (fixed ε̂ denoiser)", h3, r3))
+    h4 = [
+        "shape",
+        "ref DDPM µs",
+        "floor µs",
+        "ref/floor",
+        "ref DDIM µs",
+        "ref/floor (default malloc)",
+    ]
+    r4 = []
+    for row in sec.get("rows", []):
+        nt = row.get("no_trim")
+        if nt:
+            us = nt["us"]
+            r4.append(
+                [
+                    row["shape"],
+                    us["ref_ddpm"],
+                    us["noise"] + us["pass4"],
+                    nt["ref_ddpm_over_floor"],
+                    us["ref_ddim"],
+                    row["ref_ddpm_over_floor"],
+                ]
+            )
+    if r4:
+        out.append(
+            ("large steps with glibc's trimming off (a child process, GLIBC_TUNABLES)", h4, r4)
+        )
     return out
 
 
@@ -121,31 +184,65 @@ def _ort(sec: dict) -> list[tuple[str, list[str], list[list]]]:
     ]
     rows = []
     for row in sec.get("rows", []):
-        rows.append([
-            row["sampler"], row["batch"], row["steps"], row.get("bare_us"), row.get("loop_us_per_step"),
-            row.get("loop_overhead"), row.get("graph_us_per_step"), row.get("loop_over_graph"),
-            row.get("dstyle_us_per_step"), row.get("dstyle_over_loop"), row.get("dstyle_over_graph"),
-        ])
+        rows.append(
+            [
+                row["sampler"],
+                row["batch"],
+                row["steps"],
+                row.get("bare_us"),
+                row.get("loop_us_per_step"),
+                row.get("loop_overhead"),
+                row.get("graph_us_per_step"),
+                row.get("loop_over_graph"),
+                row.get("dstyle_us_per_step"),
+                row.get("dstyle_over_loop"),
+                row.get("dstyle_over_graph"),
+            ]
+        )
     return [(f"onnxruntime ({sec.get('provider', '?')})", h, rows)]
 
 
 def _scaling(sec: dict) -> list[tuple[str, list[str], list[list]]]:
-    h = ["sampler", "batch", "steps", "ms total", "µs/step", "ns/elem/step", "peak MiB", "peak/state"]
+    h = [
+        "sampler",
+        "batch",
+        "steps",
+        "ms total",
+        "µs/step",
+        "ns/elem/step",
+        "peak MiB",
+        "peak/state",
+    ]
     rows = []
     for row in sec.get("rows", []):
-        rows.append([
-            row["sampler"], row["batch"], row["steps"], row["ms"], row["us_per_step"],
-            row.get("ns_per_elem_step"), row.get("peak_mib"), row.get("peak_over_state"),
-        ])
+        rows.append(
+            [
+                row["sampler"],
+                row["batch"],
+                row["steps"],
+                row["ms"],
+                row["us_per_step"],
+                row.get("ns_per_elem_step"),
+                row.get("peak_mib"),
+                row.get("peak_over_state"),
+            ]
+        )
     return [("scaling (steps, batch, memory)", h, rows)]
 
 
 def _stats(sec: dict) -> list[tuple[str, list[str], list[list]]]:
     h = ["files", "tests", "assertions", "wall s", "s/assertion", "Σα", "exit"]
-    r = [[
-        sec.get("files"), sec.get("tests"), sec.get("assertions"), sec.get("wall_s"),
-        sec.get("s_per_assertion"), sec.get("alpha_total"), sec.get("exit_code"),
-    ]]
+    r = [
+        [
+            sec.get("files"),
+            sec.get("tests"),
+            sec.get("assertions"),
+            sec.get("wall_s"),
+            sec.get("s_per_assertion"),
+            sec.get("alpha_total"),
+            sec.get("exit_code"),
+        ]
+    ]
     return [("statistical suite", h, r)]
 
 

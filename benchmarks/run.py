@@ -9,8 +9,9 @@ Sections (``--only`` picks some):
 - ``stats``    seconds per statistical assertion of the statistical test suite.
 
 Prints a table per section and a summary of issue 7's targets, and writes every number as
-JSON (atomically).  ``--quick`` runs a smaller version (about a minute) that keeps every
-section.  Standalone: ``python benchmarks/run.py [options]`` from the repository root.
+JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that keeps every
+section; ``--smoke`` checks the harness at toy sizes in seconds (its numbers mean nothing).
+Standalone: ``python benchmarks/run.py [options]`` from the repository root.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -32,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmarks: reference and ONNX samplers against peers and floors "
         "(ratios measured side by side in one run).",
     )
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (~1 min)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="smaller sizes and fewer rounds (minutes)"
+    )
+    size.add_argument(
+        "--smoke", action="store_true", help="toy sizes, one round: checks the harness in seconds"
+    )
     p.add_argument(
         "--provider",
         choices=("cpu", "cuda", "auto"),
@@ -44,7 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default all)",
     )
-    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results*.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default benchmarks/results*.json)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for torch and onnxruntime on CPU (default 1: NumPy's ufuncs use one "
+        "core, and one thread each keeps a shared machine's numbers stable; 0 = library default)",
+    )
     p.add_argument("--no-peers", action="store_true", help="skip torch/diffusers even if installed")
     return p
 
@@ -61,9 +78,13 @@ def _default_out(args) -> Path:
     name = "results"
     if args.provider != "cpu":
         name += f"-{args.provider}"
-    if args.quick:
-        name += "-quick"
+    if _size(args) != "full":
+        name += f"-{_size(args)}"
     return HERE / f"{name}.json"
+
+
+def _size(args) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     from . import _timing, report
 
     out_path = args.out or _default_out(args)
+    size = _size(args)
     t_start = time.perf_counter()
     info = _timing.machine_info()
-    print(f"refdiff bench{' --quick' if args.quick else ''} on {info['cpu']} ({info['cores']} cores)")
-    bw = _timing.copy_bandwidth(64 * 2**20 if args.quick else 256 * 2**20)
+    print(f"refdiff bench ({size}) on {info['cpu']} ({info['cores']} cores)")
+    bw = _timing.copy_bandwidth({"smoke": 8, "quick": 64, "full": 256}[size] * 2**20)
     info["copy_bandwidth_GBps"] = bw / 1e9
     print(f"  copy bandwidth (read + write, large numpy.copyto): {bw / 1e9:.1f} GB/s")
     result: dict = {
         "machine": info,
-        "quick": args.quick,
+        "size": size,
+        "argv": list(argv) if argv is not None else sys.argv[1:],
         "provider": args.provider,
+        "threads": args.threads or None,
         "sections": {},
         "errors": {},
     }
@@ -110,21 +134,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_section(name: str, args, bw: float) -> dict:
+    threads, size, peers = args.threads or None, _size(args), not args.no_peers
     if name == "steps":
         from . import bench_steps
 
-        return bench_steps.run(quick=args.quick, bandwidth=bw, peers=not args.no_peers)
+        return bench_steps.run(size=size, bandwidth=bw, peers=peers, threads=threads)
     if name == "ort":
         from . import bench_ort
 
-        return bench_ort.run(quick=args.quick, provider=args.provider, peers=not args.no_peers)
+        return bench_ort.run(size=size, provider=args.provider, peers=peers, threads=threads)
     if name == "scaling":
         from . import bench_scaling
 
-        return bench_scaling.run(quick=args.quick, provider=args.provider)
+        return bench_scaling.run(size=size, provider=args.provider, threads=threads)
     from . import bench_stats
 
-    return bench_stats.run(quick=args.quick)
+    if size != "smoke":
+        return bench_stats.run()
+    with tempfile.TemporaryDirectory() as tmp:  # the harness on one tiny statistical test
+        f = Path(tmp) / "test_statistical_smoke.py"
+        f.write_text(SMOKE_TEST)
+        return bench_stats.run(files=[f], env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+
+SMOKE_TEST = """
+import numpy as np
+from refdiff import stats
+
+
+def test_mean_of_normals():
+    x = np.random.default_rng(0).standard_normal((1000, 2))
+    stats.assert_mean(x, np.zeros(2), np.eye(2), false_fail_rate=1e-6)
+"""
 
 
 def _clean(obj):
@@ -162,7 +203,9 @@ def bootstrap() -> None:
         if not (root / "export" / "__init__.py").is_file():
             return
         spec = importlib.util.spec_from_file_location(
-            "refdiff.export", root / "export" / "__init__.py", submodule_search_locations=[str(root / "export")]
+            "refdiff.export",
+            root / "export" / "__init__.py",
+            submodule_search_locations=[str(root / "export")],
         )
         if spec is None or spec.loader is None:
             return

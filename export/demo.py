@@ -62,14 +62,19 @@ __all__ = [
     "run_demo",
     "DemoOptions",
     "PARITY_TOL",
+    "PARITY_MAX_TOL",
     "LAW_ALPHA",
     "MLP_LAW_TOL",
 ]
 
-#: Parity passes when max|x_ort − x_ref| / max(1, max|x_ref|) ≤ PARITY_TOL over the subset.
-#: float32 (ORT) against float64 (reference): one rounding per op, ~1e-7 relative per step,
-#: accumulated over up to 1000 steps; measured ≤ 3e-5 on the demo's samplers.
-PARITY_TOL = 1e-3
+#: Parity: per sample, e = max_d |x_ort − x_ref| / max(1, max|x_ref|); it passes when the 99th
+#: percentile of e is ≤ PARITY_TOL and every e is ≤ PARITY_MAX_TOL.  float32 (ORT) against
+#: float64 (reference) rounds ~1e-7 per op; over 1000 steps the typical sample ends ~1e-6
+#: away (p99 ~1e-5).  A sample that sits between two modes at small t follows unstable
+#: dynamics that amplify rounding ~1000-fold (measured: 4e-4 for one of 1000 exact-DDPM
+#: samples), hence the separate, looser bound on the maximum.
+PARITY_TOL = 1e-4
+PARITY_MAX_TOL = 1e-2
 #: False-failure rate of each exact-law check (DKW bound, Bonferroni over the directions).
 LAW_ALPHA = 1e-6
 #: The trained MLP is called "close" when its projected KS distance exceeds the DKW
@@ -78,7 +83,7 @@ MLP_LAW_TOL = 0.05
 #: Projection directions of the sliced Wasserstein distance.
 SW_DIRECTIONS = 64
 #: Base times shown in the trajectory strip, as fractions of T.
-TRAJ_FRACTIONS = (1.0, 0.75, 0.5, 0.3, 0.15, 0.05, 0.0)
+TRAJ_FRACTIONS = (1.0, 0.5, 0.25, 0.15, 0.1, 0.05, 0.02, 0.0)
 
 SAMPLER_CHOICES = ("both", "ddpm", "ddim")
 
@@ -250,11 +255,17 @@ def _projected_two_sample(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[f
     return float(worst.statistic), float(worst.threshold)
 
 
-def _rel_err(y: np.ndarray, ref: np.ndarray) -> float:
+def _parity(y: np.ndarray, ref: np.ndarray) -> dict:
+    """Per-sample errors e_i = max_d |y − ref| / max(1, max|ref|): p50, p99, max, max |Δ|."""
     ref = np.asarray(ref, dtype=np.float64)
-    return float(
-        np.max(np.abs(np.asarray(y, dtype=np.float64) - ref)) / max(1.0, float(np.max(np.abs(ref))))
-    )
+    d = np.abs(np.asarray(y, dtype=np.float64) - ref).reshape(ref.shape[0], -1).max(axis=1)
+    e = d / max(1.0, float(np.max(np.abs(ref))))
+    return {
+        "p50": float(np.median(e)),
+        "p99": float(np.quantile(e, 0.99)),
+        "max": float(e.max()),
+        "max_abs": float(d.max()),
+    }
 
 
 def _provider(requested: str) -> tuple[str, str]:
@@ -359,7 +370,8 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
             fname = f"{dname}_{sname}{info['steps']}_sampler.onnx"
             sampler_files[dname, sname] = save_model(g.graph_model, models / fname)
             files[f"models/{fname}"] = (
-                f"whole {sname.upper()} sampler ({info['steps']} steps, Loop) around the {dname} denoiser; "
+                f"whole {sname.upper()} sampler ({info['steps']} steps, Loop) "
+                f"around the {dname} denoiser; "
                 "inputs x_T (B,2)" + (", step_noise (N,B,2)" if sname == "ddpm" else "")
             )
 
@@ -367,10 +379,12 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
     log(
         f"[3/5] sampling {n} points per run with onnxruntime on {used}; parity on {m} against NumPy"
     )
-    runs, timing, trajectory = [], [], None
+    runs: list[dict] = []
+    timing: dict[str, dict[str, float]] = {}
+    trajectory = None
     traj_key = ("mlp", "ddpm" if "ddpm" in samplers else next(iter(samplers)))
     samples_out: dict[tuple[str, str], np.ndarray] = {}
-    for si, (sname, (sch, sopts, info)) in enumerate(samplers.items()):
+    for si, (sname, (sch, sopts, _)) in enumerate(samplers.items()):
         N = sch.T
         nrng = np.random.default_rng([opts.seed, 2, si])
         x_T = nrng.standard_normal((n, 2), dtype=np.float32)
@@ -400,7 +414,8 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
             samples_out[dname, sname] = x.astype(np.float64)
             if want_traj:
                 trajectory = (label, snaps)
-            timing.append((f"{label} · ORT fused (B={n})", main_s / N * 1e6))
+            times = timing.setdefault(label, {})
+            times[f"ORT fused, B={n} (main run)"] = main_s / N * 1e6
             # the NumPy reference on the subset, same noise
             xs, zs = x_T[:m].astype(np.float64), None if z is None else z[:, :m].astype(np.float64)
             fn = ddpm_sample if sname == "ddpm" else ddim_sample
@@ -419,27 +434,27 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
             ref_s = time.perf_counter() - t0
             if rbar is not None:
                 rbar.close()
-            timing.append((f"{label} · numpy reference (B={m})", ref_s / N * 1e6))
+            times[f"NumPy reference, B={m}"] = ref_s / N * 1e6
             # every onnxruntime path on the subset
-            errs = {"fused (main run)": _rel_err(x[:m], ref)}
-            abs_errs = {"fused (main run)": float(np.max(np.abs(x[:m] - ref)))}
+            errs = {"fused (main run)": _parity(x[:m], ref)}
             sub_noise = None if z is None else np.ascontiguousarray(z[:, :m])
             for mode in ("steps", "fused", "graph"):
                 if mode == "graph":
                     s2 = OrtSampler(sampler_files[dname, sname], **sess_kw)
                 else:
                     s2 = OrtSampler(dpath, sch, sampler=sname, mode=mode, **sess_kw, **sopts)
-                s2.sample(x_T[:m], sub_noise)  # warm-up (session init, allocations)
+                if N < 200:  # warm-up (first-run allocations), amortised anyway for long runs
+                    s2.sample(x_T[:m], sub_noise)
                 t0 = time.perf_counter()
                 y = s2.sample(x_T[:m], sub_noise)
                 dt = time.perf_counter() - t0
                 name = {"steps": "steps", "fused": "fused", "graph": "whole graph (saved file)"}[
                     mode
                 ]
-                timing.append((f"{label} · ORT {name} (B={m})", dt / N * 1e6))
-                errs[name] = _rel_err(y, ref)
-                abs_errs[name] = float(np.max(np.abs(y - ref)))
-            worst = max(errs.values())
+                times[f"ORT {name}, B={m}"] = dt / N * 1e6
+                errs[name] = _parity(y, ref)
+            p99 = max(e["p99"] for e in errs.values())
+            worst = max(e["max"] for e in errs.values())
             runs.append(
                 {
                     "denoiser": dname,
@@ -451,12 +466,13 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
                     "reference_us_per_step": ref_s / N * 1e6,
                     "parity": {
                         "n": m,
-                        "rel_err": errs,
-                        "abs_err": abs_errs,
+                        "paths": errs,
+                        "p99_rel_err": p99,
                         "max_rel_err": worst,
-                        "max_abs_err": max(abs_errs.values()),
-                        "tolerance": PARITY_TOL,
-                        "passed": bool(worst <= PARITY_TOL),
+                        "max_abs_err": max(e["max_abs"] for e in errs.values()),
+                        "tolerance_p99": PARITY_TOL,
+                        "tolerance_max": PARITY_MAX_TOL,
+                        "passed": bool(p99 <= PARITY_TOL and worst <= PARITY_MAX_TOL),
                     },
                 }
             )
@@ -530,7 +546,8 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
         R.samples_figure(
             fresh,
             panels,
-            title=f"Samples against data ({opts.data}): onnxruntime samples (blue) over the data (grey)",
+            title=f"Samples against data ({opts.data}): "
+            "onnxruntime samples (blue) over the data (grey)",
         ),
     )
     if trajectory is not None:
@@ -576,7 +593,29 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
         "mlp_law_ok": all(r["law"]["close"] for r in mlp_runs),
     }
     passed = checks["parity_passed"] and checks["exact_law_passed"] is not False
-    modes = "per-step (steps), fused step and whole-graph (the saved sampler file)"
+    parity_text = (
+        "the same noise (x_T and every step's z, float32) through the NumPy float64 reference "
+        "and through onnxruntime (per-step `steps`, `fused` step, and the whole-graph sampler "
+        f"file) on the first {m} samples of every run. Per sample e = max|Δ| / max(1, max|x_ref|);"
+        f" passes when the 99th percentile of e is ≤ {PARITY_TOL:g} and every e ≤ "
+        f"{PARITY_MAX_TOL:g} (float32 over up to {max(r['steps'] for r in runs)} steps; samples "
+        "between two modes at small t amplify rounding, hence the looser bound on the maximum)."
+    )
+    if n_exact:
+        exact_text = (
+            f"each exact-denoiser run ({n} ORT samples) is KS-tested along 4 directions against "
+            "the exact projected mixture CDFs (refdiff.stats.check_mixture: DKW bound, "
+            f"Bonferroni), false-failure rate α = {LAW_ALPHA:g} per run ({n_exact} runs)."
+        )
+    else:
+        exact_text = "no exact law for this data set (not a Gaussian mixture): skipped."
+    kind = "the exact law" if ds.law is not None else f"a fresh draw of {n} data points"
+    mlp_text = (
+        f"the same KS statistic (against {kind}) for the trained MLP's samples; 'close' when it "
+        f"is within {MLP_LAW_TOL} of the α-threshold (a quality label: training is approximate)."
+        f" SW1 = sliced Wasserstein-1 ({SW_DIRECTIONS} random directions) to a fresh draw of {n}"
+        " data points; the baseline row compares two fresh draws of the data (the noise floor)."
+    )
     summary = {
         "refdiff_version": refdiff.__version__,
         "passed": bool(passed),
@@ -600,30 +639,17 @@ def run_demo(opts: DemoOptions, folder: Path, log: _Log) -> dict:
         },
         "runs": runs,
         "baseline": baseline,
-        "timing_us_per_step": dict(timing),
+        "timing_us_per_step": timing,
         "checks": checks,
         "parity": {
-            "tolerance": PARITY_TOL,
-            "description": f"the same noise (x_T and every step's z, float32) through the NumPy float64 "
-            f"reference and through onnxruntime ({modes}) on the first {m} samples of every run; "
-            f"passes when max|Δ| / max(1, max|x_ref|) ≤ {PARITY_TOL:g} (float32 over up to "
-            f"{max(r['steps'] for r in runs)} steps).",
+            "tolerance_p99": PARITY_TOL,
+            "tolerance_max": PARITY_MAX_TOL,
+            "description": parity_text,
         },
         "law_tests": {
             "alpha": LAW_ALPHA,
-            "exact_description": (
-                f"each exact-denoiser run ({n} ORT samples) is KS-tested along 4 directions against "
-                f"the exact projected mixture CDFs (refdiff.stats.check_mixture, DKW bound, Bonferroni), "
-                f"false-failure rate α = {LAW_ALPHA:g} per run ({n_exact} runs)."
-                if n_exact
-                else "no exact law for this data set (not a Gaussian mixture): skipped."
-            ),
-            "mlp_description": (
-                f"the same statistic for the trained MLP's samples; 'close' when it is within "
-                f"{MLP_LAW_TOL} of the α-threshold (a quality label: training is approximate). SW1 = "
-                f"sliced Wasserstein-1 ({SW_DIRECTIONS} random directions) to a fresh draw of {n} data "
-                "points; the baseline row compares two fresh draws of the data (the noise floor)."
-            ),
+            "exact_description": exact_text,
+            "mlp_description": mlp_text,
         },
         "files": files,
     }

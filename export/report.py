@@ -50,13 +50,14 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _limits(points: Sequence[np.ndarray]) -> tuple[float, float]:
+def _limits(points: Sequence[np.ndarray], pad: float = 1.1) -> tuple[float, float]:
+    """Square axis limits covering 99.6 % of the points, times ``pad``."""
     allp = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in points])
     allp = allp[np.isfinite(allp).all(axis=1)]
     if allp.size == 0:
         return -1.0, 1.0
     lo, hi = np.quantile(allp, [0.002, 0.998], axis=0)
-    half = 0.55 * float(np.max(hi - lo)) + 0.1
+    half = 0.5 * pad * float(np.max(hi - lo)) + 0.1
     return -half + float(np.mean((lo + hi) / 2)), half + float(np.mean((lo + hi) / 2))
 
 
@@ -81,7 +82,7 @@ def samples_figure(
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig = _figure(3.2 * cols, 3.3 * rows + 0.3)
-    lim = _limits([data] + [p for _, p in panels])
+    lim = _limits([data], pad=1.5)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     _scatter(axes[0], data, "0.35", lim, max_points)
     axes[0].set_title(f"data ({min(len(data), max_points)} points)", fontsize=9)
@@ -146,21 +147,38 @@ def schedule_figure(
     return png_bytes(fig)
 
 
-def timing_figure(rows: Sequence[tuple[str, float]], *, title: str) -> bytes:
-    """PNG: horizontal bars of microseconds per sampler step, one per (label, µs)."""
-    fig = _figure(8.0, 0.45 * len(rows) + 1.4)
+def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
+    """PNG: grouped bars of microseconds per sampler step (log scale).
+
+    ``timing`` maps a run label (e.g. "mlp ddpm") to {backend label: µs per step}; each run
+    is a group, each backend a bar colour (the NumPy reference in grey).
+    """
+    runs = list(timing)
+    backends: list[str] = []
+    for r in runs:
+        backends += [b for b in timing[r] if b not in backends]
+    fig = _figure(max(6.0, 1.6 * len(runs) + 3.0), 4.2)
     ax = fig.subplots()
-    labels = [r[0] for r in rows]
-    vals = np.array([r[1] for r in rows], dtype=np.float64)
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, vals, color=["tab:gray" if "numpy" in lab else "tab:blue" for lab in labels])
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("µs per step (log scale)")
-    for yi, v in zip(y, vals):
-        ax.text(v, yi, f" {v:,.0f}", va="center", fontsize=7)
-    ax.set_xlim(right=float(vals.max()) * 4 if vals.size else 1.0)
-    ax.grid(axis="x", alpha=0.3)
+    width = 0.8 / max(1, len(backends))
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown"]
+    ci = 0
+    for j, b in enumerate(backends):
+        color = "0.55" if "numpy" in b.lower() else palette[ci % len(palette)]
+        ci += "numpy" not in b.lower()
+        xs = [
+            i + (j - (len(backends) - 1) / 2) * width for i, r in enumerate(runs) if b in timing[r]
+        ]
+        vs = [timing[r][b] for r in runs if b in timing[r]]
+        ax.bar(xs, vs, width=width * 0.95, color=color, label=b)
+        for x, v in zip(xs, vs):
+            ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(range(len(runs)), runs, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("µs per step (log scale)")
+    top = max((v for r in runs for v in timing[r].values()), default=1.0)
+    ax.set_ylim(top=top * 8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncols=2, loc="upper left")
     ax.set_title(title, fontsize=10)
     return png_bytes(fig)
 
@@ -223,7 +241,8 @@ _RUN_HEADER = (
     "sampler",
     "steps",
     "µs/step (ORT)",
-    "parity max|Δ|",
+    "parity p99",
+    "parity max",
     "parity",
     "KS proj.",
     "SW1",
@@ -243,7 +262,8 @@ def _run_rows(summary: dict) -> list[list[object]]:
                 r["sampler"],
                 r["steps"],
                 r["ort_us_per_step"],
-                par.get("max_abs_err"),
+                par.get("p99_rel_err"),
+                par.get("max_rel_err"),
                 par.get("passed"),
                 law.get("ks"),
                 law.get("sw1"),
@@ -257,6 +277,7 @@ def _run_rows(summary: dict) -> list[list[object]]:
                 "data (fresh draw)",
                 "—",
                 "—",
+                None,
                 None,
                 None,
                 None,
@@ -307,8 +328,9 @@ def markdown_report(summary: dict, figures: dict[str, str]) -> str:
         f"- data: `{data['name']}` — {data['description']}; {data['train_size']} training points.",
         f"- schedule: {s['schedule']['name']}, T = {s['schedule']['T']}, "
         f"ᾱ_T = {s['schedule']['alpha_bar_T']:.3g}.",
-        f"- trained MLP ({tr['config']['prediction_type']} prediction, hidden {tr['config']['hidden']}"
-        f" × {tr['config']['depth']}): {tr['steps']} Adam steps, batch {tr['config']['batch_size']}, "
+        f"- trained MLP ({tr['config']['prediction_type']} prediction, "
+        f"hidden {tr['config']['hidden']} × {tr['config']['depth']}): {tr['steps']} Adam steps, "
+        f"batch {tr['config']['batch_size']}, "
         f"{tr['wall_s']:.1f} s; loss {tr['loss_first']:.3g} → {tr['loss_last']:.3g}.",
     ]
     for name, info in s["samplers"].items():
@@ -326,7 +348,7 @@ def markdown_report(summary: dict, figures: dict[str, str]) -> str:
         "",
         "## Checks",
         "",
-        f"- **Parity** ({'passed' if s['checks']['parity_passed'] else 'FAILED'}): {par['description']}",
+        f"- **Parity** ({_verdict(s['checks']['parity_passed'])}): {par['description']}",
         f"- **Law of the exact denoiser's samples** ({_verdict(s['checks']['exact_law_passed'])}): "
         f"{law['exact_description']}",
         f"- **Trained denoiser** ({_verdict(s['checks']['mlp_law_ok'])}): {law['mlp_description']}",

@@ -31,7 +31,6 @@ from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
-from scipy.linalg import cho_solve
 
 from ._check import as_batch, as_float_array, option
 from .errors import (
@@ -348,7 +347,7 @@ def _posterior(mix: GaussianMixture, x: np.ndarray, ab: float) -> _Posterior:
         S, m = mix.covs[k], mix.means[k]
         C = ab * S + (1.0 - ab) * eye
         chol = np.linalg.cholesky(C)
-        cinv = cho_solve((chol, True), eye)
+        cinv = np.linalg.solve(chol.T, np.linalg.solve(chol, eye))
         cinv = 0.5 * (cinv + cinv.T)
         d = x - a * m  # (B, D)
         cd = _right_mul(d, cinv)  # rows C⁻¹ d

@@ -36,7 +36,9 @@ def posterior_coefficients(schedule: Schedule, t) -> tuple[np.ndarray, np.ndarra
     """(c0_t, ct_t) of eq. 4.1 for int t in [1, T] (scalar or (B,)); float64."""
     t = schedule.check_t(t)
     ab, abp, b = schedule.alpha_bar[t], schedule.alpha_bar_prev[t], schedule.beta[t]
-    return b * np.sqrt(abp) / (1.0 - ab), (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)
+    # √α_t as √(ᾱ_t/ᾱ_{t−1}), not √(1 − β_t): on a respaced schedule β′ can be 1 − 1e-6
+    # (cosine's last step) and 1 − β′ would lose ten digits.
+    return b * np.sqrt(abp) / (1.0 - ab), (1.0 - abp) * np.sqrt(ab / abp) / (1.0 - ab)
 
 
 def posterior_variance(schedule: Schedule, t) -> np.ndarray:

@@ -46,8 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
-from scipy import stats as sps
+from scipy import special
 
 from .errors import InputError, ShapeError
 
@@ -475,17 +474,39 @@ def min_num_samples_two_sample(
 
 
 # -- Gaussian mean (χ² with known covariance) ----------------------------------------------
+def _chi2_isf(p: float, df: float) -> float:
+    """Upper quantile of χ²_df: P(χ² > q) = p."""
+    return float(2.0 * special.gammainccinv(df / 2.0, p))
+
+
+def _chi2_ppf(p: float, df: float) -> float:
+    """Lower quantile of χ²_df: P(χ² ≤ q) = p."""
+    return float(2.0 * special.gammaincinv(df / 2.0, p))
+
+
+def _chi2_cdf(x: np.ndarray, df: float) -> np.ndarray:
+    return special.gammainc(df / 2.0, np.maximum(x, 0.0) / 2.0)
+
+
 def _noncentrality(dim: int, alpha: float, beta: float) -> float:
-    """λ with P(χ'²_d(λ) > χ²_d quantile 1−α) = 1 − β."""
-    q = sps.chi2.isf(alpha, dim)
+    """λ with P(χ'²_d(λ) > χ²_d quantile 1−α) = 1 − β (bisection; the power grows with λ)."""
+    q = _chi2_isf(alpha, dim)
 
-    def f(lam: float) -> float:
-        return sps.ncx2.sf(q, dim, lam) - (1.0 - beta)
+    def power(lam: float) -> float:
+        return 1.0 - float(special.chndtr(q, dim, lam))
 
-    hi = 1.0
-    while f(hi) < 0:
-        hi *= 2.0
-    return float(optimize.brentq(f, 0.0, hi, xtol=1e-12, rtol=1e-12))
+    lo, hi = 0.0, 1.0
+    while power(hi) < 1.0 - beta:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if power(mid) < 1.0 - beta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return hi
 
 
 def _check_dim(dim: object) -> int:
@@ -514,7 +535,7 @@ def check_mean(
     m, _, chol = _mean_cov(mean, cov, d)
     z = np.linalg.solve(chol, (x.mean(axis=0) - m))
     stat = float(n * z @ z)
-    thr = float(sps.chi2.isf(a, d))
+    thr = _chi2_isf(a, d)
     disc = math.sqrt(_noncentrality(d, a, b) / n)
     return CheckResult(
         name,
@@ -580,13 +601,13 @@ def _directions_cov(d: int) -> np.ndarray:
 
 
 def _variance_bounds(df: int, alpha: float, k: int) -> tuple[float, float]:
-    return float(sps.chi2.ppf(alpha / (2 * k), df)), float(sps.chi2.isf(alpha / (2 * k), df))
+    return _chi2_ppf(alpha / (2 * k), df), _chi2_isf(alpha / (2 * k), df)
 
 
 def _variance_discrepancy(df: int, alpha: float, beta: float, k: int) -> float:
     lo, hi = _variance_bounds(df, alpha, k)
-    r_hi = hi / sps.chi2.ppf(beta, df)
-    r_lo = lo / sps.chi2.isf(beta, df)
+    r_hi = hi / _chi2_ppf(beta, df)
+    r_lo = lo / _chi2_isf(beta, df)
     return float(max(r_hi - 1.0, 1.0 - r_lo))
 
 
@@ -745,7 +766,7 @@ def check_mvn(
     m, _, chol = _mean_cov(mean, cov, d)
     z = np.linalg.solve(chol, (x - m).T)
     r2 = np.einsum("dn,dn->n", z, z)
-    stat = ks_statistic(r2, lambda v: sps.chi2.cdf(v, d))
+    stat = ks_statistic(r2, lambda v: _chi2_cdf(v, d))
     thr = dkw_epsilon(n, a) + tol
     return CheckResult(
         name,

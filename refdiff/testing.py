@@ -285,7 +285,12 @@ def make_inputs(
         return {"x0": x0, "x_t": x_t}
     pt = str(options.get("prediction_type", "epsilon"))
     truth = from_x0_eps(x0, eps, ab, pt) if pt != "score" else -eps / math.sqrt(1.0 - ab)
-    out = {"x_t": x_t, "model_output": truth + 0.3 * rng.standard_normal(shape), "noise": noise}
+    out = {
+        "x_t": x_t,
+        "model_output": truth + 0.3 * rng.standard_normal(shape),
+        "noise": noise,
+        "x0": x0,  # the data x_t was noised from (not an input of the step itself)
+    }
     vt = options.get("variance_type")
     if vt in reverse.LEARNED:
         beta = float(schedule.beta[t])
@@ -430,7 +435,19 @@ def _scaled_tail(s: Schedule, b: int, h: float) -> Schedule:
     m[0] = False
     ab[m] *= 1.0 + h
     base1 = s.base_alpha_bar_1 * (1.0 + h) if b <= 1 else s.base_alpha_bar_1
-    return Schedule(s.beta.copy(), ab, s.timesteps.copy(), base1, s.name)
+    return _fast_schedule(s.beta.copy(), ab, s.timesteps.copy(), base1, s.name)
+
+
+def _fast_schedule(beta, alpha_bar, timesteps, base1: float, name: str) -> Schedule:
+    """A Schedule from arrays derived from a valid one, without re-validation (the finite
+    differences build thousands of them)."""
+    s = object.__new__(Schedule)
+    for k, v in (("beta", beta), ("alpha_bar", alpha_bar), ("timesteps", timesteps)):
+        v.setflags(write=False)
+        object.__setattr__(s, k, v)
+    object.__setattr__(s, "base_alpha_bar_1", float(base1))
+    object.__setattr__(s, "name", name)
+    return s
 
 
 def _local_schedule(s: Schedule, t: int) -> tuple[Schedule, int]:
@@ -438,7 +455,7 @@ def _local_schedule(s: Schedule, t: int) -> tuple[Schedule, int]:
     small schedule with the same values, and t's index in it (cheap finite differences)."""
     idx = sorted({0, 1, t - 1, t} | ({2} if s.T >= 2 else set()))
     idx = [i for i in idx if 0 <= i <= s.T]
-    local = Schedule(
+    local = _fast_schedule(
         s.beta[idx].copy(), s.alpha_bar[idx].copy(), s.timesteps[idx].copy(),
         s.base_alpha_bar_1, s.name,
     )  # fmt: skip
@@ -448,7 +465,7 @@ def _local_schedule(s: Schedule, t: int) -> tuple[Schedule, int]:
 def _scaled_beta(s: Schedule, j: int, h: float) -> Schedule:
     beta = s.beta.copy()
     beta[j] *= 1.0 + h
-    return Schedule(beta, s.alpha_bar.copy(), s.timesteps.copy(), s.base_alpha_bar_1, s.name)
+    return _fast_schedule(beta, s.alpha_bar.copy(), s.timesteps.copy(), s.base_alpha_bar_1, s.name)
 
 
 def schedule_sensitivity(case: Case, fn: Callable[[Schedule], np.ndarray] | None = None) -> np.ndarray:
@@ -910,45 +927,52 @@ def assert_sampler_law(
     """Statistical check of a whole sampler whose noise cannot be injected.
 
     ``sampler(denoiser, n) -> samples (n, d)`` runs the implementation's own loop (its own
-    random numbers) on the setting's kept steps, calling ``denoiser(x_t, t)`` — the *exact*
-    denoiser of Gaussian data N(``data_mean``, ``data_cov``), returning the prediction of
-    ``options["prediction_type"]``, with ``t`` (B,) base steps in the sampler's
-    ``index_base``.  With the exact denoiser the output law is exactly Gaussian (DDPM: any
-    variance type; DDIM: any η; refdiff.exact), so the samples are tested against that law with
+    random numbers, x_T ~ N(0, I)) over the setting's kept steps, calling
+    ``denoiser(x_t, t)``: the *exact* denoiser of Gaussian data N(``data_mean``,
+    ``data_cov``) (default d = 2), returning the prediction ``options["prediction_type"]``
+    in the framework of ``x_t`` (duck-typed), with ``t`` the base steps in the sampler's
+    ``index_base``.  With the exact denoiser every step is affine, so the output law is
+    exactly Gaussian (:func:`refdiff.exact.ddpm_law` / :func:`refdiff.exact.ddim_law`, fixed
+    variance types, no clipping); the samples are tested against it with
     :func:`refdiff.stats.assert_gaussian` (mean χ² and directional variances) at
-    ``false_fail_rate`` — a statistical assertion recorded in refdiff.stats's ledger.
-    Returns the stats CheckResult; raises its AssertionError on failure.
+    ``false_fail_rate`` — recorded in refdiff.stats's error-budget ledger.  Returns the stats
+    CheckResult (with the detectable mean shift and variance error); raises its
+    AssertionError on failure.
     """
     from . import exact, stats
+    from .adapters import from_numpy_like
 
     st = _setting(setting)
     opts = dict(options or {})
     sched = st.respaced()
-    d = 2 if data_mean is None else int(np.asarray(data_mean).size)
-    m = np.zeros(d) + (0.3 if data_mean is None else np.asarray(data_mean, dtype=np.float64))
+    if data_mean is None:
+        d = 2 if data_cov is None else int(np.asarray(data_cov).shape[0])
+        m = np.full(d, 0.3)
+    else:
+        m = np.atleast_1d(np.asarray(data_mean, dtype=np.float64))
+        d = m.shape[0]
     cov = np.diag(np.linspace(0.2, 0.6, d)) if data_cov is None else np.asarray(data_cov, float)
-    data = exact.GaussianData(m, cov)
-    pt = str(opts.get("prediction_type", "epsilon"))
+    data = exact.Gaussian(m, cov)
     if kind == "ddpm":
-        law_m, law_c = exact.ddpm_law(data, sched, **opts)
+        law = exact.ddpm_law(data, sched, **opts)
     elif kind == "ddim":
-        law_m, law_c = exact.ddim_law(data, sched, **opts)
+        law = exact.ddim_law(data, sched, **opts)
     else:
         raise InputError("kind", f"must be 'ddpm' or 'ddim'; got {kind!r}")
-    base = st.base()
+    f = exact.denoiser(data, sched, str(opts.get("prediction_type", "epsilon")))
     off = 1 - index_base
 
     def denoiser(x_t, t):
         x = to_numpy(x_t, "x_t").astype(np.float64)
         tb = np.asarray(to_numpy(t, "t")).astype(np.int64).reshape(-1) + off
-        tb = np.broadcast_to(tb, (x.shape[0],))
-        return exact.denoiser(data, base, x, tb, prediction_type=pt)
+        out = f(x, np.broadcast_to(tb, (x.shape[0],)))
+        return from_numpy_like(out, x_t) if not isinstance(x_t, np.ndarray) else out
 
-    samples = to_numpy(sampler(denoiser, n), "samples").astype(np.float64)
+    samples = to_numpy(sampler(denoiser, n), "samples").astype(np.float64).reshape(n, d)
     return stats.assert_gaussian(
-        samples.reshape(n, d),
-        law_m,
-        law_c,
+        samples,
+        law.mean,
+        law.cov,
         false_fail_rate=false_fail_rate,
         name=name or f"{kind} sampler law [{st.label()}]",
     )

@@ -63,8 +63,8 @@ class TrainConfig:
     one seed everything (init, minibatches, t, ε) is drawn from.
     """
 
-    steps: int = 8000
-    batch_size: int = 512
+    steps: int = 12_000
+    batch_size: int = 256
     lr: float = 2e-3
     lr_schedule: str = "cosine"
     warmup: int = 200
@@ -147,9 +147,11 @@ class TrainResult:
 
 
 def _silu_and_grad(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """silu(z) = z·σ(z) and its derivative σ(z)·(1 + z·(1 − σ(z)))."""
-    s = 1.0 / (1.0 + np.exp(-z))
-    return z * s, s * (1.0 + z * (1.0 - s))
+    """silu(z) = z·σ(z) (computed as :mod:`refdiff.mlp` does, bit for bit) and its derivative
+    σ(z)·(1 + z·(1 − σ(z)))."""
+    d = 1.0 + np.exp(-z)
+    s = 1.0 / d
+    return z / d, s * (1.0 + z * (1.0 - s))
 
 
 def forward_with_cache(mlp: MLP, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, list]:

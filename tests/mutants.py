@@ -1,0 +1,433 @@
+"""Negative controls: bugs planted in the reference, and a runner showing the suite catches them.
+
+Each :class:`Mutant` replaces one exact snippet of one refdiff module's source.  With
+``REFDIFF_MUTANT=<name>`` in the environment, ``tests/conftest.py`` calls :func:`install`
+before anything imports refdiff: an import hook compiles the mutated source in place of the
+module (nothing on disk changes; a snippet that no longer occurs exactly once is an error,
+so the catalogue cannot silently rot when the core is edited).
+
+    python -m tests.mutants                 # every mutant against the spec tests: a table
+    python -m tests.mutants --scope all     # against the whole suite (not slow)
+    python -m tests.mutants --only v_sign_error --scope mine
+    python -m tests.mutants --list
+
+Exit status 0 iff every mutant is caught.  tests/test_mutants_fast.py runs each mutant
+against its ``fast`` catchers inside ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import glob
+import importlib.abc
+import importlib.machinery
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_EXACT = "tests/test_exact.py::"
+AFFINE_DDPM = _EXACT + "test_ddpm_sample_is_the_exact_affine_recursion"
+AFFINE_DDIM = _EXACT + "test_ddim_sample_is_the_exact_affine_recursion"
+COEFFS = _EXACT + "test_reverse_coefficients_match_the_posterior_module"
+NAMED = _EXACT + "test_named_schedules_have_their_published_alpha_bar"
+RATIO = _EXACT + "test_beta_is_the_alpha_bar_ratio"
+_FWD = "tests/test_statistical_forward.py::"
+CHAIN = _FWD + "test_chained_forward_steps_have_the_closed_form_law"
+TRANSITION = _FWD + "test_transition_composes_with_the_closed_form"
+POSTERIOR = _FWD + "test_posterior_is_consistent_with_the_forward_process"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug: in ``module``'s source, ``old`` (occurring exactly once) becomes ``new``.
+
+    ``fast``: test node ids expected to catch it within seconds (run by test_mutants_fast).
+    """
+
+    name: str
+    module: str
+    old: str
+    new: str
+    description: str
+    fast: tuple[str, ...]
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "forward_alpha_bar_off_by_one",
+        "refdiff.forward",
+        "gather(schedule.sqrt_alpha_bar, t, x.ndim) * x,\n"
+        "        gather(1.0 - schedule.alpha_bar, t, x.ndim),",
+        "gather(np.sqrt(schedule.alpha_bar_prev), t, x.ndim) * x,\n"
+        "        gather(1.0 - schedule.alpha_bar_prev, t, x.ndim),",
+        "q(x_t|x_0) uses ᾱ_{t−1} instead of ᾱ_t (off-by-one in ᾱ)",
+        (TRANSITION,),
+    ),
+    Mutant(
+        "q_step_missing_sqrt",
+        "refdiff.forward",
+        "mean, var = q_step_mean_var(schedule, x_prev, t)\n"
+        "    return mean + np.sqrt(var) * noise_or_rng(noise, rng, mean.shape)",
+        "mean, var = q_step_mean_var(schedule, x_prev, t)\n"
+        "    return mean + var * noise_or_rng(noise, rng, mean.shape)",
+        "one forward step adds β_t z instead of √β_t z (missing square root)",
+        (CHAIN,),
+    ),
+    Mutant(
+        "q_transition_missing_sqrt",
+        "refdiff.forward",
+        "return np.sqrt(r) * x, 1.0 - r",
+        "return r * x, 1.0 - r",
+        "q(x_t|x_s) scales x_s by ᾱ_t/ᾱ_s instead of its square root",
+        (TRANSITION,),
+    ),
+    Mutant(
+        "posterior_beta_for_beta_tilde",
+        "refdiff.posterior",
+        "return schedule.beta[t] * (1.0 - schedule.alpha_bar_prev[t])"
+        " / (1.0 - schedule.alpha_bar[t])",
+        "return schedule.beta[t] * 1.0",
+        "posterior variance β_t instead of β̃_t",
+        (COEFFS,),
+    ),
+    Mutant(
+        "posterior_coefficients_swapped",
+        "refdiff.posterior",
+        "return b * np.sqrt(abp) / (1.0 - ab), (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)",
+        "return (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab), b * np.sqrt(abp) / (1.0 - ab)",
+        "posterior mean coefficients of x_0 and x_t swapped",
+        (COEFFS,),
+    ),
+    Mutant(
+        "posterior_sqrt_alpha_bar_for_sqrt_alpha",
+        "refdiff.posterior",
+        "(1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)",
+        "(1.0 - abp) * np.sqrt(ab) / (1.0 - ab)",
+        "posterior x_t coefficient uses √ᾱ_t instead of √α_t",
+        (COEFFS,),
+    ),
+    Mutant(
+        "ddim_sigma_missing_factor",
+        "refdiff.reverse",
+        "var = eta**2 * (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp)",
+        "var = eta**2 * (1.0 - abp) / (1.0 - ab)",
+        "DDIM σ_t² drops the factor (1 − ᾱ_t/ᾱ_{t−1}) (wrong DDIM σ)",
+        (AFFINE_DDIM,),
+    ),
+    Mutant(
+        "ddim_direction_ignores_sigma",
+        "refdiff.reverse",
+        "np.sqrt(np.maximum(1.0 - abp - var, 0.0)) * eps",
+        "np.sqrt(1.0 - abp) * eps",
+        "DDIM direction term √(1 − ᾱ_{t−1} − σ²) ε̂ loses its −σ²",
+        (AFFINE_DDIM,),
+    ),
+    Mutant(
+        "ddim_final_alpha_bar_ignored",
+        "refdiff.reverse",
+        "return np.where(t == 1, final, prev)",
+        "return prev",
+        "DDIM ignores the final-ᾱ option (always set_alpha_to_one)",
+        (AFFINE_DDIM,),
+    ),
+    Mutant(
+        "v_sign_error",
+        "refdiff.parameterization",
+        "return sa * x_t - s1 * prediction, sa * prediction + s1 * x_t",
+        "return sa * x_t + s1 * prediction, sa * prediction + s1 * x_t",
+        "x̂_0 = √ᾱ x_t + √(1−ᾱ) v (sign error in v-prediction)",
+        (AFFINE_DDPM, AFFINE_DDIM),
+    ),
+    Mutant(
+        "eps_to_x0_missing_sqrt",
+        "refdiff.parameterization",
+        "return (x_t - s1 * prediction) / sa, prediction",
+        "return (x_t - s1 * prediction) / alpha_bar, prediction",
+        "x̂_0 = (x_t − √(1−ᾱ) ε̂)/ᾱ instead of /√ᾱ (missing square root)",
+        (AFFINE_DDPM, AFFINE_DDIM),
+    ),
+    Mutant(
+        "cosine_offset_dropped",
+        "refdiff.schedule",
+        "(u + s) / (1.0 + s)",
+        "u / (1.0 + s)",
+        "cosine schedule without the offset s (wrong cosine offset)",
+        (NAMED,),
+    ),
+    Mutant(
+        "linear_betas_off_by_one",
+        "refdiff.schedule",
+        "np.linspace(beta_start, beta_end, T)",
+        "np.linspace(beta_start, beta_end, T + 1)[1:]",
+        "linear β_1..β_T taken from a grid of T+1 points (β_1 ≠ beta_start)",
+        (NAMED,),
+    ),
+    Mutant(
+        "respace_keeps_base_betas",
+        "refdiff.schedule",
+        "beta = np.concatenate([[0.0], 1.0 - ab[1:] / ab[:-1]])",
+        "beta = schedule.beta[idx].copy()",
+        "respacing keeps the base β_τ instead of 1 − ᾱ_{τ_k}/ᾱ_{τ_{k−1}} (diffusers PR #3006)",
+        (RATIO,),
+    ),
+    Mutant(
+        "no_noise_at_t2",
+        "refdiff.reverse",
+        "return per_sample((t > 1).astype(np.float64), ndim)",
+        "return per_sample((t > 2).astype(np.float64), ndim)",
+        "reverse steps skip the noise at t = 2 as well as t = 1",
+        (AFFINE_DDPM,),
+    ),
+    Mutant(
+        "fixed_large_uses_beta_tilde",
+        "refdiff.reverse",
+        "var, log_var = beta, np.log(beta)",
+        "var = per_sample(posterior_variance(schedule, t), n); log_var = np.log(var)",
+        "variance_type fixed_large samples with β̃_t instead of β_t",
+        (AFFINE_DDPM,),
+    ),
+    Mutant(
+        "ddim_denoiser_time_zero_based",
+        "refdiff.sampling",
+        "out = _call(denoiser, x, int(schedule.timesteps[t]))\n        return ddim_step(",
+        "out = _call(denoiser, x, max(int(schedule.timesteps[t]) - 1, 1))\n"
+        "        return ddim_step(",
+        "DDIM calls the denoiser with the 0-based index t − 1 (time-convention mix-up)",
+        (AFFINE_DDIM,),
+    ),
+    Mutant(
+        "step_noise_reversed",
+        "refdiff.sampling",
+        "z = step_noise[k]",
+        "z = step_noise[N - 1 - k]",
+        "the samplers consume the injected step noise in reverse order",
+        (AFFINE_DDPM,),
+    ),
+)
+
+BY_NAME = {m.name: m for m in MUTANTS}
+
+
+# -- applying a mutant -----------------------------------------------------------------------
+class MutantError(RuntimeError):
+    """A mutant that cannot be applied (unknown name, or its snippet is not there exactly once)."""
+
+
+def mutate_source(mutant: Mutant, source: str) -> str:
+    count = source.count(mutant.old)
+    if count != 1:
+        raise MutantError(
+            f"mutant {mutant.name!r}: the snippet occurs {count} times in {mutant.module} "
+            f"(needs exactly 1); update tests/mutants.py:\n{mutant.old}"
+        )
+    return source.replace(mutant.old, mutant.new)
+
+
+def module_path(module: str) -> Path:
+    rel = module.split(".")[1:]
+    return ROOT / "refdiff" / Path(*rel).with_suffix(".py")
+
+
+class _Loader(importlib.machinery.SourceFileLoader):
+    def __init__(self, fullname: str, path: str, mutant: Mutant):
+        super().__init__(fullname, path)
+        self.mutant = mutant
+
+    def get_code(self, fullname: str):  # never the cached bytecode, never written back
+        source = self.get_data(self.path).decode("utf-8")
+        return compile(mutate_source(self.mutant, source), self.path, "exec", dont_inherit=True)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def __init__(self, mutant: Mutant):
+        self.mutant = mutant
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.mutant.module:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.origin is None:
+            raise MutantError(f"cannot find the source of {fullname}")
+        spec.loader = _Loader(fullname, spec.origin, self.mutant)
+        return spec
+
+
+def install(name: str) -> Mutant:
+    """Plant mutant ``name``: every later import of its module compiles the mutated source."""
+    if name not in BY_NAME:
+        raise MutantError(f"unknown mutant {name!r}; known: {', '.join(BY_NAME)}")
+    mutant = BY_NAME[name]
+    mutate_source(mutant, module_path(mutant.module).read_text(encoding="utf-8"))  # fail early
+    for mod in [m for m in sys.modules if m == "refdiff" or m.startswith("refdiff.")]:
+        del sys.modules[mod]
+    sys.meta_path.insert(0, _Finder(mutant))
+    return mutant
+
+
+# -- running the suite against each mutant ----------------------------------------------------
+SCOPES = {
+    "mine": ["tests/test_exact.py", "tests/test_statistical_*.py"],
+    "spec": [
+        "tests/test_exact.py",
+        "tests/test_statistical_*.py",
+        "tests/test_schedule.py",
+        "tests/test_respacing.py",
+        "tests/test_forward.py",
+        "tests/test_posterior.py",
+        "tests/test_parameterization.py",
+        "tests/test_reverse.py",
+        "tests/test_sampling.py",
+    ],
+    "all": ["tests"],
+}
+EXCLUDE = ["tests/test_mutants_fast.py", "tests/test_calibration.py"]
+
+
+def _paths(scope: str) -> list[str]:
+    out = []
+    for pattern in SCOPES[scope]:
+        out += (
+            sorted(glob.glob(str(ROOT / pattern)))
+            if "*" in pattern or pattern.endswith(".py")
+            else [pattern]
+        )
+    return [os.path.relpath(p, ROOT) for p in out]
+
+
+@dataclass
+class Outcome:
+    mutant: Mutant
+    returncode: int
+    failed: list[str]
+    seconds: float
+    error: str = ""
+
+    @property
+    def caught(self) -> bool:
+        return self.returncode != 0 and not self.error
+
+
+def run_pytest(mutant: Mutant, targets: list[str], extra: list[str], timeout: float) -> Outcome:
+    """Run pytest on ``targets`` with ``mutant`` planted; collect the failing test ids."""
+    env = dict(os.environ, REFDIFF_MUTANT=mutant.name, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("HYPOTHESIS_PROFILE", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            f"--junitxml={xml}",
+            "-o",
+            "junit_family=xunit1",
+            *extra,
+            *targets,
+        ]
+        for ex in EXCLUDE:
+            cmd += ["--ignore", ex]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return Outcome(
+                mutant, -1, [], time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
+            )
+        secs = time.perf_counter() - t0
+        failed = _failures(xml)
+        err = ""
+        if proc.returncode not in (0, 1):  # 2 interrupted, 3 internal, 4 usage, 5 no tests
+            err = f"pytest exit {proc.returncode}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        elif proc.returncode == 1 and not failed:
+            err = (
+                "pytest failed without a failing test (budget or collection?): "
+                + proc.stdout[-1500:]
+            )
+        return Outcome(mutant, proc.returncode, failed, secs, err)
+
+
+def _failures(xml: Path) -> list[str]:
+    if not xml.exists():
+        return []
+    out = []
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            f = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
+            name = case.get("name", "").split("[")[0]
+            nid = f"{f}::{name}"
+            if nid not in out:
+                out.append(nid)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--scope", choices=sorted(SCOPES), default="spec", help="which tests to run (default spec)"
+    )
+    ap.add_argument("--only", action="append", default=[], help="run only this mutant (repeatable)")
+    ap.add_argument(
+        "--fast", action="store_true", help="run each mutant against its fast catchers only"
+    )
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="mutants run in parallel (default 2)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant (default 600)")
+    ap.add_argument(
+        "--maxfail", type=int, default=0, help="stop each run after N failures (0: never)"
+    )
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:42s} {m.module:26s} {m.description}")
+        return 0
+    chosen = [BY_NAME[n] for n in args.only] if args.only else list(MUTANTS)
+    extra = [f"--maxfail={args.maxfail}"] if args.maxfail else []
+    t0 = time.perf_counter()
+    jobs = max(1, args.jobs)
+    print(
+        f"{len(chosen)} mutants, scope {'fast catchers' if args.fast else args.scope}, "
+        f"{jobs} at a time"
+    )
+    with cf.ThreadPoolExecutor(jobs) as pool:
+        futs = [
+            pool.submit(
+                run_pytest,
+                m,
+                list(m.fast) if args.fast else _paths(args.scope),
+                extra,
+                args.timeout,
+            )
+            for m in chosen
+        ]
+        outcomes = [f.result() for f in futs]
+    width = max(len(m.name) for m in chosen)
+    print(f"\n{'mutant':{width}s}  caught  secs  catching tests")
+    for o in outcomes:
+        mark = "yes" if o.caught else "NO"
+        tests = ", ".join(t.split("/")[-1] for t in o.failed) or o.error or "-"
+        print(f"{o.mutant.name:{width}s}  {mark:6s} {o.seconds:5.0f}  {tests}")
+    missed = [o.mutant.name for o in outcomes if not o.caught]
+    print(
+        f"\n{len(outcomes) - len(missed)}/{len(outcomes)} mutants caught in "
+        f"{time.perf_counter() - t0:.0f} s"
+        + (f"; NOT caught: {', '.join(missed)}" if missed else "")
+    )
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
