@@ -31,19 +31,47 @@ __all__ = [
 ]
 
 
+#: The clock every reported time is read from: "wall" (time.perf_counter, the default) or
+#: "cpu" (time.process_time: this process's CPU time, all threads).  On a machine shared with
+#: other busy processes, CPU time leaves out the time this process waited for a core; it is
+#: only meaningful when everything timed runs on the CPU (not with the CUDA provider).
+CLOCKS = ("wall", "cpu")
+_clock = "wall"
+
+
+def set_clock(name: str) -> None:
+    global _clock
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}; got {name!r}")
+    _clock = name
+
+
+def clock() -> str:
+    return _clock
+
+
 @dataclass
 class Timing:
-    """Per-call seconds of one variant, one entry per round."""
+    """Per-call seconds of one variant, one entry per round, on both clocks."""
 
     name: str
     calls_per_block: int
-    per_call: list[float] = field(default_factory=list)
+    per_call_wall: list[float] = field(default_factory=list)
     per_call_cpu: list[float] = field(default_factory=list)
 
     @property
+    def per_call(self) -> list[float]:
+        """Per-call seconds on the reported clock (:func:`set_clock`)."""
+        return self.per_call_cpu if _clock == "cpu" else self.per_call_wall
+
+    @property
     def median(self) -> float:
-        """Median over rounds of wall-clock seconds per call (the number reported)."""
+        """Median over rounds of seconds per call on the reported clock."""
         return float(np.median(self.per_call))
+
+    @property
+    def median_wall(self) -> float:
+        return float(np.median(self.per_call_wall))
 
     @property
     def best(self) -> float:
@@ -71,7 +99,7 @@ def _block(fn: Callable[[], object], n: int) -> tuple[float, float]:
 
 
 def _calibrate(fn: Callable[[], object], block_s: float, max_calls: int) -> int:
-    """Calls per block so that one block lasts about ``block_s`` (at least one call)."""
+    """Calls per block so that one block lasts about ``block_s`` of wall time (at least one)."""
     t0 = time.perf_counter()
     fn()  # warm-up: first-call costs (imports, allocations, session setup) stay out
     if time.perf_counter() - t0 >= block_s:  # slow calls: one per block, no further probing
@@ -110,7 +138,7 @@ def race(
                 dt, cpu = _block(variants[nm], out[nm].calls_per_block)
                 if was:
                     gc.enable()
-                out[nm].per_call.append(dt / out[nm].calls_per_block)
+                out[nm].per_call_wall.append(dt / out[nm].calls_per_block)
                 out[nm].per_call_cpu.append(cpu / out[nm].calls_per_block)
     finally:
         if was:

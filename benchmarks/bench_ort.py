@@ -148,7 +148,7 @@ def dstyle_fn(peer, s, sampler: str, B: int, steps: int):
 PLANS = {
     "smoke": (("ddim", "ddpm"), (1,), (1,), 2, 1, 0.002),
     "quick": (("ddim", "ddpm"), (1, 64, 4096), (1, 64, 4096, 65536), 10, 3, 0.02),
-    "full": (("ddim", "ddpm"), (1, 64, 4096, 65536), (1, 64, 4096, 65536, 2**20), 50, 7, 0.05),
+    "full": (("ddim", "ddpm"), (1, 64, 4096), (1, 64, 4096, 65536, 2**20), 50, 7, 0.05),
 }
 
 
@@ -219,6 +219,7 @@ def run(
                 "loop_overhead": r("steps", "bare", da=steps) - 1.0,
                 "fused_overhead": r("fused", "bare", da=steps) - 1.0,
                 "loop_overhead_vs_bound": r("steps", "bare_bound", da=steps) - 1.0,
+                "fused_overhead_vs_bound": r("fused", "bare_bound", da=steps) - 1.0,
                 "loop_over_graph": r("steps", "graph"),
                 "fused_over_graph": r("fused", "graph"),
                 "graph_over_bare": r("graph", "bare", da=steps),
@@ -255,11 +256,17 @@ def targets(rows: list[dict]) -> list[dict]:
     for row in rows:
         where = f"{row['sampler'].upper()} B={row['batch']} ({row['provider']})"
         if row["batch"] == 4096:
-            goal = 0.05 if row["provider"] == "cuda" else 0.10
+            # CPU: against the denoiser's session.run; CUDA: against its IO-bound run (inputs
+            # already on the device), since session.run would charge the host copies to the floor
+            gpu = row["provider"] == "cuda"
+            goal, sfx, ref = (
+                (0.05, "_vs_bound", "IO-bound run") if gpu else (0.10, "", "session.run")
+            )
             for k, name in (("loop_overhead", "per-step loop"), ("fused_overhead", "fused loop")):
+                k = k + sfx
                 out.append(
                     {
-                        "target": f"ORT {name} overhead vs bare session.run, {where}",
+                        "target": f"ORT {name} overhead vs bare {ref}, {where}",
                         "value": row[k],
                         "goal": f"<= {goal:.2f}",
                         "met": row[k] <= goal,

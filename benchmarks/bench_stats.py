@@ -43,7 +43,8 @@ class Watch:
 files = json.loads(sys.argv[1])
 w = Watch()
 t0 = time.perf_counter()
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "-m", "not slow", *files], plugins=[w])
+args = ["-q", "-p", "no:cacheprovider", "-m", "not slow", "--ignore", sys.argv[2], *files]
+rc = pytest.main(args, plugins=[w])
 wall = time.perf_counter() - t0
 from refdiff import stats
 out = {
@@ -72,7 +73,8 @@ def run(
     env = {k: v for k, v in os.environ.items() if k not in ("REFDIFF_MUTANT", "HYPOTHESIS_PROFILE")}
     env.update(CI="1", PYTHONHASHSEED="0", **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, "-c", _CHILD, json.dumps([str(f) for f in files])]
+    own = str(ROOT / "tests" / "test_bench_smoke.py")  # not the benchmark inside itself
+    cmd = [sys.executable, "-c", _CHILD, json.dumps([str(f) for f in files]), own]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     line = next((ln for ln in proc.stdout.splitlines()[::-1] if ln.startswith(MARK)), None)
     if line is None:

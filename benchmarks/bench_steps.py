@@ -36,7 +36,7 @@ from refdiff import reverse, sampling
 from refdiff.respacing import spaced_times
 from refdiff.schedule import linear, respace
 
-from ._timing import race, ratio
+from ._timing import clock, race, ratio
 
 T = 1000
 T_STEP = 500  # refdiff time (diffusers index 499)
@@ -140,7 +140,8 @@ _PROBE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2])
 from benchmarks import bench_steps as S
-from benchmarks._timing import race
+from benchmarks._timing import race, set_clock
+set_clock(json.loads(sys.argv[1])["clock"])
 shape, rounds = tuple(json.loads(sys.argv[1])["shape"]), json.loads(sys.argv[1])["rounds"]
 v = {k: f for k, f in S.step_variants(shape, None).items() if k != "pass3"}
 t = race(v, rounds=rounds, block_s=0.03)
@@ -157,7 +158,7 @@ def malloc_probe(shape, rounds: int) -> dict | None:
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, GLIBC_TUNABLES=NO_TRIM)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cfg = json.dumps({"shape": list(shape), "rounds": rounds})
+    cfg = json.dumps({"shape": list(shape), "rounds": rounds, "clock": clock()})
     try:
         p = subprocess.run(
             [sys.executable, "-c", _PROBE, cfg, root],
@@ -255,6 +256,7 @@ def run(
             "rounds": r,
             "us": {k: 1e6 * v for k, v in med.items()},
             "us_best": {k: 1e6 * v.best for k, v in t.items()},
+            "us_wall": {k: 1e6 * v.median_wall for k, v in t.items()},
             "us_cpu": {k: 1e6 * v.median_cpu for k, v in t.items()},
             "spread": {k: v.spread for k, v in t.items()},
             "floor_ddpm_us": 1e6 * float(np.median(floor_rounds)),

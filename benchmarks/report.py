@@ -231,19 +231,26 @@ def _scaling(sec: dict) -> list[tuple[str, list[str], list[list]]]:
 
 
 def _stats(sec: dict) -> list[tuple[str, list[str], list[list]]]:
-    h = ["files", "tests", "assertions", "wall s", "s/assertion", "Σα", "exit"]
+    h = ["scope", "tests", "with assertions", "assertions", "their s", "s/assertion", "Σα", "exit"]
     r = [
         [
-            sec.get("files"),
+            sec.get("scope"),
             sec.get("tests"),
+            sec.get("statistical_tests"),
             sec.get("assertions"),
-            sec.get("wall_s"),
+            sec.get("statistical_tests_s"),
             sec.get("s_per_assertion"),
             sec.get("alpha_total"),
             sec.get("exit_code"),
         ]
     ]
-    return [("statistical suite", h, r)]
+    out = [("statistical suite", h, r)]
+    slow = sec.get("slowest_per_assertion") or []
+    if slow:
+        h2 = ["test", "s", "assertions", "s/assertion"]
+        r2 = [[d["test"], d["s"], d["assertions"], d["s_per_assertion"]] for d in slow]
+        out.append(("most expensive assertions", h2, r2))
+    return out
 
 
 BUILDERS = {"steps": _steps, "ort": _ort, "scaling": _scaling, "stats": _stats}

@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         help="threads for torch and onnxruntime on CPU (default 1: NumPy's ufuncs use one "
         "core, and one thread each keeps a shared machine's numbers stable; 0 = library default)",
     )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="report wall time (default) or this process's CPU time, which leaves out waiting "
+        "for a core on a busy shared machine (CPU provider only)",
+    )
     p.add_argument("--no-peers", action="store_true", help="skip torch/diffusers even if installed")
     return p
 
@@ -96,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out_path = args.out or _default_out(args)
     size = _size(args)
+    if args.clock == "cpu" and args.provider != "cpu":
+        print("refdiff bench: --clock cpu needs --provider cpu (GPU work is not CPU time)")
+        return 2
+    _timing.set_clock(args.clock)
     t_start = time.perf_counter()
     info = _timing.machine_info()
     print(f"refdiff bench ({size}) on {info['cpu']} ({info['cores']} cores)")
@@ -108,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": list(argv) if argv is not None else sys.argv[1:],
         "provider": args.provider,
         "threads": args.threads or None,
+        "clock": args.clock,
         "sections": {},
         "errors": {},
     }

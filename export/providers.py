@@ -186,7 +186,16 @@ def make_session(
         providers = [(_CUDA, opts), _CPU]
     else:
         providers = [_CPU]
-    sess = ort.InferenceSession(model, so, providers=providers)
+    try:
+        sess = ort.InferenceSession(model, so, providers=providers)
+    except Exception as e:  # onnxruntime's Fail, InvalidGraph, …: a file it cannot load
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        from .model_io import CorruptModelError
+
+        label = str(model) if isinstance(model, str | os.PathLike) else "<model>"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CorruptModelError(label, f"onnxruntime cannot load it: {first}") from None
     if choice == "cuda" and session_provider(sess) != "cuda":
         why = _why_no_cuda()
         if provider == "cuda":

@@ -34,11 +34,13 @@ __all__ = [
 _DPI = 110
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    """A Figure on an Agg canvas.  The scatter grids pass ``layout=None`` and place their
+    axes by hand: constrained layout measures every tick label and costs seconds there."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -61,13 +63,23 @@ def _limits(points: Sequence[np.ndarray], pad: float = 1.1) -> tuple[float, floa
     return -half + float(np.mean((lo + hi) / 2)), half + float(np.mean((lo + hi) / 2))
 
 
-def _scatter(ax, pts: np.ndarray, color: str, lim: tuple[float, float], max_points: int) -> None:
+def _scatter(
+    ax, pts: np.ndarray, color: str, lim: tuple[float, float], max_points: int, ticks: bool = True
+) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)[:max_points]
     ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.35, color=color, linewidths=0, rasterized=True)
     ax.set_xlim(*lim)
     ax.set_ylim(*lim)
     ax.set_aspect("equal")
-    ax.tick_params(labelsize=7)
+    if ticks:
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.tick_params(labelsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 def samples_figure(
@@ -81,7 +93,9 @@ def samples_figure(
     n = 1 + len(panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = _figure(3.2 * cols, 3.3 * rows + 0.3)
+    fig = _figure(3.2 * cols, 3.3 * rows + 0.4, layout=None)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=1 - 0.55 / (3.3 * rows + 0.4),
+                        wspace=0.25, hspace=0.25)  # fmt: skip
     lim = _limits([data], pad=1.5)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     _scatter(axes[0], data, "0.35", lim, max_points)
@@ -101,13 +115,14 @@ def trajectory_figure(
 ) -> bytes:
     """PNG: one panel per (time t, states (n, 2)) from x_T to x_0, left to right."""
     n = len(snapshots)
-    fig = _figure(2.3 * n, 2.7)
+    fig = _figure(2.1 * n, 2.6, layout=None)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.03, top=0.8, wspace=0.06)
     axes = fig.subplots(1, n, squeeze=False).ravel()
     lim = _limits([p for _, p in snapshots])
     for ax, (t, pts) in zip(axes, snapshots):
-        _scatter(ax, pts, "tab:purple", lim, max_points)
+        _scatter(ax, pts, "tab:purple", lim, max_points, ticks=False)
         ax.set_title(f"t = {t}", fontsize=9)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(f"{title}  (axes: [{lim[0]:.1f}, {lim[1]:.1f}]²)", fontsize=11)
     return png_bytes(fig)
 
 
@@ -157,7 +172,8 @@ def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
     backends: list[str] = []
     for r in runs:
         backends += [b for b in timing[r] if b not in backends]
-    fig = _figure(max(6.0, 1.6 * len(runs) + 3.0), 4.2)
+    fig = _figure(max(6.0, 1.6 * len(runs) + 3.0), 4.2, layout=None)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.08, top=0.92)
     ax = fig.subplots()
     width = 0.8 / max(1, len(backends))
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown"]
@@ -186,10 +202,14 @@ def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
 def loss_figure(losses: np.ndarray, *, title: str) -> bytes:
     """PNG: the minibatch loss per step (light) and its moving average over 1 % of the steps."""
     losses = np.asarray(losses, dtype=np.float64)
-    fig = _figure(6.0, 3.2)
+    fig = _figure(6.0, 3.2, layout=None)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
     ax = fig.subplots()
     steps = np.arange(1, losses.size + 1)
-    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.6, label="minibatch loss")
+    thin = max(1, losses.size // 3000)  # draw at most ~3000 raw points
+    ax.plot(
+        steps[::thin], losses[::thin], color="tab:blue", alpha=0.25, lw=0.6, label="minibatch loss"
+    )
     w = max(1, losses.size // 100)
     if losses.size >= w:
         avg = np.convolve(losses, np.ones(w) / w, mode="valid")

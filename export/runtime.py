@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from refdiff._check import as_float_array
-from refdiff.errors import InputError, OptionError, ShapeError
+from refdiff.errors import InputError, NonFiniteError, OptionError, ShapeError
 from refdiff.schedule import Schedule
 
 from .metadata import PREFIX, schedule_from_json
@@ -213,8 +213,14 @@ class OrtSampler:
         self.mode = "graph"
         self.noise = meta.get(PREFIX + "noise", "input")
         self.denoiser = None
+        self._label = label
+        if PREFIX + "schedule" not in meta:
+            raise SignatureError(label, "a refdiff sampler model without its refdiff.schedule metadata")
         self.schedule = _schedule_of(meta, label)
-        info = json.loads(meta.get(PREFIX + "sampler", "{}"))
+        try:
+            info = json.loads(meta.get(PREFIX + "sampler", "{}"))
+        except (ValueError, RecursionError) as e:  # corrupted metadata: a typed file error
+            raise SignatureError(label, f"refdiff.sampler metadata is malformed ({e})") from None
         self.tables = None
         self.sampler_info = info
         self.graph_model = proto
@@ -308,7 +314,21 @@ class OrtSampler:
     __call__ = sample
 
     def _run_graph(self, feeds: dict) -> np.ndarray:
-        return self.graph_session.run(["x_0"], feeds)[0]
+        from .model_io import CorruptModelError
+
+        label = getattr(self, "_label", "<model>")
+        try:
+            out = self.graph_session.run(["x_0"], feeds)[0]
+        except ValueError as e:  # onnxruntime: the graph's inputs are not what its metadata says
+            raise CorruptModelError(label, f"inputs do not match the metadata: {e}") from None
+        except Exception as e:  # onnxruntime's own errors: feeds are checked, so the file is bad
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CorruptModelError(label, f"onnxruntime failed running it: {first}") from None
+        if not np.isfinite(out).all():
+            raise NonFiniteError("model", f"{label} returned NaN or Inf (a corrupted model?)")
+        return out
 
     def _run_loop(self, x_T: np.ndarray, step_noise, progress: bool, callback) -> np.ndarray:
         import onnxruntime as ort

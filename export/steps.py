@@ -209,6 +209,10 @@ def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, 
 def sampler_metadata(kind: str, den: DenoiserModel, tables: StepTables, noise: str, seed, io: tuple) -> dict:
     den_meta = den.signature.metadata
     described = den_meta.get("refdiff.denoiser")
+    try:
+        described = json.loads(described) if described else None
+    except (ValueError, RecursionError):  # malformed metadata of a user's file: describe anew
+        described = None
     return base_metadata(
         kind,
         prediction_type=tables.prediction_type,
@@ -220,7 +224,7 @@ def sampler_metadata(kind: str, den: DenoiserModel, tables: StepTables, noise: s
         dtype=np.dtype(den.signature.state_dtype).name,
         inputs=io[0],
         outputs=io[1],
-        denoiser=json.loads(described) if described else {
+        denoiser=described if described else {
             "type": "external",
             "producer": f"{den.model.producer_name} {den.model.producer_version}".strip(),
             "state_input": den.signature.state_input,

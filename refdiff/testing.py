@@ -603,6 +603,8 @@ def compare(
         case=case,
     )
     try:
+        if case.op != "posterior_variance" and a.shape != exp.shape:
+            raise ValueError  # only a variance may come as a scalar or (B, 1, ...)
         a = np.broadcast_to(a, exp.shape)
     except ValueError:
         return Check(

@@ -164,10 +164,21 @@ def grid(name: str = "default", *, T: int = 1000, steps: int = 30) -> list[Vecto
                  "learned_range")  # fmt: skip
     etas = (0.0, 0.5, 1.0)
     clips: tuple[dict, ...] = ({}, {"clip": 1.0}, {"threshold_ratio": 0.9, "threshold_max": 1.5})
-    if name == "small":
-        scheds, spacings, preds = ("linear", "cosine"), (("leading", 1), ("trailing", 0)), ("epsilon", "v")
-        variances, etas = ("fixed_small", "learned_range"), (0.0, 1.0)
     out: list[VectorCase] = []
+    if name == "small":  # 12 cases: every sampler, spacing and prediction type once or more
+        combos = [(sc, sp, off) for sc in ("linear", "cosine") for sp, off in (("leading", 1), ("trailing", 0))]
+        for k, (sc, sp, off) in enumerate(combos):
+            st = Setting(sc, T, steps, sp, off)
+            for vt in ("fixed_small", "learned_range"):
+                out.append(VectorCase(f"ddpm-{len(out):04d}", "ddpm", st, {
+                    "prediction_type": preds[k % 3], "variance_type": vt, **clips[k % 3],
+                    "log_variance_clipping": "floor"}))  # fmt: skip
+        for k, (sc, sp, off) in enumerate(combos):
+            st = Setting(sc, T, steps, sp, off)
+            out.append(VectorCase(f"ddim-{k:04d}", "ddim", st, {
+                "prediction_type": preds[(k + 1) % 3], "eta": etas[k % 3], **clips[(k + 1) % 3],
+                "final_alpha_bar": ("one", "first")[k % 2]}))  # fmt: skip
+        return out
 
     def add(sampler: str, setting: Setting, options: dict) -> None:
         out.append(VectorCase(f"{sampler}-{len([c for c in out if c.sampler == sampler]):04d}",
@@ -331,8 +342,8 @@ def read(directory: str | os.PathLike, *, verify_hashes: bool = True):
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileFormatError(mpath, "no manifest.json (not a golden-vectors directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FileFormatError(mpath, f"not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # deep nesting
+        raise FileFormatError(mpath, f"not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FileFormatError(mpath, f"format is not {FORMAT!r}")
     if manifest.get("schema_version") != SCHEMA_VERSION:

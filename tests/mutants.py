@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import glob
+import importlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +72,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "gather(np.sqrt(schedule.alpha_bar_prev), t, x.ndim) * x,\n"
         "        gather(1.0 - schedule.alpha_bar_prev, t, x.ndim),",
         "q(x_t|x_0) uses ᾱ_{t−1} instead of ᾱ_t (off-by-one in ᾱ)",
-        (TRANSITION,),
+        (POSTERIOR, TRANSITION),
     ),
     Mutant(
         "q_step_missing_sqrt",
@@ -101,16 +104,24 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "posterior_coefficients_swapped",
         "refdiff.posterior",
-        "return b * np.sqrt(abp) / (1.0 - ab), (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)",
-        "return (1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab), b * np.sqrt(abp) / (1.0 - ab)",
-        "posterior mean coefficients of x_0 and x_t swapped",
-        (COEFFS,),
+        "c0, ct = posterior_coefficients(schedule, t)",
+        "ct, c0 = posterior_coefficients(schedule, t)",
+        "q(x_{t−1}|x_t, x_0): the coefficients of x_0 and x_t swapped",
+        (POSTERIOR,),
+    ),
+    Mutant(
+        "ddpm_coefficients_swapped",
+        "refdiff.reverse",
+        "c0, ct = posterior_coefficients(schedule, t)",
+        "ct, c0 = posterior_coefficients(schedule, t)",
+        "the DDPM step mean swaps the posterior coefficients of x̂_0 and x_t",
+        (AFFINE_DDPM,),
     ),
     Mutant(
         "posterior_sqrt_alpha_bar_for_sqrt_alpha",
         "refdiff.posterior",
-        "(1.0 - abp) * np.sqrt(1.0 - b) / (1.0 - ab)",
-        "(1.0 - abp) * np.sqrt(ab) / (1.0 - ab)",
+        "np.sqrt(ab / abp) / (1.0 - ab)",
+        "np.sqrt(ab) / (1.0 - ab)",
         "posterior x_t coefficient uses √ᾱ_t instead of √α_t",
         (COEFFS,),
     ),
@@ -272,6 +283,66 @@ def install(name: str) -> Mutant:
     return mutant
 
 
+# -- in-process: plant a mutant into fresh copies of refdiff and the test modules ---------------
+def _planted_module(name: str) -> bool:
+    if name in ("tests", "tests.mutants", "tests.conftest"):
+        return False
+    return name == "refdiff" or name.startswith(("refdiff.", "tests."))
+
+
+@contextmanager
+def planted(mutant: Mutant) -> Iterator[None]:
+    """Within the block, importing refdiff (or a tests.* module) gives fresh mutated copies.
+
+    The modules already loaded are set aside and restored afterwards, so the rest of the test
+    session (and its statistical ledger) never sees the mutant.  Hypothesis runs with the
+    ``mutant`` profile (registered by tests/conftest.py) while test modules are re-imported.
+    """
+    from hypothesis import settings
+
+    from tests._suite import profile_name
+
+    current = profile_name()
+    saved = {k: v for k, v in sys.modules.items() if _planted_module(k)}
+    for k in saved:
+        del sys.modules[k]
+    finder = _Finder(mutant)
+    sys.meta_path.insert(0, finder)
+    settings.load_profile("mutant")
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for k in [k for k in sys.modules if _planted_module(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        settings.load_profile(current)
+
+
+def run_in_process(mutant: Mutant, catchers: Sequence[str]) -> Outcome:
+    """Run the test functions ``catchers`` ("tests/x.py::test_f", no parameters) against a
+    planted ``mutant`` in this process; stop at the first one that fails."""
+    from _pytest.outcomes import Skipped
+
+    failed: list[str] = []
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    with planted(mutant):
+        for c in catchers:
+            path, func = c.split("::")
+            try:
+                getattr(importlib.import_module(path[:-3].replace("/", ".")), func)()
+            except Skipped as e:
+                notes.append(f"{c} skipped: {e}")
+            except Exception as e:  # any failure of a catcher is a catch
+                failed.append(c)
+                notes.append(f"{c}: {type(e).__name__}: {str(e)[:300]}")
+                break
+    return Outcome(
+        mutant, 1 if failed else 0, failed, time.perf_counter() - t0, detail="\n".join(notes)
+    )
+
+
 # -- running the suite against each mutant ----------------------------------------------------
 SCOPES = {
     "mine": ["tests/test_exact.py", "tests/test_statistical_*.py"],
@@ -309,6 +380,7 @@ class Outcome:
     failed: list[str]
     seconds: float
     error: str = ""
+    detail: str = ""
 
     @property
     def caught(self) -> bool:

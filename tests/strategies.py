@@ -7,6 +7,8 @@ does not reset Generator state between examples; DESIGN §3).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -19,6 +21,11 @@ HAND_BETAS = (0.1, 0.2, 0.5)
 
 def hand_schedule() -> S.Schedule:
     return S.from_betas(HAND_BETAS)
+
+
+def examples(base: int) -> int:
+    """``max_examples`` for a deterministic property test: ``base``, 10× under ``thorough``."""
+    return base * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1)
 
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

@@ -13,6 +13,7 @@ from scipy import stats
 from refdiff import forward as F
 from refdiff import schedule as S
 from tests.strategies import (
+    examples,
     hand_schedule,
     normal,
     per_sample,
@@ -94,7 +95,7 @@ def s_t_case(draw):
 
 
 @given(s_t_case(), state_shapes(), seeds)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_composition_of_means_and_variances(case, shape, seed):
     sch, s, t = case
     (x0,) = normal(seed, shape)
@@ -114,7 +115,7 @@ def test_composition_of_means_and_variances(case, shape, seed):
 
 
 @given(s_t_case(), state_shapes(), seeds)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_composition_pathwise_with_injected_noise(case, shape, seed):
     # x_s = √ᾱ_s x_0 + √(1−ᾱ_s) z_1,  x_t = √r x_s + √(1−r) z_2 with r = ᾱ_t/ᾱ_s
     # ⇒ x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε,  ε = (√r √(1−ᾱ_s) z_1 + √(1−r) z_2)/√(1−ᾱ_t)
@@ -129,7 +130,7 @@ def test_composition_pathwise_with_injected_noise(case, shape, seed):
 
 
 @given(schedules(respaced=False), seeds, st.data())
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_respaced_step_is_base_transition(base, seed, data):
     # one step k of a respaced schedule is q(x_τk | x_τ(k−1)) of the base schedule
     kept = data.draw(st.lists(st.integers(1, base.T), min_size=1, unique=True), "kept")
@@ -144,7 +145,7 @@ def test_respaced_step_is_base_transition(base, seed, data):
 
 # -- vectorisation, rng ------------------------------------------------------------------------
 @given(schedules(), state_shapes(), seeds, st.data())
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_per_sample_t_matches_loop(sch, shape, seed, data):
     t = data.draw(timesteps_for(sch.T, shape[0]), "t")
     x0, z = normal(seed, shape, 2)
@@ -158,7 +159,7 @@ def test_per_sample_t_matches_loop(sch, shape, seed, data):
 
 
 @given(schedules(), state_shapes(), seeds)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 def test_rng_equals_injected_noise(sch, shape, seed):
     (x0,) = normal(seed + 1 if seed < 2**32 - 1 else 0, shape)
     t = sch.T
@@ -172,7 +173,7 @@ def test_rng_equals_injected_noise(sch, shape, seed):
 
 # -- log-densities against scipy.stats ---------------------------------------------------------
 @given(s_t_case(), state_shapes(), seeds)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_log_probs_against_scipy(case, shape, seed):
     sch, s, t = case
     x0, xs, xt = normal(seed, shape, 3)
@@ -201,7 +202,7 @@ def test_log_probs_against_scipy(case, shape, seed):
 
 
 @given(schedules(), st.integers(1, 4), seeds, st.data())
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 def test_per_sample_log_prob(sch, B, seed, data):
     t = data.draw(timesteps_for(sch.T, B), "t")
     x0, xt = normal(seed, (B, 2), 2)

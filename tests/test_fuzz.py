@@ -624,3 +624,112 @@ def _ONNX() -> bytes:
     if not _ONNX_CACHE:
         _ONNX_CACHE.append(_onnx_bytes())
     return _ONNX_CACHE[0]
+
+
+_SAMPLER_CACHE: list[bytes] = []
+
+
+def _sampler_bytes() -> bytes:
+    """A whole DDIM sampler (η = 1, exact mixture denoiser, 3 steps) as one ONNX graph."""
+    if not _SAMPLER_CACHE:
+        from refdiff.exact import GaussianMixture
+        from refdiff.export import mixture_denoiser_model, open_denoiser, sampler_model, step_tables
+
+        base = S.linear(100)
+        mix = GaussianMixture(np.array([0.5, 0.5]), np.array([[1.0, 0.0], [-1.0, 0.0]]),
+                              np.stack([np.eye(2) * 0.1] * 2))
+        den = open_denoiser(mixture_denoiser_model(mix, base))
+        tables = step_tables(S.respace(base, [10, 50, 100]), "ddim",
+                             prediction_type=den.prediction_type, eta=1.0)
+        _SAMPLER_CACHE.append(sampler_model(den, tables).SerializeToString())
+    return _SAMPLER_CACHE[0]
+
+
+@fuzz(60)
+@given(st.data())
+def test_onnx_sampler_model_corrupted_gives_typed_errors(tmp_path_factory, data):
+    """A corrupted whole-sampler file: loading raises FileFormatError; a file that still
+    loads either samples finite values or raises NonFiniteError (NaN weights), nothing else."""
+    pytest.importorskip("onnxruntime")
+    from refdiff.export import OrtSampler
+
+    path = tmp_path_factory.mktemp("sampler") / "s.onnx"
+    path.write_bytes(data.draw(corruptions(_sampler_bytes())))
+    try:
+        x = OrtSampler(path, provider="cpu").sample(shape=(3, 2), seed=0)
+    except E.FileFormatError:
+        return
+    except E.NonFiniteError as e:
+        assert e.argument == "model"
+        return
+    assert x.shape == (3, 2) and np.isfinite(x).all()
+
+
+_VEC_CACHE: list = []
+
+
+def _vectors_dir():
+    """A one-case golden-vectors folder and its manifest (dict)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from refdiff import vectors as V
+
+    if not _VEC_CACHE:
+        d = Path(tempfile.mkdtemp(prefix="refdiff-fuzz-vec-")) / "v"
+        V.write(d, grid_name="small", T=20, steps=4)
+        m = json.loads((d / "manifest.json").read_text())
+        m["cases"] = m["cases"][:1]
+        (d / "manifest.json").write_text(json.dumps(m))
+        _VEC_CACHE.append((d, m))
+    return _VEC_CACHE[0]
+
+
+def _json_paths(o, prefix=()):
+    yield prefix
+    items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+    for k, v in items:
+        yield from _json_paths(v, (*prefix, k))
+
+
+JSON_JUNK = [None, 0, -1, 1.5, 1e308, 2**70, True, "", "x", "../../x.npz", "/etc/passwd",
+             [], [1], {}, {"a": 1}, [[[]]]]
+
+
+@fuzz(50)
+@given(st.data())
+def test_vectors_manifest_corrupted_gives_file_format_error(tmp_path_factory, data):
+    """Manifest corruption — bytes (truncation, flips, garbage) or structure (any value of the
+    JSON tree replaced by junk, or a key deleted) — gives FileFormatError from ``read`` and
+    ``check``; a manifest that still reads gives per-case results."""
+    import copy
+    import json
+    import shutil
+
+    from refdiff import vectors as V
+
+    src, manifest = _vectors_dir()
+    d = tmp_path_factory.mktemp("vec") / "v"
+    shutil.copytree(src, d)
+    if data.draw(st.booleans(), label="structural"):
+        m = copy.deepcopy(manifest)
+        path = data.draw(st.sampled_from([p for p in _json_paths(m) if p]), label="path")
+        parent = m
+        for k in path[:-1]:
+            parent = parent[k]
+        if isinstance(parent, dict) and data.draw(st.booleans(), label="delete"):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(st.sampled_from(JSON_JUNK), label="junk")
+        (d / "manifest.json").write_text(json.dumps(m))
+    else:
+        raw = (src / "manifest.json").read_bytes()
+        (d / "manifest.json").write_bytes(data.draw(corruptions(raw)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            results = V.check(d)
+        except E.FileFormatError:
+            return
+    assert all(isinstance(r, V.CaseResult) for r in results)

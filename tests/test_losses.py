@@ -14,7 +14,7 @@ from refdiff import forward as F
 from refdiff import losses as L
 from refdiff import reverse as R
 from refdiff import schedule as S
-from tests.strategies import hand_schedule, normal, schedules, seeds, state_shapes
+from tests.strategies import examples, hand_schedule, normal, schedules, seeds, state_shapes
 
 SQ = math.sqrt
 LN2 = math.log(2.0)
@@ -38,7 +38,7 @@ def test_training_targets_by_hand():
 
 
 @given(schedules(), state_shapes(), seeds, st.sampled_from(["epsilon", "x0", "v"]))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_target_is_what_the_reverse_step_inverts(sch, shape, seed, kind):
     # the target fed back as a prediction recovers x_0 exactly (up to conditioning)
     x0, z = normal(seed, shape, 2)
@@ -68,7 +68,7 @@ def test_normal_kl_by_hand():
     st.floats(-3, 3),
     st.floats(-4, 2),
 )
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 def test_normal_kl_against_numerical_integral(m1, lv1, m2, lv2):
     # ∫ p log(p/q) by quadrature; scipy.stats checked on one point to pin the log-densities
     sd1, sd2 = math.exp(0.5 * lv1), math.exp(0.5 * lv2)
@@ -106,7 +106,7 @@ def test_discretized_likelihood_by_hand():
 
 
 @given(st.floats(-1.5, 1.5), st.floats(-5.0, 0.5))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_discretized_likelihood_sums_to_one(mean, log_scale):
     p = np.exp(L.discretized_gaussian_log_likelihood(BINS, mean, log_scale))
     assert p.sum() == pytest.approx(1.0, abs=1e-9)
@@ -126,7 +126,7 @@ def test_prior_bpd_by_hand():
 
 
 @given(schedules(), state_shapes(), seeds)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_prior_bpd_closed_form(sch, shape, seed):
     (x0,) = normal(seed, shape)
     ab = sch.alpha_bar[-1]
@@ -159,7 +159,7 @@ def _exact_eps_denoiser(sch, x0):
 
 
 @given(schedules(max_T=20, respaced=False), st.integers(1, 3), seeds)
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 def test_vlb_bpd(sch, B, seed):
     rng = np.random.default_rng(seed)
     x0 = BINS[rng.integers(0, 256, size=(B, 4))]

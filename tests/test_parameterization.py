@@ -14,7 +14,7 @@ from refdiff import forward as F
 from refdiff import parameterization as PZ
 from refdiff import schedule as S
 from refdiff.errors import UndefinedError
-from tests.strategies import hand_schedule, normal, schedules, seeds, state_shapes
+from tests.strategies import examples, hand_schedule, normal, schedules, seeds, state_shapes
 
 TYPES = PZ.PREDICTION_TYPES
 
@@ -74,7 +74,7 @@ def conditioned(draw):
 
 
 @given(conditioned(), state_shapes(), seeds, st.sampled_from(TYPES), st.sampled_from(TYPES))
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 def test_every_conversion_matches_definitions_and_round_trips(case, shape, seed, src, dst):
     sch, t = case
     x0, eps = normal(seed, shape, 2)
@@ -97,7 +97,7 @@ def test_every_conversion_matches_definitions_and_round_trips(case, shape, seed,
 
 
 @given(schedules(), st.integers(1, 4), seeds, st.data())
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_per_sample_t(sch, B, seed, data):
     t = np.array(data.draw(st.lists(st.integers(1, sch.T), min_size=B, max_size=B)), dtype=np.int64)
     x0, eps = normal(seed, (B, 2), 2)

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from refdiff import forward as F
 from refdiff import posterior as P
 from refdiff import schedule as S
-from tests.strategies import hand_schedule, normal, per_sample, schedules, seeds, state_shapes
+from tests.strategies import (
+    examples,
+    hand_schedule,
+    normal,
+    per_sample,
+    schedules,
+    seeds,
+    state_shapes,
+)
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
@@ -80,7 +88,7 @@ def case(draw):
 
 
 @given(case(), state_shapes(), seeds)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_gaussian_product_rule(c, shape, seed):
     """Bayes: q(x_{t−1}|x_0)·q(x_t|x_{t−1}) normalised, by precision weighting."""
     sch, t = c
@@ -105,7 +113,7 @@ def test_gaussian_product_rule(c, shape, seed):
 
 
 @given(case(), state_shapes(), seeds)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_bayes_rule_on_densities(c, shape, seed):
     """log q(x_{t−1}|x_t,x_0) = log q(x_t|x_{t−1}) + log q(x_{t−1}|x_0) − log q(x_t|x_0)."""
     sch, t = c
@@ -122,7 +130,7 @@ def test_bayes_rule_on_densities(c, shape, seed):
 
 
 @given(schedules(), st.integers(1, 4), seeds, st.data())
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_per_sample_t_and_rng(sch, B, seed, data):
     t = np.array(data.draw(st.lists(st.integers(1, sch.T), min_size=B, max_size=B)), dtype=np.int64)
     x0, xt = normal(seed, (B, 3), 2)

@@ -15,15 +15,17 @@ tracemalloc, including a failed attempt to allocate, so a ``MemoryError`` would 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
+import shutil
+import tempfile
 import os
 import subprocess
 import sys
 import time
 import tracemalloc
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,28 +105,42 @@ class Raises:
 
 @dataclass(frozen=True)
 class Exits:
-    """The ``refdiff`` command (run in a subprocess) exits with ``code``; stderr contains
-    ``says`` and no Python traceback."""
+    """``refdiff ARGV`` exits with ``code`` and a message containing ``says`` on stderr, with
+    no traceback.  Runs ``refdiff.cli.main`` in process (an uncaught exception fails the
+    test, as a traceback would), or as a real ``python -m refdiff.cli`` with ``subprocess``."""
 
     code: int
     says: str
+    subprocess: bool = False
 
     def describe(self) -> str:
         return f"exit status {self.code}, message on stderr, no traceback"
 
     def check(self, trigger: Callable[[Path], object], tmp: Path) -> None:
-        argv = trigger(tmp)
-        proc = subprocess.run(
-            [sys.executable, "-m", "refdiff.cli", *argv],
-            capture_output=True,
-            text=True,
-            cwd=tmp,
-            timeout=120,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert proc.returncode == self.code, (proc.returncode, proc.stderr[-2000:])
-        assert self.says in proc.stderr, proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        argv = [str(a) for a in trigger(tmp)]
+        if self.subprocess:
+            proc = subprocess.run(
+                [sys.executable, "-m", "refdiff.cli", *argv],
+                capture_output=True,
+                text=True,
+                cwd=tmp,
+                timeout=120,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            code, err = proc.returncode, proc.stderr
+            assert "Traceback" not in err, err[-2000:]
+        else:
+            from refdiff.cli import main
+
+            buf_err, buf_out = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stderr(buf_err), contextlib.redirect_stdout(buf_out):
+                try:
+                    code = main(argv)
+                except SystemExit as e:  # argparse inside a subcommand
+                    code = e.code
+            err = buf_err.getvalue()
+        assert code == self.code, (code, err[-2000:])
+        assert self.says in err, err[-2000:]
 
 
 @dataclass(frozen=True)
@@ -684,10 +700,171 @@ def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(out_channels=4)))
 
 
+# -- files: golden vectors --------------------------------------------------------------------
+_VECTORS: list[Path] = []
+
+
+def valid_vectors(tmp: Path, name: str = "vec") -> Path:
+    """A small golden-vectors folder (2 cases of the "small" grid), copied into ``tmp``."""
+    from refdiff import vectors as V
+
+    if not _VECTORS:
+        d = Path(tempfile.mkdtemp(prefix="refdiff-vectors-")) / "v"
+        V.write(d, grid_name="small", T=50, steps=5)
+        m = json.loads((d / "manifest.json").read_text())
+        m["cases"] = m["cases"][:2]
+        (d / "manifest.json").write_text(json.dumps(m))
+        _VECTORS.append(d)
+    out = tmp / name
+    shutil.copytree(_VECTORS[0], out)
+    return out
+
+
+def _edit_manifest(d: Path, edit: Callable[[dict], None]) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@row("vectors-no-manifest", "file", "`vectors.read`", "a folder without manifest.json",
+     Raises(E.FileFormatError, shows="no manifest"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    V.read(tmp)
+
+
+@row("vectors-manifest-truncated", "file", "`vectors.read`", "manifest.json cut to half its bytes",
+     Raises(E.FileFormatError, shows="not valid JSON"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    m = d / "manifest.json"
+    m.write_bytes(m.read_bytes()[: m.stat().st_size // 2])
+    V.read(d)
+
+
+@row("vectors-manifest-deep-nesting", "file", "`vectors.read`",
+     "manifest.json of 10⁵ nested `[` (a RecursionError in json)",
+     Raises(E.FileFormatError, shows="RecursionError"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    (tmp / "manifest.json").write_text("[" * 100_000)
+    V.read(tmp)
+
+
+@row("vectors-schema-too-new", "file", "`vectors.read`", "schema_version 99",
+     Raises(E.FileFormatError, shows="schema_version 99"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    _edit_manifest(d, lambda m: m.update(schema_version=99))
+    V.read(d)
+
+
+@row("vectors-case-escapes", "file", "`vectors.read`", "a case file `../../x.npz` outside the folder",
+     Raises(E.FileFormatError, shows="outside"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    valid_npz(tmp, "x.npz")
+    _edit_manifest(d, lambda m: m["cases"][0].update(file="../x.npz"))
+    V.read(d)
+
+
+@row("vectors-hash-mismatch", "file", "`vectors.read`", "a case array changed after writing",
+     Raises(E.FileFormatError, shows="sha256"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    case = d / json.loads((d / "manifest.json").read_text())["cases"][0]["file"]
+    z = load_npz(case)
+    z["x_t"] = z["x_t"] + 1e-9
+    save_npz(case, **z)
+    V.read(d)
+
+
+@row("vectors-entry-wrong-type", "file", "`vectors.check`", "a case entry that is a string",
+     Raises(E.FileFormatError, shows="malformed"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    _edit_manifest(d, lambda m: m["cases"].__setitem__(0, "ddpm-0000"))
+    V.check(d)
+
+
+@row("vectors-config-wrong-type", "file", "`vectors.check`", "a case whose config.schedule is a list",
+     Raises(E.FileFormatError, shows="malformed config"))
+def _(tmp):
+    from refdiff import vectors as V
+
+    d = valid_vectors(tmp)
+    _edit_manifest(d, lambda m: m["cases"][0]["config"].update(schedule=["linear"]))
+    V.check(d)
+
+
 # -- CLI ------------------------------------------------------------------------------------
-@row("cli-unknown-command", "CLI", "`refdiff`", "`refdiff frobnicate`", Exits(2, "unknown command"))
+@row("cli-unknown-command", "CLI", "`refdiff`", "`refdiff frobnicate` (run as a real process)",
+     Exits(2, "unknown command", subprocess=True))
 def _(tmp):
     return ["frobnicate"]
+
+
+@row("cli-sample-no-model", "CLI", "`refdiff sample`", "no `--model`", Exits(2, "--model"))
+def _(tmp):
+    return ["sample"]
+
+
+@row("cli-sample-missing-model", "CLI", "`refdiff sample`", "`--model` a file that does not exist",
+     Exits(2, "no such file"))
+def _(tmp):
+    return ["sample", "--model", tmp / "nope.onnx", "-o", tmp / "x.npy"]
+
+
+@row("cli-sample-corrupt-model", "CLI", "`refdiff sample`", "`--model` a text file",
+     Exits(2, "cannot be parsed as ONNX"))
+def _(tmp):
+    (tmp / "m.onnx").write_text("not a model")
+    return ["sample", "--model", tmp / "m.onnx", "-o", tmp / "x.npy"]
+
+
+@row("cli-sample-ir-too-new", "CLI", "`refdiff sample`", "`--model` of IR version 99",
+     Exits(2, "IR version 99"))
+def _(tmp):
+    return ["sample", "--model", write_model(tmp, tiny_denoiser_model(ir_version=99)),
+            "-o", tmp / "x.npy"]
+
+
+@row("cli-vectors-bad-manifest", "CLI", "`refdiff vectors check`", "a folder whose manifest is not JSON",
+     Exits(2, "not valid JSON"))
+def _(tmp):
+    (tmp / "manifest.json").write_text("{")
+    return ["vectors", "check", tmp]
+
+
+@row("cli-vectors-write-foreign-dir", "CLI", "`refdiff vectors write`",
+     "a non-empty folder that is not a vectors folder", Exits(2, "not a refdiff vectors directory"))
+def _(tmp):
+    (tmp / "keep.txt").write_text("precious")
+    return ["vectors", "write", tmp]
+
+
+@row("cli-verify-unknown-module", "CLI", "`refdiff verify`", "`nosuchmodule_xyz:obj`",
+     Exits(2, "nosuchmodule_xyz"))
+def _(tmp):
+    return ["verify", "nosuchmodule_xyz:obj"]
+
+
+@row("cli-demo-unknown-option", "CLI", "`refdiff demo`", "an unknown option `--stepz 5`",
+     Exits(2, "unrecognized arguments"))
+def _(tmp):
+    return ["demo", "--stepz", "5"]
 
 
 # -- the table ------------------------------------------------------------------------------

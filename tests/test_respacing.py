@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from refdiff import respacing as R
 from refdiff import schedule as S
 from refdiff.errors import InputError
+from tests.strategies import examples
 
 
 def times(*idx: int) -> list[int]:
@@ -140,7 +141,7 @@ def t_and_n(draw, max_T=400):
 
 
 @given(t_and_n(), st.sampled_from(R.SPACINGS))
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 def test_every_spacing_gives_N_increasing_times_in_range(tn, spacing):
     T, N = tn
     tau = R.spaced_times(T, N, spacing)
@@ -157,7 +158,7 @@ def test_every_spacing_gives_N_increasing_times_in_range(tn, spacing):
 
 
 @given(t_and_n())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_space_timesteps_single_section(tn):
     T, N = tn
     tau = R.space_timesteps(T, [N])
@@ -168,7 +169,7 @@ def test_space_timesteps_single_section(tn):
 
 
 @given(st.integers(2, 60), st.integers(1, 30))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_ddimN_equals_leading_when_N_divides_T(n, m):
     T = n * m
     np.testing.assert_array_equal(R.space_timesteps(T, f"ddim{n}"), R.spaced_times(T, n, "leading"))

@@ -14,7 +14,15 @@ from refdiff import posterior as P
 from refdiff import reverse as R
 from refdiff import schedule as S
 from refdiff.errors import InputError, UndefinedError
-from tests.strategies import hand_schedule, normal, per_sample, schedules, seeds, state_shapes
+from tests.strategies import (
+    examples,
+    hand_schedule,
+    normal,
+    per_sample,
+    schedules,
+    seeds,
+    state_shapes,
+)
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 SQ = math.sqrt
@@ -189,7 +197,7 @@ def _ab(sch, t, ndim):
 
 
 @given(step_case(), seeds)
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_ddpm_mean_equals_ho_eq11(case, seed):
     # μ = (x_t − β_t/√(1−ᾱ_t) ε̂)/√α_t (Ho et al. 2020 eq. 11), with the (respaced) β_t
     sch, shape, t = case
@@ -203,7 +211,7 @@ def test_ddpm_mean_equals_ho_eq11(case, seed):
 
 
 @given(step_case(), seeds, st.sampled_from(["epsilon", "x0", "v"]))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_ddpm_mean_with_exact_prediction_is_posterior_mean(case, seed, kind):
     sch, shape, t = case
     x0, eps = normal(seed, shape, 2)
@@ -223,7 +231,7 @@ def test_ddpm_mean_with_exact_prediction_is_posterior_mean(case, seed, kind):
     st.sampled_from(["epsilon", "x0", "v"]),
     st.sampled_from([None, 0.5, 1.0, 3.0]),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_ddim_eta1_equals_ddpm_fixed_small(case, seed, kind, clip):
     sch, shape, t = case
     out, xt, z = normal(seed, shape, 3)
@@ -240,7 +248,7 @@ def test_ddim_eta1_equals_ddpm_fixed_small(case, seed, kind, clip):
 
 
 @given(step_case(), seeds)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_fixed_large_conventions_differ_only_at_t1(case, seed):
     sch, shape, t = case
     xt, out = normal(seed, shape, 2)
@@ -261,7 +269,7 @@ def test_fixed_large_conventions_differ_only_at_t1(case, seed):
 
 
 @given(step_case(), seeds, st.sampled_from(P.LOG_VARIANCE_CLIPPINGS))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_learned_variance_types(case, seed, clipping):
     sch, shape, t = case
     xt, out, lv = normal(seed, shape, 3)
@@ -297,7 +305,7 @@ def test_learned_variance_types(case, seed, clipping):
 
 
 @given(step_case(), seeds, st.floats(0.1, 5.0), st.sampled_from(["epsilon", "x0", "v"]))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_clip_and_threshold_max_one(case, seed, scale, kind):
     sch, shape, t = case
     xt, out = normal(seed, shape, 2)
@@ -320,7 +328,7 @@ def test_clip_and_threshold_max_one(case, seed, scale, kind):
 
 
 @given(state_shapes(), seeds, st.floats(0.01, 1.0), st.floats(1.0, 10.0))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_dynamic_threshold_properties(shape, seed, ratio, max_value):
     (x0,) = normal(seed, shape)
     x0 = 3 * x0
@@ -333,7 +341,7 @@ def test_dynamic_threshold_properties(shape, seed, ratio, max_value):
 
 
 @given(step_case(), seeds)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 def test_ddpm_noise_mask_and_rng(case, seed):
     sch, shape, t = case
     xt, out = normal(seed, shape, 2)
@@ -348,7 +356,7 @@ def test_ddpm_noise_mask_and_rng(case, seed):
 
 
 @given(schedules(min_T=2), state_shapes(), seeds, st.data())
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_ddim_deterministic_round_trip_with_exact_eps(sch, shape, seed, data):
     # with the true ε, DDIM (η = 0) maps q_sample(x_0, t, ε) to q_sample(x_0, t−1, ε), and the
     # inverse step maps it back

@@ -14,7 +14,7 @@ from refdiff import reverse as R
 from refdiff import sampling as SM
 from refdiff import schedule as S
 from refdiff.errors import RandomnessError, ShapeError
-from tests.strategies import normal, schedules, seeds, state_shapes
+from tests.strategies import examples, normal, schedules, seeds, state_shapes
 
 SQ = math.sqrt
 
@@ -54,7 +54,7 @@ def test_ddim_loop_by_hand():
 
 
 @given(schedules(max_T=12), state_shapes(), seeds)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 def test_loops_are_the_steps_in_order(sch, shape, seed):
     x_T, step_noise = SM.draw_noise(np.random.default_rng(seed), sch.T, shape)
     x = x_T.copy()
@@ -68,7 +68,7 @@ def test_loops_are_the_steps_in_order(sch, shape, seed):
 
 # -- noise layout: rng equals injected noise ---------------------------------------------------
 @given(schedules(max_T=10), state_shapes(), seeds)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 def test_rng_equals_draw_noise(sch, shape, seed):
     x_T, step_noise = SM.draw_noise(np.random.default_rng(seed), sch.T, shape)
     assert x_T.shape == shape and step_noise.shape == (sch.T, *shape)
@@ -183,7 +183,7 @@ def test_missing_randomness_and_bad_noise_shapes():
 
 
 @given(st.integers(1, 3), seeds)
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 def test_sample_is_float64_of_the_state_shape(B, seed):
     sch = S.linear(6)
     x = SM.ddpm_sample(linear_denoiser, sch, (B, 2, 2), rng=np.random.default_rng(seed))

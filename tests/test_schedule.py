@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from refdiff import schedule as S
 from refdiff.errors import TimestepError
-from tests.strategies import betas, hand_schedule, schedules
+from tests.strategies import betas, examples, hand_schedule, schedules
 
 EXACT = dict(rtol=1e-14, atol=0.0)
 
@@ -140,7 +140,7 @@ def test_zero_terminal_snr_sd_numbers():
 
 
 @given(betas(min_T=2, max_T=50))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_zero_terminal_snr_properties(b):
     base = S.from_betas(b)
     z = S.rescale_zero_terminal_snr(base)
@@ -157,7 +157,7 @@ def test_zero_terminal_snr_properties(b):
 
 # -- derived quantities and round trips over random schedules ----------------------------------
 @given(betas())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_derived_quantities(b):
     s = S.from_betas(b)
     np.testing.assert_allclose(s.alpha_bar[1:], np.cumprod(1.0 - b), rtol=1e-13)
@@ -205,7 +205,7 @@ def test_respace_by_hand():
 
 
 @given(schedules(respaced=False), st.data())
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 def test_respace_properties(base, data):
     times = sorted(
         data.draw(
@@ -217,7 +217,9 @@ def test_respace_properties(base, data):
     np.testing.assert_array_equal(r.timesteps, [0, *times])
     np.testing.assert_array_equal(r.alpha_bar, base.alpha_bar[r.timesteps])
     # β'_k = 1 − ᾱ_τk/ᾱ_τ(k−1) (eq. 2.9); compared as 1 − β' (absolute error ~ 1 ulp)
-    np.testing.assert_allclose(1 - r.beta[1:], r.alpha_bar[1:] / r.alpha_bar[:-1], rtol=0, atol=2e-16)
+    np.testing.assert_allclose(
+        1 - r.beta[1:], r.alpha_bar[1:] / r.alpha_bar[:-1], rtol=0, atol=2e-16
+    )
     # keeping every step is the identity
     full = S.respace(base, np.arange(1, base.T + 1))
     np.testing.assert_array_equal(full.alpha_bar, base.alpha_bar)
