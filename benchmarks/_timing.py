@@ -160,7 +160,9 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, rounds: int = 7) -> float:
     """
     n = nbytes // 8
     src = np.random.default_rng(0).standard_normal(n)
-    dst = np.empty_like(src)
+    buf = np.empty(n + 1024)  # dst half a page from src modulo 4 KiB: no 4K aliasing
+    off = ((src.ctypes.data + 2048 - buf.ctypes.data) % 4096) // 8
+    dst = buf[off : off + n]
     np.copyto(dst, src)  # fault the pages in
     times = []
     for _ in range(rounds):
@@ -225,6 +227,41 @@ def peak_python_bytes(fn: Callable[[], object]) -> int:
     return int(peak - base)
 
 
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark to its current RSS (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_bytes() -> int | None:
+    """Current resident set (``VmRSS``), None where /proc is unavailable."""
+    v = _status_kib("VmRSS")
+    return None if v is None else 1024 * v
+
+
 def max_rss_bytes() -> int:
-    """The process's resident-set high-water mark so far (Linux: ru_maxrss in KiB)."""
+    """The resident-set high-water mark of this process image.
+
+    ``VmHWM`` where /proc has it (it belongs to the current image and can be reset with
+    :func:`reset_peak_rss`); else ``ru_maxrss``, which on Linux also counts the parent's
+    memory before ``exec`` and so cannot measure a child's own peak.
+    """
+    v = _status_kib("VmHWM")
+    if v is not None:
+        return 1024 * v
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -296,12 +296,13 @@ def targets(rows: list[dict]) -> list[dict]:
 
 # -- scaling (used by bench_scaling) -------------------------------------------------------------
 _CHILD = r"""
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["root"])
 from benchmarks.run import bootstrap
 bootstrap()
 from benchmarks import bench_ort as B
+from benchmarks._timing import max_rss_bytes, reset_peak_rss, rss_bytes
 import refdiff.export as E
 warnings.simplefilter("ignore")
 model = B.denoiser_model(E)
@@ -309,12 +310,13 @@ s = B.make_sampler(
     E, model, cfg["sampler"], cfg["mode"], cfg["steps"], cfg["provider"], cfg["threads"]
 )
 fn = B._sample_fn(s, cfg["batch"], cfg["sampler"] == "ddpm")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+reset_peak_rss()
+before = rss_bytes() or max_rss_bytes()
 t0 = time.perf_counter()
 fn()
 first = time.perf_counter() - t0
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-res = {"rss_before_kib": before, "rss_after_kib": after, "first_s": first}
+after = max_rss_bytes()
+res = {"rss_before_kib": before // 1024, "rss_after_kib": after // 1024, "first_s": first}
 print("ORT_PEAK_JSON:" + json.dumps(res))
 """
 
@@ -394,7 +396,7 @@ def scaling_rows(
             )
     notes = [
         "ORT peak: growth of the peak resident set of a fresh process during its first sample "
-        "(session already built); host memory only, float32 states; page-granular, so small "
-        "batches show 0",
+        "(session already built; VmHWM reset before it); host memory only, float32 states; "
+        "at small batches it is onnxruntime's first-run allocations, not the state",
     ]
     return rows, notes

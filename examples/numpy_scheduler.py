@@ -41,7 +41,9 @@ class NumpyScheduler:
             def f(u):
                 return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
-            betas = np.array([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=sf)
+            betas = np.array(
+                [min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=sf
+            )
         elif schedule == "sigmoid":
             x = np.linspace(-6, 6, T, dtype=sf)
             betas = (1 / (1 + np.exp(-x)) * (0.02 - 1e-4) + 1e-4).astype(sf)
@@ -113,10 +115,21 @@ class NumpyScheduler:
         return c0 * self._x(x0) + ct * self._x(x_t), var
 
     def ddpm_step(
-        self, alpha_bar, timesteps, t, x_t, model_output, noise, *,
-        prediction_type="epsilon", variance_type="fixed_small", model_variance=None,
-        clip=None, threshold_ratio=None, threshold_max=1.0,
-    ):  # fmt: skip
+        self,
+        alpha_bar,
+        timesteps,
+        t,
+        x_t,
+        model_output,
+        noise,
+        *,
+        prediction_type="epsilon",
+        variance_type="fixed_small",
+        model_variance=None,
+        clip=None,
+        threshold_ratio=None,
+        threshold_max=1.0,
+    ):
         A = np.asarray(alpha_bar, dtype=self.sf)
         prev = self._prev(timesteps, t)
         ab, abp = A[t], (A[prev] if prev >= 0 else self.sf.type(1))
@@ -148,10 +161,22 @@ class NumpyScheduler:
         return mean + std * z
 
     def ddim_step(
-        self, alpha_bar, timesteps, t, x_t, model_output, noise, *,
-        prediction_type="epsilon", eta=0.0, final_alpha_bar="one", rederive_eps=True,
-        clip=None, threshold_ratio=None, threshold_max=1.0,
-    ):  # fmt: skip
+        self,
+        alpha_bar,
+        timesteps,
+        t,
+        x_t,
+        model_output,
+        noise,
+        *,
+        prediction_type="epsilon",
+        eta=0.0,
+        final_alpha_bar="one",
+        rederive_eps=True,
+        clip=None,
+        threshold_ratio=None,
+        threshold_max=1.0,
+    ):
         A = np.asarray(alpha_bar, dtype=self.sf)
         prev = self._prev(timesteps, t)
         ab = A[t]

@@ -76,9 +76,23 @@ class QSampleMissingSqrt(Float32):
 class WrongDDIMSigma(Float32):
     """DDIM σ without the square root: σ = η (1−ᾱ_prev)/(1−ᾱ_t) (1 − ᾱ_t/ᾱ_prev)."""
 
-    def ddim_step(self, alpha_bar, timesteps, t, x_t, model_output, noise, *,
-                  prediction_type="epsilon", eta=0.0, final_alpha_bar="one", rederive_eps=True,
-                  clip=None, threshold_ratio=None, threshold_max=1.0):  # fmt: skip
+    def ddim_step(
+        self,
+        alpha_bar,
+        timesteps,
+        t,
+        x_t,
+        model_output,
+        noise,
+        *,
+        prediction_type="epsilon",
+        eta=0.0,
+        final_alpha_bar="one",
+        rederive_eps=True,
+        clip=None,
+        threshold_ratio=None,
+        threshold_max=1.0,
+    ):
         A = np.asarray(alpha_bar, dtype=np.float32)
         prev = self._prev(timesteps, t)
         ab = A[t]

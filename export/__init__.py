@@ -20,6 +20,8 @@ Run them with onnxruntime::
 Imports onnx and onnxruntime (the ``deploy`` extra); ``import refdiff`` never does.
 """
 
+from ._graph import IR_VERSION, OPSET
+from .cli import BUILTIN_MIXTURES, build_schedule, builtin_mixture
 from .denoisers import DTYPES, mixture_denoiser_model, mlp_denoiser_model
 from .metadata import read_metadata, schedule_from_json, schedule_to_json
 from .model_io import (
@@ -48,7 +50,6 @@ from .runtime import MODES, OnnxDenoiser, OrtSampler, sample
 from .sampler_graph import sampler_model
 from .steps import NOISE_SOURCES, fused_step_model, step_model
 from .tables import SAMPLERS, StepTables, step_tables
-from ._graph import IR_VERSION, OPSET
 
 __all__ = [
     "IR_VERSION",
@@ -82,6 +83,9 @@ __all__ = [
     "OnnxDenoiser",
     "OrtSampler",
     "sample",
+    "builtin_mixture",
+    "build_schedule",
+    "BUILTIN_MIXTURES",
     "CorruptModelError",
     "UnsupportedVersionError",
     "ExternalDataError",

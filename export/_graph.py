@@ -55,8 +55,10 @@ def numpy_dtype(elem_type: int) -> np.dtype | None:
 
 
 def tensor_info(name: str, dtype: object, shape: Sequence[int | str | None] | None):
-    """A ``ValueInfoProto`` (dims: int, symbolic str, or None for unknown; shape None = rank unknown)."""
-    return helper.make_tensor_value_info(name, onnx_dtype(dtype), None if shape is None else list(shape))
+    """A ``ValueInfoProto``; dims are ints, symbolic names or None; ``shape=None``: rank unknown."""
+    return helper.make_tensor_value_info(
+        name, onnx_dtype(dtype), None if shape is None else list(shape)
+    )
 
 
 class GraphBuilder:
@@ -69,7 +71,11 @@ class GraphBuilder:
 
     def __init__(self, prefix: str = "", _shared: dict | None = None):
         self.prefix = prefix
-        self._s = _shared if _shared is not None else {"n": 0, "inits": [], "cache": {}, "opsets": {}, "functions": []}
+        self._s = (
+            _shared
+            if _shared is not None
+            else {"n": 0, "inits": [], "cache": {}, "opsets": {}, "functions": []}
+        )
         self.nodes: list[onnx.NodeProto] = []
 
     # -- names and constants ---------------------------------------------------------------
@@ -110,7 +116,14 @@ class GraphBuilder:
         return GraphBuilder(self.prefix, self._s)
 
     # -- nodes ------------------------------------------------------------------------------
-    def op(self, op_type: str, *inputs: str, outputs: int | Sequence[str] = 1, hint: str | None = None, **attrs):
+    def op(
+        self,
+        op_type: str,
+        *inputs: str,
+        outputs: int | Sequence[str] = 1,
+        hint: str | None = None,
+        **attrs,
+    ):
         """Append a node; returns its output name (or the list of names when several)."""
         if isinstance(outputs, int):
             outs = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
@@ -122,9 +135,15 @@ class GraphBuilder:
     def add_nodes(self, nodes: Sequence[onnx.NodeProto]) -> None:
         self.nodes.extend(nodes)
 
-    def graph(self, name: str, inputs: Sequence, outputs: Sequence, *, with_initializers: bool = True):
+    def graph(
+        self, name: str, inputs: Sequence, outputs: Sequence, *, with_initializers: bool = True
+    ):
         return helper.make_graph(
-            self.nodes, name, list(inputs), list(outputs), self.initializers if with_initializers else []
+            self.nodes,
+            name,
+            list(inputs),
+            list(outputs),
+            self.initializers if with_initializers else [],
         )
 
     # -- small idioms -----------------------------------------------------------------------

@@ -43,7 +43,9 @@ def builtin_mixture(name: str):
             np.array([[[0.10, 0.05], [0.05, 0.10]], [[0.20, -0.08], [-0.08, 0.08]]]),
         )
     if name == "gaussian":
-        return GaussianMixture(np.ones(1), np.array([[0.5, -0.25]]), np.array([[[0.5, 0.2], [0.2, 0.3]]]))
+        return GaussianMixture(
+            np.ones(1), np.array([[0.5, -0.25]]), np.array([[[0.5, 0.2], [0.2, 0.3]]])
+        )
     raise OptionError("mixture", name, list(BUILTIN_MIXTURES))
 
 
@@ -66,8 +68,16 @@ def _load_mixture(spec: str):
     return GaussianMixture(z["weights"], z["means"], z["covs"])
 
 
-def build_schedule(name: str, T: int, *, steps: int | None = None, spacing: str = "leading",
-                   steps_offset: int = 0, zero_terminal_snr: bool = False, base=None):
+def build_schedule(
+    name: str,
+    T: int,
+    *,
+    steps: int | None = None,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    zero_terminal_snr: bool = False,
+    base=None,
+):
     """(base schedule, schedule to walk): ``name``/``T`` (or ``base``), respaced to ``steps``.
 
     ``spacing``: ``leading`` | ``trailing`` | ``linspace`` (diffusers) or an
@@ -93,13 +103,20 @@ def _common_schedule_args(p: argparse.ArgumentParser, *, required: bool) -> None
     from refdiff.schedule import SCHEDULES
 
     g = p.add_argument_group("schedule")
-    g.add_argument("--schedule", choices=sorted(SCHEDULES), default=None if not required else "linear",
-                   help="base (training) schedule (default: the model's metadata, else linear)")
+    g.add_argument(
+        "--schedule",
+        choices=sorted(SCHEDULES),
+        default=None if not required else "linear",
+        help="base (training) schedule (default: the model's metadata, else linear)",
+    )
     g.add_argument("--T", type=int, default=None, help="base schedule length (default 1000)")
     g.add_argument("--zero-terminal-snr", action="store_true", help="rescale to zero terminal SNR")
     g.add_argument("--steps", type=int, default=None, help="sampling steps (respaced; default T)")
-    g.add_argument("--spacing", default="leading",
-                   help="leading | trailing | linspace | improved-diffusion sections (ddimN, '10,15')")
+    g.add_argument(
+        "--spacing",
+        default="leading",
+        help="leading | trailing | linspace | improved-diffusion sections (ddimN, '10,15')",
+    )
     g.add_argument("--steps-offset", type=int, default=0, help="diffusers steps_offset (leading)")
 
 
@@ -107,11 +124,17 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler")
     g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     g.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (default 0)")
-    g.add_argument("--variance-type", default=None, help="DDPM: fixed_small | fixed_large | fixed_large_iddpm")
+    g.add_argument(
+        "--variance-type", default=None, help="DDPM: fixed_small | fixed_large | fixed_large_iddpm"
+    )
     g.add_argument("--clip", type=float, default=None, help="clip x̂0 to [-c, c]")
     g.add_argument("--final-alpha-bar", default=None, help="DDIM: one | first | a float")
-    g.add_argument("--noise", choices=("input", "graph"), default="input",
-                   help="noise as input (reproducible, reference parity) or drawn in-graph")
+    g.add_argument(
+        "--noise",
+        choices=("input", "graph"),
+        default="input",
+        help="noise as input (reproducible, reference parity) or drawn in-graph",
+    )
 
 
 def _options(a: argparse.Namespace) -> dict:
@@ -146,16 +169,32 @@ def _run(fn, argv, prog: str) -> int:
 
 # -- export -----------------------------------------------------------------------------------
 def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refdiff export", description="Export a denoiser or sampler to ONNX.")
+    p = argparse.ArgumentParser(
+        prog="refdiff export", description="Export a denoiser or sampler to ONNX."
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mlp", metavar="WEIGHTS.npz", help="MLP weights (refdiff.mlp.save_mlp)")
-    src.add_argument("--mixture", metavar="NAME|FILE.npz",
-                     help=f"exact Gaussian-mixture denoiser: {', '.join(BUILTIN_MIXTURES)} or an .npz (weights, means, covs)")
-    src.add_argument("--denoiser", metavar="FILE.onnx", help="an existing denoiser ONNX file to wrap")
-    p.add_argument("--kind", choices=KINDS, default="denoiser", help="what to export (default denoiser)")
+    src.add_argument(
+        "--mixture",
+        metavar="NAME|FILE.npz",
+        help=f"exact Gaussian-mixture denoiser: {', '.join(BUILTIN_MIXTURES)} "
+        "or an .npz (weights, means, covs)",
+    )
+    src.add_argument(
+        "--denoiser", metavar="FILE.onnx", help="an existing denoiser ONNX file to wrap"
+    )
+    p.add_argument(
+        "--kind", choices=KINDS, default="denoiser", help="what to export (default denoiser)"
+    )
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
-    p.add_argument("--prediction-type", default=None, help="epsilon | x0 | v | score (default epsilon)")
-    p.add_argument("--timestep-convention", default=None, help="for --denoiser without metadata: refdiff | index")
+    p.add_argument(
+        "--prediction-type", default=None, help="epsilon | x0 | v | score (default epsilon)"
+    )
+    p.add_argument(
+        "--timestep-convention",
+        default=None,
+        help="for --denoiser without metadata: refdiff | index",
+    )
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--batch", type=int, default=None, help="fix the batch size (default dynamic)")
     p.add_argument("--seed", type=int, default=0, help="seed of the in-graph noise (--noise graph)")
@@ -189,32 +228,67 @@ def _export(argv: list[str]) -> int:
     T = a.T if a.T is not None else 1000
     pt = a.prediction_type
     if a.denoiser is not None:
-        den = open_denoiser(a.denoiser, prediction_type=pt, timestep_convention=a.timestep_convention)
+        den = open_denoiser(
+            a.denoiser, prediction_type=pt, timestep_convention=a.timestep_convention
+        )
         if a.kind == "denoiser":
-            raise InputError("kind", "--denoiser is already a denoiser; export a step, fused or sampler")
+            raise InputError(
+                "kind", "--denoiser is already a denoiser; export a step, fused or sampler"
+            )
         base_meta = den.signature.metadata.get("refdiff.schedule")
         if a.schedule is None and base_meta is not None:
             from .metadata import schedule_from_json
 
-            base, sched = build_schedule("", 0, steps=a.steps, spacing=a.spacing, steps_offset=a.steps_offset,
-                                         base=schedule_from_json(base_meta))
+            base, sched = build_schedule(
+                "",
+                0,
+                steps=a.steps,
+                spacing=a.spacing,
+                steps_offset=a.steps_offset,
+                base=schedule_from_json(base_meta),
+            )
         else:
-            base, sched = build_schedule(a.schedule or "linear", T, steps=a.steps, spacing=a.spacing,
-                                         steps_offset=a.steps_offset, zero_terminal_snr=a.zero_terminal_snr)
+            base, sched = build_schedule(
+                a.schedule or "linear",
+                T,
+                steps=a.steps,
+                spacing=a.spacing,
+                steps_offset=a.steps_offset,
+                zero_terminal_snr=a.zero_terminal_snr,
+            )
     else:
-        base, sched = build_schedule(a.schedule or "linear", T, steps=a.steps, spacing=a.spacing,
-                                     steps_offset=a.steps_offset, zero_terminal_snr=a.zero_terminal_snr)
+        base, sched = build_schedule(
+            a.schedule or "linear",
+            T,
+            steps=a.steps,
+            spacing=a.spacing,
+            steps_offset=a.steps_offset,
+            zero_terminal_snr=a.zero_terminal_snr,
+        )
         pt = pt or "epsilon"
         if a.mlp is not None:
-            model = mlp_denoiser_model(load_mlp(a.mlp), prediction_type=pt, dtype=a.dtype, schedule=base,
-                                       batch=a.batch if a.kind == "denoiser" else None)
+            model = mlp_denoiser_model(
+                load_mlp(a.mlp),
+                prediction_type=pt,
+                dtype=a.dtype,
+                schedule=base,
+                batch=a.batch if a.kind == "denoiser" else None,
+            )
         else:
-            model = mixture_denoiser_model(_load_mixture(a.mixture), base, prediction_type=pt, dtype=a.dtype,
-                                           batch=a.batch if a.kind == "denoiser" else None)
+            model = mixture_denoiser_model(
+                _load_mixture(a.mixture),
+                base,
+                prediction_type=pt,
+                dtype=a.dtype,
+                batch=a.batch if a.kind == "denoiser" else None,
+            )
         if a.kind == "denoiser":
             save_model(model, a.output)
             if not a.quiet:
-                print(f"wrote {a.output}: denoiser ({pt}, {a.dtype}), base schedule {base.name} T={base.T}")
+                print(
+                    f"wrote {a.output}: denoiser ({pt}, {a.dtype}), "
+                    f"base schedule {base.name} T={base.T}"
+                )
             return 0
         den = open_denoiser(model)
     tables = step_tables(sched, a.sampler, prediction_type=den.prediction_type, **_options(a))
@@ -227,25 +301,44 @@ def _export(argv: list[str]) -> int:
         model = sampler_model(den, tables, trajectory=a.trajectory, **build)
     save_model(model, a.output)
     if not a.quiet:
-        print(f"wrote {a.output}: {a.kind} ({a.sampler}, {tables.N} steps, {den.prediction_type}, noise {a.noise})")
+        print(
+            f"wrote {a.output}: {a.kind} ({a.sampler}, {tables.N} steps, "
+            f"{den.prediction_type}, noise {a.noise})"
+        )
     return 0
 
 
 # -- sample -----------------------------------------------------------------------------------
 def _sample_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refdiff sample", description="Sample with an ONNX denoiser or sampler on onnxruntime.")
+    p = argparse.ArgumentParser(
+        prog="refdiff sample", description="Sample with an ONNX denoiser or sampler on onnxruntime."
+    )
     p.add_argument("--model", required=True, help="denoiser or refdiff sampler .onnx file")
     p.add_argument("-o", "--output", default="samples.npy", help="output .npy (written atomically)")
     p.add_argument("--batch", type=int, default=16, help="number of samples (default 16)")
-    p.add_argument("--shape", default=None, help="full state shape B,D,… (default: batch + the model's dims)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (host noise: numpy default_rng(seed))")
+    p.add_argument(
+        "--shape", default=None, help="full state shape B,D,… (default: batch + the model's dims)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="noise seed (host noise: numpy default_rng(seed))"
+    )
     p.add_argument("--mode", choices=("steps", "fused", "graph"), default="steps")
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--device-id", type=int, default=0)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
-    p.add_argument("--cuda-graph", action="store_true", help="capture CUDA graphs (steps/fused, fixed batch)")
-    p.add_argument("--prediction-type", default=None, help="epsilon | x0 | v | score (if the metadata does not say)")
-    p.add_argument("--timestep-convention", default=None, help="refdiff (1-based t) | index (0-based), if not in the metadata")
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="capture CUDA graphs (steps/fused, fixed batch)"
+    )
+    p.add_argument(
+        "--prediction-type",
+        default=None,
+        help="epsilon | x0 | v | score (if the metadata does not say)",
+    )
+    p.add_argument(
+        "--timestep-convention",
+        default=None,
+        help="refdiff (1-based t) | index (0-based), if not in the metadata",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     _common_schedule_args(p, required=False)
     _sampler_args(p)
@@ -271,21 +364,49 @@ def _sample(argv: list[str]) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
         if meta.get(PREFIX + "kind") == "sampler":
-            s = OrtSampler(path, provider=a.provider, device_id=a.device_id, use_tf32=a.tf32, mode="graph")
+            s = OrtSampler(
+                path, provider=a.provider, device_id=a.device_id, use_tf32=a.tf32, mode="graph"
+            )
         else:
-            den = open_denoiser(path, prediction_type=a.prediction_type, timestep_convention=a.timestep_convention)
+            den = open_denoiser(
+                path, prediction_type=a.prediction_type, timestep_convention=a.timestep_convention
+            )
             base_json = den.signature.metadata.get(PREFIX + "schedule")
             T = a.T if a.T is not None else 1000
             if a.schedule is None and a.T is None and base_json is not None:
-                _, sched = build_schedule("", 0, steps=a.steps, spacing=a.spacing, steps_offset=a.steps_offset,
-                                          base=schedule_from_json(base_json))
+                _, sched = build_schedule(
+                    "",
+                    0,
+                    steps=a.steps,
+                    spacing=a.spacing,
+                    steps_offset=a.steps_offset,
+                    base=schedule_from_json(base_json),
+                )
             else:
-                _, sched = build_schedule(a.schedule or "linear", T, steps=a.steps, spacing=a.spacing,
-                                          steps_offset=a.steps_offset, zero_terminal_snr=a.zero_terminal_snr)
+                _, sched = build_schedule(
+                    a.schedule or "linear",
+                    T,
+                    steps=a.steps,
+                    spacing=a.spacing,
+                    steps_offset=a.steps_offset,
+                    zero_terminal_snr=a.zero_terminal_snr,
+                )
             batch = (shape[0] if shape else a.batch) if a.cuda_graph else None
-            s = OrtSampler(den, sched, sampler=a.sampler, mode=a.mode, noise=a.noise, seed=a.seed,
-                           provider=a.provider, device_id=a.device_id, use_tf32=a.tf32,
-                           cuda_graph=a.cuda_graph, batch=batch, state_shape=shape, **_options(a))
+            s = OrtSampler(
+                den,
+                sched,
+                sampler=a.sampler,
+                mode=a.mode,
+                noise=a.noise,
+                seed=a.seed,
+                provider=a.provider,
+                device_id=a.device_id,
+                use_tf32=a.tf32,
+                cuda_graph=a.cuda_graph,
+                batch=batch,
+                state_shape=shape,
+                **_options(a),
+            )
     t0 = time.perf_counter()
     x = s.sample(shape=shape if shape is not None else a.batch, seed=a.seed, progress=not a.quiet)
     dt = time.perf_counter() - t0
@@ -293,7 +414,10 @@ def _sample(argv: list[str]) -> int:
     with atomic_write(out) as f:
         np.save(f, x, allow_pickle=False)
     if not a.quiet:
-        print(f"wrote {out}: {x.shape} {x.dtype}, {s.num_steps} steps ({s.mode}) on {s.provider} in {dt:.3f} s")
+        print(
+            f"wrote {out}: {x.shape} {x.dtype}, {s.num_steps} steps ({s.mode}) "
+            f"on {s.provider} in {dt:.3f} s"
+        )
     return 0
 
 

@@ -67,16 +67,29 @@ def mixture_parts(mixture: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
                 raise InputError("mixture", f"has no {name!r}")
             return mixture[name]
         if not hasattr(mixture, name):
-            raise InputError("mixture", f"needs weights, means and covs; {type(mixture).__name__} has no {name!r}")
+            raise InputError(
+                "mixture",
+                f"needs weights, means and covs; {type(mixture).__name__} has no {name!r}",
+            )
         return getattr(mixture, name)
 
     w = np.asarray(get("weights"), dtype=np.float64)
     mu = np.asarray(get("means"), dtype=np.float64)
     cov = np.asarray(get("covs"), dtype=np.float64)
-    if w.ndim != 1 or mu.ndim != 2 or cov.ndim != 3 or not (w.shape[0] == mu.shape[0] == cov.shape[0]):
-        raise ShapeError("mixture", f"weights (K,), means (K, D), covs (K, D, D); got {w.shape}, {mu.shape}, {cov.shape}")
+    if (
+        w.ndim != 1
+        or mu.ndim != 2
+        or cov.ndim != 3
+        or not (w.shape[0] == mu.shape[0] == cov.shape[0])
+    ):
+        raise ShapeError(
+            "mixture",
+            f"weights (K,), means (K, D), covs (K, D, D); got {w.shape}, {mu.shape}, {cov.shape}",
+        )
     if cov.shape[1:] != (mu.shape[1], mu.shape[1]):
-        raise ShapeError("mixture", f"covs must be (K, D, D) with D = {mu.shape[1]}; got {cov.shape}")
+        raise ShapeError(
+            "mixture", f"covs must be (K, D, D) with D = {mu.shape[1]}; got {cov.shape}"
+        )
     for nm, a in (("weights", w), ("means", mu), ("covs", cov)):
         if not np.isfinite(a).all():
             raise InputError("mixture", f"{nm} has NaN or Inf")
@@ -113,8 +126,10 @@ def _io_meaning(prediction_type: str) -> tuple[dict, dict]:
     )
 
 
-def emit_mixture(b: GraphBuilder, x: str, t: str, mixture: object, schedule: Schedule, prediction_type: str) -> str:
-    """Nodes of the exact mixture denoiser on float32 ``x`` (B, D), int64 ``t`` (B,); returns out."""
+def emit_mixture(
+    b: GraphBuilder, x: str, t: str, mixture: object, schedule: Schedule, prediction_type: str
+) -> str:
+    """Nodes of the exact mixture denoiser on float32 ``x`` (B, D) and int64 ``t`` (B,)."""
     w, mu, lam, U = mixture_parts(mixture)
     K, D = mu.shape
     ab = schedule.alpha_bar.astype(np.float64)
@@ -139,7 +154,11 @@ def emit_mixture(b: GraphBuilder, x: str, t: str, mixture: object, schedule: Sch
     maha = b.op("ReduceSum", b.op("Mul", y, yi), ax2, keepdims=0)  # (K, B)
     logdet = b.op("ReduceSum", b.op("Log", denom), ax2, keepdims=0)
     half = b.const(np.float32(0.5))
-    logit = b.op("Sub", b.const(np.log(w)[:, None], f32, "log_weights"), b.op("Mul", half, b.op("Add", maha, logdet)))
+    logit = b.op(
+        "Sub",
+        b.const(np.log(w)[:, None], f32, "log_weights"),
+        b.op("Mul", half, b.op("Add", maha, logdet)),
+    )
     r = b.op("Unsqueeze", b.op("Softmax", logit, axis=0), ax2)  # (K, B, 1)
     ax0 = b.const(np.array([0], np.int64), hint="axes")
     x0k = b.op("Add", mu3, b.op("Mul", sa3, b.op("MatMul", b.op("Mul", yi, lam3), Ut)))
@@ -187,7 +206,9 @@ def mixture_denoiser_model(
     b = GraphBuilder()
     x = b.cast("x", np.float32) if dt != np.float32 else "x"
     out = emit_mixture(b, x, "t", mixture, schedule, pt)
-    b.op("Cast", out, outputs=["out"], to=_onnx(dt)) if dt != np.float32 else b.op("Identity", out, outputs=["out"])
+    b.op("Cast", out, outputs=["out"], to=_onnx(dt)) if dt != np.float32 else b.op(
+        "Identity", out, outputs=["out"]
+    )
     ins, outs = _denoiser_io(dt, D, bd)
     im, om = _io_meaning(pt)
     meta = base_metadata(
@@ -207,7 +228,9 @@ def mixture_denoiser_model(
             "covs": np.asarray(_covs(mixture), dtype=np.float64).tolist(),
         },
     )
-    return finish_model(b.graph("refdiff_mixture_denoiser", ins, outs), meta, doc=__doc__.split("\n\n")[1])
+    return finish_model(
+        b.graph("refdiff_mixture_denoiser", ins, outs), meta, doc=__doc__.split("\n\n")[1]
+    )
 
 
 def _covs(mixture):
@@ -220,7 +243,9 @@ def _onnx(dt):
     return onnx_dtype(dt)
 
 
-def emit_mlp(b: GraphBuilder, x: str, t: str, mlp: MLP, dtype: np.dtype, max_time: int | None) -> str:
+def emit_mlp(
+    b: GraphBuilder, x: str, t: str, mlp: MLP, dtype: np.dtype, max_time: int | None
+) -> str:
     """Nodes of :class:`refdiff.mlp.MLP` on ``x`` (B, D) of ``dtype`` and int64 ``t`` (B,)."""
     if max_time is not None:
         # exact table: embedding of every integer time, computed in float64, rounded once
@@ -237,7 +262,9 @@ def emit_mlp(b: GraphBuilder, x: str, t: str, mlp: MLP, dtype: np.dtype, max_tim
     h = b.op("Concat", x, emb, axis=1)
     n = len(mlp.layers)
     for i, (W, bias) in enumerate(mlp.layers):
-        h = b.op("Add", b.op("MatMul", h, b.const(W, dtype, f"W{i}")), b.const(bias, dtype, f"b{i}"))
+        h = b.op(
+            "Add", b.op("MatMul", h, b.const(W, dtype, f"W{i}")), b.const(bias, dtype, f"b{i}")
+        )
         if i < n - 1:
             h = b.op("Mul", h, b.op("Sigmoid", h))  # SiLU(u) = u · sigmoid(u)
     return h
@@ -260,8 +287,9 @@ def mlp_denoiser_model(
         dtype: ``float32`` or ``float16`` (weights, activations and I/O)
         max_time: the largest base time; the sinusoidal embedding of every t in
             [0, max_time] is tabulated in float64 and gathered (exact to one rounding).
-            ``"auto"``: the schedule's last base time when a schedule is given, else 1000.  ``None`` computes the
-            embedding in-graph with Sin/Cos in float32 (phase error ~ t·6e-8).
+            ``"auto"``: the schedule's last base time when a schedule is given, else 1000.
+            ``None`` computes the embedding in-graph with Sin/Cos in float32 (phase error
+            ~ t·6e-8).
         schedule: the base schedule the network was trained on (metadata only)
         batch: None for a dynamic batch axis, or a fixed size
     Returns: ``onnx.ModelProto``; inputs ``x`` (B, D), ``t`` (B,) int64, output ``out``.
@@ -269,13 +297,19 @@ def mlp_denoiser_model(
     if not isinstance(mlp, MLP):
         raise InputError("mlp", f"must be a refdiff.mlp.MLP; got {type(mlp).__name__}")
     if mlp.out_dim != mlp.data_dim:
-        raise ShapeError("mlp", f"out_dim {mlp.out_dim} != data_dim {mlp.data_dim} (learned variances are not exported)")
+        raise ShapeError(
+            "mlp",
+            f"out_dim {mlp.out_dim} != data_dim {mlp.data_dim} "
+            "(learned variances are not exported)",
+        )
     dt, pt, bd = _dtype(dtype), _prediction(prediction_type), _batch_dim(batch)
     if schedule is not None and not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
     if isinstance(max_time, str) and max_time == "auto":
         max_time = int(schedule.timesteps[-1]) if schedule is not None else 1000
-    if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, int) or max_time < 1):
+    if max_time is not None and (
+        isinstance(max_time, bool) or not isinstance(max_time, int) or max_time < 1
+    ):
         raise InputError("max_time", f"must be a positive int or None; got {max_time!r}")
     b = GraphBuilder()
     out = emit_mlp(b, "x", "t", mlp, dt, max_time)
@@ -298,4 +332,8 @@ def mlp_denoiser_model(
             "sizes": [int(mlp.layers[0][0].shape[0])] + [int(W.shape[1]) for W, _ in mlp.layers],
         },
     )
-    return finish_model(b.graph("refdiff_mlp_denoiser", ins, outs), meta, doc="refdiff MLP denoiser (docs/math.md §10)")
+    return finish_model(
+        b.graph("refdiff_mlp_denoiser", ins, outs),
+        meta,
+        doc="refdiff MLP denoiser (docs/math.md §10)",
+    )

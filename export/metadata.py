@@ -33,7 +33,14 @@ import numpy as np
 
 from refdiff.schedule import Schedule
 
-__all__ = ["PREFIX", "KINDS", "schedule_to_json", "schedule_from_json", "read_metadata", "base_metadata"]
+__all__ = [
+    "PREFIX",
+    "KINDS",
+    "schedule_to_json",
+    "schedule_from_json",
+    "read_metadata",
+    "base_metadata",
+]
 
 PREFIX = "refdiff."
 KINDS = ("denoiser", "step", "fused_step", "sampler")

@@ -89,7 +89,12 @@ def runtime_limits() -> tuple[int, int]:
 
     def probe(ir: int, opset: int) -> str:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "probe",
+            [x],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = ir
         so = ort.SessionOptions()
@@ -131,34 +136,51 @@ def _check_external(model: onnx.ModelProto, base: Path | None, path: object) -> 
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
         if base is None:
-            raise ExternalDataError(path, f"tensor {t.name!r} keeps its data in {loc!r}: load the model from its file path")
+            raise ExternalDataError(
+                path,
+                f"tensor {t.name!r} keeps its data in {loc!r}: load the model from its file path",
+            )
         if not loc or os.path.isabs(loc) or Path(loc).drive:
-            raise ExternalDataError(path, f"tensor {t.name!r}: external data path {loc!r} is absolute or empty")
+            raise ExternalDataError(
+                path, f"tensor {t.name!r}: external data path {loc!r} is absolute or empty"
+            )
         root = os.path.realpath(base)
         target = os.path.realpath(os.path.join(root, loc))
         if os.path.commonpath([root, target]) != root:
-            raise ExternalDataError(path, f"tensor {t.name!r}: external data path {loc!r} leaves the model's folder")
+            raise ExternalDataError(
+                path, f"tensor {t.name!r}: external data path {loc!r} leaves the model's folder"
+            )
         if not os.path.isfile(target):
-            raise ExternalDataError(path, f"tensor {t.name!r}: external data file {loc!r} is missing")
+            raise ExternalDataError(
+                path, f"tensor {t.name!r}: external data file {loc!r} is missing"
+            )
         end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
         if end > os.path.getsize(target):
-            raise CorruptModelError(path, f"tensor {t.name!r}: external data file {loc!r} is truncated")
+            raise CorruptModelError(
+                path, f"tensor {t.name!r}: external data file {loc!r} is truncated"
+            )
 
 
 def _check_versions(model: onnx.ModelProto, path: object) -> None:
     max_ir, max_opset = runtime_limits()
     if model.ir_version > max_ir:
         raise UnsupportedVersionError(
-            path, f"IR version {model.ir_version} is newer than this onnxruntime loads (max {max_ir}); re-export with IR <= {max_ir}"
+            path,
+            f"IR version {model.ir_version} is newer than this onnxruntime loads "
+            f"(max {max_ir}); re-export with IR <= {max_ir}",
         )
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and op.version > max_opset:
             raise UnsupportedVersionError(
-                path, f"opset {op.version} is newer than this onnxruntime supports (max {max_opset}); re-export with opset <= {max_opset}"
+                path,
+                f"opset {op.version} is newer than this onnxruntime supports "
+                f"(max {max_opset}); re-export with opset <= {max_opset}",
             )
 
 
-def load_model(source: object, *, load_external_data: bool = True) -> tuple[onnx.ModelProto, Path | None]:
+def load_model(
+    source: object, *, load_external_data: bool = True
+) -> tuple[onnx.ModelProto, Path | None]:
     """Read and check an ONNX model: (``ModelProto``, its file path or None).
 
     ``source``: a path, the serialised bytes, or an ``onnx.ModelProto``.  Checks, in order:
@@ -203,7 +225,9 @@ def load_model(source: object, *, load_external_data: bool = True) -> tuple[onnx
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, UnicodeDecodeError) as e:  # bad UTF-8 in a name
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptModelError(label, f"not a valid ONNX model (truncated or corrupted?): {first}") from None
+        raise CorruptModelError(
+            label, f"not a valid ONNX model (truncated or corrupted?): {first}"
+        ) from None
     return model, path
 
 
@@ -214,7 +238,9 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
     try:
         m.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise CorruptModelError(label, f"cannot be parsed as ONNX (truncated or corrupted): {e}") from None
+        raise CorruptModelError(
+            label, f"cannot be parsed as ONNX (truncated or corrupted): {e}"
+        ) from None
     return m
 
 
@@ -285,9 +311,15 @@ def inspect_denoiser(
     names = [vi.name for vi in inputs]
     for given, what in ((state_input, "state_input"), (time_input, "time_input")):
         if given is not None and given not in by_name:
-            raise SignatureError(path, f"{what}={given!r} is not an input of the model; inputs: {names}")
+            raise SignatureError(
+                path, f"{what}={given!r} is not an input of the model; inputs: {names}"
+            )
     if len(inputs) != 2:
-        raise SignatureError(path, f"a denoiser has exactly 2 inputs (state, timestep); this model has {len(inputs)}: {names}")
+        raise SignatureError(
+            path,
+            f"a denoiser has exactly 2 inputs (state, timestep); "
+            f"this model has {len(inputs)}: {names}",
+        )
 
     def pick(given, candidates):
         if given is not None:
@@ -303,9 +335,21 @@ def inspect_denoiser(
     if s_name is None and t_name is not None:
         s_name = next(n for n in names if n != t_name)
     if s_name is None:
-        floats = [vi.name for vi in inputs if (_elem(vi) is not None and _elem(vi).kind == "f" and (_dims(vi) or ()) and len(_dims(vi)) >= 2)]
+        floats = [
+            vi.name
+            for vi in inputs
+            if (
+                _elem(vi) is not None
+                and _elem(vi).kind == "f"
+                and (_dims(vi) or ())
+                and len(_dims(vi)) >= 2
+            )
+        ]
         if len(floats) != 1:
-            raise SignatureError(path, f"cannot tell the state input from the timestep among {names}; pass state_input=")
+            raise SignatureError(
+                path,
+                f"cannot tell the state input from the timestep among {names}; pass state_input=",
+            )
         s_name = floats[0]
     if t_name is None:
         t_name = next(n for n in names if n != s_name)
@@ -314,31 +358,49 @@ def inspect_denoiser(
     s_vi, t_vi = by_name[s_name], by_name[t_name]
     s_dt, t_dt = _elem(s_vi), _elem(t_vi)
     if s_dt is None or s_dt.kind != "f":
-        raise SignatureError(path, f"state input {s_name!r} must be a float tensor; got {_type_str(s_vi)}")
+        raise SignatureError(
+            path, f"state input {s_name!r} must be a float tensor; got {_type_str(s_vi)}"
+        )
     s_shape = _dims(s_vi)
     if s_shape is None or len(s_shape) < 2:
-        raise SignatureError(path, f"state input {s_name!r} must have a batch axis and data axes (rank >= 2); got shape {s_shape}")
+        raise SignatureError(
+            path,
+            f"state input {s_name!r} must have a batch axis and data axes (rank >= 2); "
+            f"got shape {s_shape}",
+        )
     if t_dt is None or t_dt.kind not in "if" or t_dt == np.bool_:
-        raise SignatureError(path, f"timestep input {t_name!r} must be an int or float tensor; got {_type_str(t_vi)}")
+        raise SignatureError(
+            path, f"timestep input {t_name!r} must be an int or float tensor; got {_type_str(t_vi)}"
+        )
     t_shape = _dims(t_vi)
-    if t_shape is None or len(t_shape) == 1 and (t_shape[0] is None or t_shape[0] == s_shape[0] and t_shape[0] != 1):
+    if (
+        t_shape is None
+        or len(t_shape) == 1
+        and (t_shape[0] is None or t_shape[0] == s_shape[0] and t_shape[0] != 1)
+    ):
         t_kind = "batch"
     elif len(t_shape) == 0:
         t_kind = "scalar"
     elif t_shape == (1,):
         t_kind = "one"
     else:
-        raise SignatureError(path, f"timestep input {t_name!r} must be a scalar, (1,) or (B,); got shape {t_shape}")
+        raise SignatureError(
+            path, f"timestep input {t_name!r} must be a scalar, (1,) or (B,); got shape {t_shape}"
+        )
     outs = [o.name for o in g.output]
     if output is not None and output not in outs:
-        raise SignatureError(path, f"output={output!r} is not an output of the model; outputs: {outs}")
+        raise SignatureError(
+            path, f"output={output!r} is not an output of the model; outputs: {outs}"
+        )
     o_name = output if output is not None else (outs[0] if outs else None)
     if o_name is None:
         raise SignatureError(path, "the model has no outputs")
     o_vi = next(o for o in g.output if o.name == o_name)
     o_dt = _elem(o_vi)
     if o_dt is None or o_dt.kind != "f":
-        raise SignatureError(path, f"output {o_name!r} must be a float tensor; got {_type_str(o_vi)}")
+        raise SignatureError(
+            path, f"output {o_name!r} must be a float tensor; got {_type_str(o_vi)}"
+        )
     o_shape = _dims(o_vi)
     if o_shape is not None:
         bad = len(o_shape) != len(s_shape) or any(
@@ -347,16 +409,21 @@ def inspect_denoiser(
         if bad:
             raise SignatureError(
                 path,
-                f"output {o_name!r} has shape {o_shape}, the state {s_shape}: the prediction must have the "
+                f"output {o_name!r} has shape {o_shape}, the state {s_shape}: "
+                "the prediction must have the "
                 "state's shape (learned-variance outputs with 2C channels are not supported)",
             )
     meta = read_metadata(model)
     pt = meta.get(PREFIX + "prediction_type", meta.get("prediction_type"))
     tc = meta.get(PREFIX + "timestep_convention", meta.get("timestep_convention"))
     if pt is not None and pt not in PREDICTION_TYPES:
-        raise SignatureError(path, f"metadata prediction_type={pt!r} is not one of {PREDICTION_TYPES}")
+        raise SignatureError(
+            path, f"metadata prediction_type={pt!r} is not one of {PREDICTION_TYPES}"
+        )
     if tc is not None and tc not in TIMESTEP_CONVENTIONS:
-        raise SignatureError(path, f"metadata timestep_convention={tc!r} is not one of {TIMESTEP_CONVENTIONS}")
+        raise SignatureError(
+            path, f"metadata timestep_convention={tc!r} is not one of {TIMESTEP_CONVENTIONS}"
+        )
     return DenoiserSignature(
         state_input=s_name,
         time_input=t_name,
@@ -426,7 +493,9 @@ def open_denoiser(
         return source
     model, path = load_model(source)
     label = str(path) if path is not None else "<model>"
-    sig = inspect_denoiser(model, state_input=state_input, time_input=time_input, output=output, path=label)
+    sig = inspect_denoiser(
+        model, state_input=state_input, time_input=time_input, output=output, path=label
+    )
     kind = sig.metadata.get(PREFIX + "kind")
     if kind is not None and kind != "denoiser":
         raise SignatureError(label, f"is a refdiff {kind!r} model, not a denoiser")
@@ -440,6 +509,8 @@ def open_denoiser(
         if value is not None and meta is not None and value != meta:
             raise InputError(arg, f"{value!r} contradicts the model's metadata ({meta!r})")
         if value is None and meta is None:
-            raise InputError(arg, f"the model's metadata does not say; pass {arg}= (one of {', '.join(valid)})")
+            raise InputError(
+                arg, f"the model's metadata does not say; pass {arg}= (one of {', '.join(valid)})"
+            )
         resolved.append(value if value is not None else meta)
     return DenoiserModel(model, sig, resolved[0], resolved[1], path)

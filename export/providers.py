@@ -46,13 +46,18 @@ class ProviderFallbackWarning(UserWarning):
     """``provider="auto"`` fell back to CPU; the message says why."""
 
 
-def _quiet_ort():
-    """Silence onnxruntime's C++ logger while probing (it prints the CUDA load error itself)."""
+def _quiet_ort(severity: int = 4):
+    """Raise onnxruntime's C++ logger threshold for a while (4: fatal only; 3: errors).
+
+    While probing, onnxruntime prints the CUDA load error itself (refdiff's warning says
+    why in one line); onnxruntime 1.31 also warns "No registered plugin EP device found"
+    for every CUDA session, a message about its plugin mechanism, not about this session.
+    """
     import onnxruntime as ort
 
     @contextlib.contextmanager
     def cm():
-        ort.set_default_logger_severity(4)
+        ort.set_default_logger_severity(severity)
         try:
             yield
         finally:
@@ -67,7 +72,8 @@ def _why_no_cuda() -> str:
     import onnxruntime as ort
 
     if _CUDA not in ort.get_available_providers():
-        return f"this onnxruntime build ({ort.__version__}) has no CUDA provider; install onnxruntime-gpu"
+        v = ort.__version__
+        return f"this onnxruntime build ({v}) has no CUDA provider; install onnxruntime-gpu"
     reasons = []
     lib = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
     if os.path.exists(lib):
@@ -75,7 +81,8 @@ def _why_no_cuda() -> str:
             ctypes.CDLL(lib)
         except OSError as e:
             reasons.append(
-                f"the CUDA provider library does not load ({e}); onnxruntime-gpu {ort.__version__} needs "
+                f"the CUDA provider library does not load ({e}); "
+                f"onnxruntime-gpu {ort.__version__} needs "
                 "the CUDA 13 and cuDNN 9 libraries (pip install 'onnxruntime-gpu[cuda,cudnn]')"
             )
     if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version")):
@@ -187,7 +194,8 @@ def make_session(
     else:
         providers = [_CPU]
     try:
-        sess = ort.InferenceSession(model, so, providers=providers)
+        with _quiet_ort(3) if choice == "cuda" else contextlib.nullcontext():
+            sess = ort.InferenceSession(model, so, providers=providers)
     except Exception as e:  # onnxruntime's Fail, InvalidGraph, …: a file it cannot load
         if not type(e).__module__.startswith("onnxruntime"):
             raise
@@ -199,7 +207,11 @@ def make_session(
     if choice == "cuda" and session_provider(sess) != "cuda":
         why = _why_no_cuda()
         if provider == "cuda":
-            raise ProviderError("provider", f"'cuda' was asked for but the session runs on CPU: {why}")
+            raise ProviderError(
+                "provider", f"'cuda' was asked for but the session runs on CPU: {why}"
+            )
         if warn:
-            warnings.warn(f"provider='auto' runs on CPU: {why}", ProviderFallbackWarning, stacklevel=2)
+            warnings.warn(
+                f"provider='auto' runs on CPU: {why}", ProviderFallbackWarning, stacklevel=2
+            )
     return sess

@@ -36,7 +36,14 @@ from .metadata import PREFIX, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
-from .steps import check_noise, check_seed, fused_step_model, model_time_table, state_dims, step_model
+from .steps import (
+    check_noise,
+    check_seed,
+    fused_step_model,
+    model_time_table,
+    state_dims,
+    step_model,
+)
 from .tables import step_tables
 
 __all__ = ["MODES", "OnnxDenoiser", "OrtSampler", "sample"]
@@ -47,11 +54,19 @@ MODES = ("steps", "fused", "graph")
 def _schedule_of(den_or_meta: dict, label: str) -> Schedule:
     text = den_or_meta.get(PREFIX + "schedule")
     if text is None:
-        raise InputError("schedule", f"{label} does not record a schedule in its metadata; pass schedule=")
+        raise InputError(
+            "schedule", f"{label} does not record a schedule in its metadata; pass schedule="
+        )
     try:
         return schedule_from_json(text)
     except Exception as e:  # noqa: BLE001
         raise SignatureError(label, f"refdiff.schedule metadata is malformed ({e})") from None
+
+
+def _source(den: DenoiserModel):
+    """What onnxruntime should load: the checked file itself when there is one (it resolves
+    external data next to it), else the in-memory model."""
+    return den.path if den.path is not None else den.model
 
 
 class OnnxDenoiser:
@@ -84,7 +99,9 @@ class OnnxDenoiser:
             time_input=time_input,
             output=output,
         )
-        self.session = make_session(self.denoiser.model, provider, device_id=device_id, use_tf32=use_tf32)
+        self.session = make_session(
+            _source(self.denoiser), provider, device_id=device_id, use_tf32=use_tf32
+        )
         self.provider = session_provider(self.session)
 
     @property
@@ -98,7 +115,10 @@ class OnnxDenoiser:
         tm = self.denoiser.model_time(ta)
         if sig.time_shape != "batch":
             if np.any(ta != ta[0]):
-                raise InputError("t", f"the model takes one timestep for the batch ({sig.time_shape}); got several")
+                raise InputError(
+                    "t",
+                    f"the model takes one timestep for the batch ({sig.time_shape}); got several",
+                )
             tm = tm[:1] if sig.time_shape == "one" else tm[0]
         feeds = {sig.state_input: xa.astype(sig.state_dtype), sig.time_input: np.asarray(tm)}
         out = self.session.run([sig.output], feeds)[0]
@@ -162,7 +182,9 @@ class OrtSampler:
             proto, path = load_model(model)
             meta = {p.key: p.value for p in proto.metadata_props}
             if meta.get(PREFIX + "kind") == "sampler":
-                self._init_sampler_model(proto, path, meta, schedule, sampler, mode, options, provider, sess_kw)
+                self._init_sampler_model(
+                    proto, path, meta, schedule, sampler, mode, options, provider, sess_kw
+                )
                 return
             model = proto if path is None else path
         self.denoiser = open_denoiser(
@@ -176,20 +198,28 @@ class OrtSampler:
         if schedule is None:
             schedule = _schedule_of(self.denoiser.signature.metadata, self.denoiser.label)
         self.schedule = schedule
-        self.tables = step_tables(schedule, sampler, prediction_type=self.denoiser.prediction_type, **options)
+        self.tables = step_tables(
+            schedule, sampler, prediction_type=self.denoiser.prediction_type, **options
+        )
         if self.cuda_graph:
             if mode == "graph":
-                raise InputError("cuda_graph", "CUDA graphs cannot hold a Loop; use mode='steps' or 'fused'")
+                raise InputError(
+                    "cuda_graph", "CUDA graphs cannot hold a Loop; use mode='steps' or 'fused'"
+                )
             if batch is None:
                 raise InputError("batch", "cuda_graph=True needs a fixed batch size")
             if noise == "graph" and self.tables.noisy:
-                raise InputError("noise", "in-graph noise would replay the same draws under a CUDA graph; use noise='input'")
+                raise InputError(
+                    "noise",
+                    "in-graph noise would replay the same draws under a CUDA graph; "
+                    "use noise='input'",
+                )
         self.state_shape = None if state_shape is None else tuple(int(s) for s in state_shape)
         self.dims = state_dims(self.denoiser, batch, self.state_shape)
         cg = dict(cuda_graph=self.cuda_graph)
         build = dict(noise=noise, seed=self.seed, batch=batch, state_shape=self.state_shape)
         if mode == "steps":
-            self.den_session = make_session(self.denoiser.model, provider, **sess_kw, **cg)
+            self.den_session = make_session(_source(self.denoiser), provider, **sess_kw, **cg)
             self.provider = session_provider(self.den_session)
             self.step_session = make_session(
                 step_model(self.denoiser, self.tables, **build), self.provider, **sess_kw, **cg
@@ -204,10 +234,15 @@ class OrtSampler:
             self.graph_session = make_session(self.graph_model, provider, **sess_kw)
             self.provider = session_provider(self.graph_session)
 
-    def _init_sampler_model(self, proto, path, meta, schedule, sampler, mode, options, provider, sess_kw):
+    def _init_sampler_model(
+        self, proto, path, meta, schedule, sampler, mode, options, provider, sess_kw
+    ):
         label = str(path) if path is not None else "<model>"
         if schedule is not None or options or mode == "fused":
-            raise InputError("model", f"{label} is a complete sampler (schedule, sampler and options are baked in)")
+            raise InputError(
+                "model",
+                f"{label} is a complete sampler (schedule, sampler and options are baked in)",
+            )
         if self.cuda_graph:
             raise InputError("cuda_graph", "CUDA graphs cannot hold a Loop")
         self.mode = "graph"
@@ -215,7 +250,9 @@ class OrtSampler:
         self.denoiser = None
         self._label = label
         if PREFIX + "schedule" not in meta:
-            raise SignatureError(label, "a refdiff sampler model without its refdiff.schedule metadata")
+            raise SignatureError(
+                label, "a refdiff sampler model without its refdiff.schedule metadata"
+            )
         self.schedule = _schedule_of(meta, label)
         try:
             info = json.loads(meta.get(PREFIX + "sampler", "{}"))
@@ -228,7 +265,9 @@ class OrtSampler:
         self.provider = session_provider(self.graph_session)
         ins = {i.name: i for i in self.graph_session.get_inputs()}
         self._graph_inputs = ins
-        self.dims = list(ins["x_T"].shape if "x_T" in ins else self.graph_session.get_outputs()[0].shape)
+        self.dims = list(
+            ins["x_T"].shape if "x_T" in ins else self.graph_session.get_outputs()[0].shape
+        )
 
     @property
     def num_steps(self) -> int:
@@ -245,23 +284,40 @@ class OrtSampler:
         if x_T is not None:
             return tuple(np.shape(x_T))
         if shape is None:
-            raise InputError("shape", "give shape= (B, *S), batch_size=, or x_T=")
-        if isinstance(shape, int | np.integer):
+            raise InputError("shape", "give shape= (B, *S), a batch size, or x_T=")
+        if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
+            if not all(isinstance(d, int) for d in self.dims[1:]):
+                raise InputError(
+                    "shape",
+                    f"the model's state {tuple(self.dims)} has open dims; give the full shape",
+                )
             shape = (int(shape), *self.dims[1:])
-        shape = tuple(int(s) for s in shape)
-        return shape
+        try:
+            return tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise InputError(
+                "shape", f"must be a batch size or a tuple of ints; got {shape!r}"
+            ) from None
 
     def _check_state_shape(self, shape: tuple[int, ...], name: str) -> None:
-        if len(shape) != len(self.dims) or any(
-            isinstance(d, int) and d != s for d, s in zip(self.dims, shape)
-        ) or min(shape, default=0) < 1:
-            raise ShapeError(name, f"shape {shape} does not fit the model's state {tuple(self.dims)}")
+        if (
+            len(shape) != len(self.dims)
+            or any(isinstance(d, int) and d != s for d, s in zip(self.dims, shape))
+            or min(shape, default=0) < 1
+        ):
+            raise ShapeError(
+                name, f"shape {shape} does not fit the model's state {tuple(self.dims)}"
+            )
 
     def host_noise(self, shape: tuple[int, ...], seed: int | None):
         """(x_T, step_noise or None) drawn as :mod:`refdiff.sampling` draws them, float32."""
         rng = np.random.default_rng(seed)
         x_T = rng.standard_normal(shape)
-        z = rng.standard_normal((self.num_steps, *shape)) if self.noisy and self.noise == "input" else None
+        z = (
+            rng.standard_normal((self.num_steps, *shape))
+            if self.noisy and self.noise == "input"
+            else None
+        )
         return x_T.astype(np.float32), None if z is None else z.astype(np.float32)
 
     # -- sampling ---------------------------------------------------------------------------
@@ -287,7 +343,9 @@ class OrtSampler:
         self._check_state_shape(shape, "x_T" if x_T is not None else "shape")
         if self.mode == "graph" and self.noise == "graph":
             if x_T is not None or step_noise is not None:
-                raise InputError("x_T", "this sampler draws its noise in-graph; pass shape= or a batch size")
+                raise InputError(
+                    "x_T", "this sampler draws its noise in-graph; pass shape= or a batch size"
+                )
             return self._run_graph({"batch_size": np.array(shape[0], np.int64)})
         if x_T is None:
             if step_noise is not None:
@@ -297,10 +355,15 @@ class OrtSampler:
             x_T = as_float_array(x_T, "x_T").astype(np.float32)
             if self.noisy and self.noise == "input":
                 if step_noise is None:
-                    raise InputError("step_noise", "this sampler adds noise: pass step_noise (N, B, *S) with x_T")
+                    raise InputError(
+                        "step_noise", "this sampler adds noise: pass step_noise (N, B, *S) with x_T"
+                    )
                 step_noise = as_float_array(step_noise, "step_noise")
                 if step_noise.shape != (self.num_steps, *shape):
-                    raise ShapeError("step_noise", f"shape {step_noise.shape} is not (N={self.num_steps}, *{shape})")
+                    raise ShapeError(
+                        "step_noise",
+                        f"shape {step_noise.shape} is not (N={self.num_steps}, *{shape})",
+                    )
                 step_noise = step_noise.astype(np.float32)
             else:
                 step_noise = None
@@ -334,7 +397,9 @@ class OrtSampler:
         import onnxruntime as ort
 
         if self.cuda_graph and x_T.shape[0] != self.batch:
-            raise ShapeError("x_T", f"batch {x_T.shape[0]} differs from the captured batch {self.batch}")
+            raise ShapeError(
+                "x_T", f"batch {x_T.shape[0]} differs from the captured batch {self.batch}"
+            )
         dev, did = self.provider, self.device_id
         N, B = self.num_steps, x_T.shape[0]
         den = self.denoiser
@@ -350,7 +415,7 @@ class OrtSampler:
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
         noise = value(step_noise) if step_noise is not None else None
         run_opts = [None, None]
-        if self.cuda_graph:
+        if self.cuda_graph:  # one captured graph per binding (ping and pong)
             run_opts = []
             for p in (0, 1):
                 ro = ort.RunOptions()
@@ -370,7 +435,9 @@ class OrtSampler:
                 binds.append(((step, io),))
         else:
             t0 = model_time_table(den, self.tables)[0]
-            t0 = {"scalar": np.asarray(t0), "one": np.asarray([t0]), "batch": np.full(B, t0)}[sig.time_shape]
+            t0 = {"scalar": np.asarray(t0), "one": np.asarray([t0]), "batch": np.full(B, t0)}[
+                sig.time_shape
+            ]
             tshape = t0.shape
             tm = [value(t0.astype(sig.time_dtype)), empty(tshape, sig.time_dtype)]
             if sig.state_dtype != np.float32:
@@ -409,7 +476,11 @@ class OrtSampler:
                         try:
                             sess.run_with_iobinding(io, run_opts[p])
                         except Exception as e:  # noqa: BLE001 - the user's model failed on our inputs
-                            raise SignatureError(den.label, f"the denoiser failed on a state of shape {x_T.shape}: {str(e).splitlines()[0]}") from None
+                            raise SignatureError(
+                                den.label,
+                                f"the denoiser failed on a state of shape {x_T.shape}: "
+                                f"{str(e).splitlines()[0]}",
+                            ) from None
                     else:
                         sess.run_with_iobinding(io, run_opts[p])
                 if bar is not None:
@@ -425,7 +496,9 @@ class OrtSampler:
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:
     """One-shot :class:`OrtSampler` (``kwargs``: its arguments plus ``x_T``, ``step_noise``,
     ``seed``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`); float32 x_0."""
-    run_kw = {k: kwargs.pop(k) for k in ("x_T", "step_noise", "progress", "callback") if k in kwargs}
+    run_kw = {
+        k: kwargs.pop(k) for k in ("x_T", "step_noise", "progress", "callback") if k in kwargs
+    }
     seed = kwargs.pop("seed", None)
     if kwargs.get("noise") == "graph" and seed is not None:
         kwargs["seed"] = seed

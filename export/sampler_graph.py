@@ -71,7 +71,9 @@ def sampler_model(
     seed = check_seed(seed)
     dims = state_dims(den, batch, state_shape)
     if noise == "graph" and any(not isinstance(d, int) for d in dims[1:]):
-        raise InputError("state_shape", f"in-graph noise needs every data dim; the model says {dims}")
+        raise InputError(
+            "state_shape", f"in-graph noise needs every data dim; the model says {dims}"
+        )
     b = GraphBuilder()
     body = b.child()
     k, x = "k", "x_k"
@@ -92,7 +94,11 @@ def sampler_model(
         body_outs.append(tensor_info("x_scan", np.float32, dims))
     body_graph = body.graph(
         "sampler_step",
-        [tensor_info(k, np.int64, []), tensor_info("cond_in", np.bool_, []), tensor_info(x, np.float32, dims)],
+        [
+            tensor_info(k, np.int64, []),
+            tensor_info("cond_in", np.bool_, []),
+            tensor_info(x, np.float32, dims),
+        ],
         body_outs,
         with_initializers=False,
     )
@@ -109,10 +115,19 @@ def sampler_model(
         meaning_in["batch_size"] = "number of samples B (int64 scalar)"
         bs = b.op("Unsqueeze", "batch_size", b.const(np.array([0], np.int64), hint="axes"))
         shape = b.op("Concat", bs, b.const(np.array(dims[1:], np.int64), hint="data_dims"), axis=0)
-        zeros = b.op("ConstantOfShape", shape, value=onnx.numpy_helper.from_array(np.zeros(1, np.float32)))
+        zeros = b.op(
+            "ConstantOfShape", shape, value=onnx.numpy_helper.from_array(np.zeros(1, np.float32))
+        )
         x_T = b.op("RandomNormalLike", zeros, dtype=onnx.TensorProto.FLOAT, seed=float(2 * seed))
     loop_outs = ["x_0"] + (["trajectory"] if trajectory else [])
-    b.op("Loop", b.const(np.int64(tables.N), hint="num_steps"), "", x_T, outputs=loop_outs, body=body_graph)
+    b.op(
+        "Loop",
+        b.const(np.int64(tables.N), hint="num_steps"),
+        "",
+        x_T,
+        outputs=loop_outs,
+        body=body_graph,
+    )
     out_dims = dims if noise == "input" else ["B", *dims[1:]]
     outputs = [tensor_info("x_0", np.float32, out_dims)]
     meaning_out = {"x_0": "the sample, (B, *S) float32"}

@@ -53,7 +53,11 @@ MAX_SEED = 2**22  # seeds are float attributes: 2·seed + 1 must be exact in flo
 
 
 def check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < MAX_SEED:
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= int(seed) < MAX_SEED
+    ):
         raise InputError("seed", f"must be an int in [0, {MAX_SEED}); got {seed!r}")
     return int(seed)
 
@@ -115,7 +119,9 @@ def _at_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         return version_converter.convert_version(model, OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises many kinds
         raise SignatureError(
-            label, f"cannot convert the model from opset {version} to {OPSET} to embed it ({e}); use mode='steps'"
+            label,
+            f"cannot convert the model from opset {version} to {OPSET} to embed it ({e}); "
+            "use mode='steps'",
         ) from None
 
 
@@ -129,7 +135,9 @@ def embed_model(b: GraphBuilder, den: DenoiserModel, x: str, t: str, prefix: str
     model = _at_opset(den.model, den.label)
     g = copy.deepcopy(model.graph)
     if len(g.sparse_initializer):
-        raise SignatureError(den.label, "models with sparse initializers cannot be embedded; use mode='steps'")
+        raise SignatureError(
+            den.label, "models with sparse initializers cannot be embedded; use mode='steps'"
+        )
     mapping = {sig.state_input: x, sig.time_input: t}
 
     def fn(name: str) -> str:
@@ -151,7 +159,9 @@ def _table(b: GraphBuilder, values: np.ndarray, k: str, hint: str) -> str:
     return b.gather(b.const(np.asarray(values, dtype=np.float64), np.float32, hint), k)
 
 
-def emit_update(b: GraphBuilder, tables: StepTables, x: str, out: str, z: str | None, k: str) -> str:
+def emit_update(
+    b: GraphBuilder, tables: StepTables, x: str, out: str, z: str | None, k: str
+) -> str:
     """x_next = A_k x + B_k o + C_k clip(a_x,k x + a_o,k o) + S_k z (float32; tables module)."""
     y = b.op("Mul", _table(b, tables.A, k, "coef_A"), x)
     if np.any(tables.B != 0):
@@ -176,7 +186,9 @@ def model_time_table(den: DenoiserModel, tables: StepTables) -> np.ndarray:
     return den.model_time(base)
 
 
-def emit_model_time(b: GraphBuilder, den: DenoiserModel, tables: StepTables, k: str, x: str, batch) -> str:
+def emit_model_time(
+    b: GraphBuilder, den: DenoiserModel, tables: StepTables, k: str, x: str, batch
+) -> str:
     """The denoiser's time input for step ``k``, shaped as its signature wants."""
     table = b.const(model_time_table(den, tables), hint="model_time")
     t = b.gather(table, k)  # ()
@@ -189,7 +201,9 @@ def emit_model_time(b: GraphBuilder, den: DenoiserModel, tables: StepTables, k: 
     return b.op("Expand", t, shape)
 
 
-def emit_denoiser_call(b: GraphBuilder, den: DenoiserModel, x: str, t: str, prefix: str = "den/") -> str:
+def emit_denoiser_call(
+    b: GraphBuilder, den: DenoiserModel, x: str, t: str, prefix: str = "den/"
+) -> str:
     """Call the embedded denoiser on float32 ``x``; returns its output as float32."""
     sig = den.signature
     xm = x if sig.state_dtype == np.float32 else b.cast(x, sig.state_dtype)
@@ -203,10 +217,14 @@ def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, 
         return None
     if noise == "input":
         return b.gather("step_noise", k)
-    return b.op("RandomNormalLike", x, dtype=onnx.TensorProto.FLOAT, mean=0.0, scale=1.0, seed=float(seed))
+    return b.op(
+        "RandomNormalLike", x, dtype=onnx.TensorProto.FLOAT, mean=0.0, scale=1.0, seed=float(seed)
+    )
 
 
-def sampler_metadata(kind: str, den: DenoiserModel, tables: StepTables, noise: str, seed, io: tuple) -> dict:
+def sampler_metadata(
+    kind: str, den: DenoiserModel, tables: StepTables, noise: str, seed, io: tuple
+) -> dict:
     den_meta = den.signature.metadata
     described = den_meta.get("refdiff.denoiser")
     try:
@@ -224,14 +242,19 @@ def sampler_metadata(kind: str, den: DenoiserModel, tables: StepTables, noise: s
         dtype=np.dtype(den.signature.state_dtype).name,
         inputs=io[0],
         outputs=io[1],
-        denoiser=described if described else {
+        denoiser=described
+        if described
+        else {
             "type": "external",
             "producer": f"{den.model.producer_name} {den.model.producer_version}".strip(),
             "state_input": den.signature.state_input,
             "time_input": den.signature.time_input,
             "output": den.signature.output,
         },
-        noise_layout="x_T (B, *S); step_noise (N, B, *S), step_noise[k] is used by the k-th step (time N-k to N-k-1)",
+        noise_layout=(
+            "x_T (B, *S); step_noise (N, B, *S), step_noise[k] is used by the k-th step "
+            "(time N-k to N-k-1)"
+        ),
     )
 
 
@@ -239,7 +262,9 @@ def _finish(b, name, ins, outs, meta, doc):
     try:
         return finish_model(b.graph(name, ins, outs), meta, doc=doc, builder=b)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise SignatureError("<model>", f"the composed graph does not check ({str(e).splitlines()[0]})") from None
+        raise SignatureError(
+            "<model>", f"the composed graph does not check ({str(e).splitlines()[0]})"
+        ) from None
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -279,8 +304,14 @@ def step_model(
     t_dims = {"scalar": [], "one": [1], "batch": [dims[0]]}[sig.time_shape]
     outputs += [tensor_info("t_model", sig.time_dtype, t_dims), tensor_info("k_next", np.int64, [])]
     meaning_out.update(t_model="the denoiser's time argument for step k + 1", k_next="k + 1")
-    inputs = [tensor_info("x", np.float32, dims), tensor_info("model_output", sig.output_dtype, dims)]
-    meaning_in = {"x": "state at step k (time N-k), float32", "model_output": "denoiser output at (x, step k)"}
+    inputs = [
+        tensor_info("x", np.float32, dims),
+        tensor_info("model_output", sig.output_dtype, dims),
+    ]
+    meaning_in = {
+        "x": "state at step k (time N-k), float32",
+        "model_output": "denoiser output at (x, step k)",
+    }
     if z is not None and noise == "input":
         inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
         meaning_in["step_noise"] = "(N, B, *S) standard normal; slice k is used"
@@ -321,4 +352,6 @@ def fused_step_model(
     outputs = [tensor_info("x_next", np.float32, dims), tensor_info("k_next", np.int64, [])]
     meaning_out = {"x_next": "state after step k, float32", "k_next": "k + 1"}
     meta = sampler_metadata("fused_step", den, tables, noise, seed, (meaning_in, meaning_out))
-    return _finish(b, "refdiff_fused_step", inputs, outputs, meta, "refdiff denoiser + DDPM/DDIM step")
+    return _finish(
+        b, "refdiff_fused_step", inputs, outputs, meta, "refdiff denoiser + DDPM/DDIM step"
+    )

@@ -35,12 +35,32 @@ from refdiff.posterior import LOG_VARIANCE_CLIPPINGS, posterior_coefficients, po
 from refdiff.reverse import FINAL_ALPHA_BARS
 from refdiff.schedule import Schedule
 
-__all__ = ["SAMPLERS", "ONNX_VARIANCE_TYPES", "StepTables", "step_tables", "conversion_coefficients"]
+__all__ = [
+    "SAMPLERS",
+    "ONNX_VARIANCE_TYPES",
+    "StepTables",
+    "step_tables",
+    "conversion_coefficients",
+]
 
 SAMPLERS = ("ddpm", "ddim")
 ONNX_VARIANCE_TYPES = ("fixed_small", "fixed_large", "fixed_large_iddpm")
-_DDPM_OPTIONS = ("variance_type", "clip", "threshold_ratio", "threshold_max", "log_variance_clipping")
-_DDIM_OPTIONS = ("eta", "clip", "threshold_ratio", "threshold_max", "rederive_eps", "final_alpha_bar", "final_step_noise")
+_DDPM_OPTIONS = (
+    "variance_type",
+    "clip",
+    "threshold_ratio",
+    "threshold_max",
+    "log_variance_clipping",
+)
+_DDIM_OPTIONS = (
+    "eta",
+    "clip",
+    "threshold_ratio",
+    "threshold_max",
+    "rederive_eps",
+    "final_alpha_bar",
+    "final_step_noise",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +120,8 @@ def conversion_coefficients(alpha_bar: np.ndarray, prediction_type: str):
     if prediction_type in ("epsilon", "score") and np.any(ab == 0.0):
         raise UndefinedError(
             "prediction_type",
-            f"{prediction_type}-prediction cannot give x̂_0 where ᾱ_t = 0 (zero terminal SNR); use v",
+            f"{prediction_type}-prediction cannot give x̂_0 where ᾱ_t = 0 "
+            "(zero terminal SNR); use v",
         )
     if prediction_type == "epsilon":
         return 1.0 / sa, -s1 / sa, zero, one
@@ -118,10 +139,13 @@ def _check_options(sampler: str, options: dict) -> None:
             raise OptionError("options", k, list(allowed))
     if options.get("threshold_ratio") is not None:
         raise InputError(
-            "threshold_ratio", "dynamic thresholding is not supported in the ONNX samplers (use clip)"
+            "threshold_ratio",
+            "dynamic thresholding is not supported in the ONNX samplers (use clip)",
         )
     clip = options.get("clip")
-    if clip is not None and not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
+    if clip is not None and not (
+        isinstance(clip, int | float) and math.isfinite(clip) and clip > 0
+    ):
         raise InputError("clip", f"must be a finite float > 0; got {clip!r}")
 
 
@@ -184,7 +208,9 @@ def step_tables(
                 abp[t == 1] = schedule.base_alpha_bar_1
         else:
             if isinstance(fab, bool) or not (isinstance(fab, int | float) and 0.0 < fab <= 1.0):
-                raise InputError("final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {fab!r}")
+                raise InputError(
+                    "final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {fab!r}"
+                )
             abp[t == 1] = float(fab)
             fab = float(fab)
         var = np.maximum(eta**2 * (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp), 0.0)
@@ -200,7 +226,9 @@ def step_tables(
             S = np.zeros(N)
         else:
             S = np.sqrt(var) * (1.0 if final_step_noise else not_last)
-        norm.update(eta=eta, rederive_eps=rederive, final_alpha_bar=fab, final_step_noise=final_step_noise)
+        norm.update(
+            eta=eta, rederive_eps=rederive, final_alpha_bar=fab, final_step_noise=final_step_noise
+        )
     return StepTables(
         sampler=sampler,
         prediction_type=prediction_type,

@@ -170,15 +170,18 @@ class DiffusersTarget:
             self._factory = factory
             probe = factory
         else:
-            raise InputError("factory", f"{factory!r} is not a scheduler class, factory or instance")
+            raise InputError(
+                "factory", f"{factory!r} is not a scheduler class, factory or instance"
+            )
         step = getattr(probe, "step", None)
         if step is None:
-            step = getattr(self._factory(), "step")
+            step = self._factory().step
         params = inspect.signature(step).parameters
         if dtype is None:
             inst = probe if hasattr(probe, "alphas_cumprod") else self._factory()
             dtype = str(to_numpy(inst.alphas_cumprod).dtype)
         self.kind = "ddim" if "eta" in params else "ddpm"
+        self.kinds = {self.kind}
         self._variance_noise = "variance_noise" in params
         self.variance_aliases = dict(variance_aliases or {})
         self.dtype = dtype
@@ -326,7 +329,9 @@ def _injected_noise(sched: Any, z: Any) -> Iterator[None]:
 
     def fake(shape, *args, **kwargs):
         if tuple(shape) != tuple(z.shape):
-            raise RuntimeError(f"noise of shape {tuple(shape)} requested, {tuple(z.shape)} injected")
+            raise RuntimeError(
+                f"noise of shape {tuple(shape)} requested, {tuple(z.shape)} injected"
+            )
         return z
 
     mod.randn_tensor = fake

@@ -14,12 +14,13 @@ training set is a draw from it under a stated seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._check import option
+from ._check import check_size, option
 from .errors import InputError, RandomnessError
 from .exact import GaussianMixture
 
@@ -39,8 +40,9 @@ def ring_mixture(
     """``k`` equally weighted isotropic Gaussians N(r(cos φ_j, sin φ_j), s²I), φ_j = 2πj/k."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError("k", f"must be a positive int; got {k!r}")
+    check_size((k, 2, 2), "k")  # before allocating (docs/reliability.md)
     for nm, v in (("radius", radius), ("std", std)):
-        if not (isinstance(v, int | float) and np.isfinite(v) and v > 0):
+        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
             raise InputError(nm, f"must be a finite float > 0; got {v!r}")
     phi = 2.0 * np.pi * np.arange(k) / k
     means = radius * np.stack([np.cos(phi), np.sin(phi)], axis=1)
@@ -54,6 +56,9 @@ def sample_moons(rng: np.random.Generator, n: int, noise: float = MOONS_NOISE) -
         raise RandomnessError("rng", f"must be a numpy.random.Generator; got {type(rng).__name__}")
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise InputError("n", f"must be an int >= 0; got {n!r}")
+    check_size((int(n), 2), "n")  # before allocating (docs/reliability.md)
+    if isinstance(noise, bool) or not (isinstance(noise, int | float) and math.isfinite(noise)):
+        raise InputError("noise", f"must be a finite float; got {noise!r}")
     c = rng.integers(0, 2, size=n)
     theta = rng.uniform(0.0, np.pi, size=n)
     x = np.where(c == 0, np.cos(theta), 1.0 - np.cos(theta))

@@ -1,19 +1,22 @@
-"""Analytic ground truth for Gaussian and Gaussian-mixture data (docs/stats.md §Ground truth).
+"""Analytic ground truth for Gaussian and Gaussian-mixture data (docs/math.md §11; docs/stats.md).
 
 Data laws are :class:`Gaussian` N(m, S) and :class:`GaussianMixture` Σ_k w_k N(m_k, S_k) on
 R^D.  Under the forward process x_t = √ᾱ x_0 + √(1−ᾱ) ε (docs/math.md eq. 3.2):
 
-- the marginal of x_t is Σ_k w_k N(√ᾱ m_k, C_k), C_k = ᾱ S_k + (1−ᾱ) I (:func:`marginal`);
+- the marginal of x_t is Σ_k w_k N(√ᾱ m_k, C_k), C_k = ᾱ S_k + (1−ᾱ) I (:func:`marginal`,
+  eq. 11.1);
 - given x_t, component k has posterior weight r_k(x_t) ∝ w_k N(x_t; √ᾱ m_k, C_k) and
   x_0 | x_t, k ~ N(m_k + √ᾱ S_k C_k⁻¹ (x_t − √ᾱ m_k), S_k − ᾱ S_k C_k⁻¹ S_k), so the exact
   denoiser E[x_0|x_t] and the score −Σ r_k C_k⁻¹(x_t − √ᾱ m_k) are closed-form
-  (:func:`posterior_mean_x0`, :func:`score`, :func:`denoiser`);
-- the reverse kernel q(x_{t−1}|x_t) is itself a Gaussian mixture (:func:`reverse_kernel`), so
+  (:func:`posterior_mean_x0`, :func:`score`, :func:`denoiser`; eqs. 11.2–11.5);
+- the reverse kernel q(x_{t−1}|x_t) is itself a Gaussian mixture (:func:`reverse_kernel`,
+  eq. 11.6), so
   an exact reverse chain can be sampled (:func:`reverse_sample`) and every intermediate
   marginal is known;
 - for Gaussian data every DDPM or DDIM step run with the exact denoiser is affine,
   x_{t−1} = A x_t + b + σ z, so the sampler's output is exactly Gaussian with mean and
-  covariance from m ← A m + b, C ← A C Aᵀ + σ² I (:func:`ddpm_law`, :func:`ddim_law`).
+  covariance from m ← A m + b, C ← A C Aᵀ + σ² I (:func:`ddpm_law`, :func:`ddim_law`;
+  eqs. 11.7–11.8).
 
 Everything here is derived from ``schedule.alpha_bar`` alone, independently of the formulas
 in :mod:`refdiff.posterior`, :mod:`refdiff.parameterization` and :mod:`refdiff.reverse`
@@ -32,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, option
+from ._check import as_batch, as_float_array, check_size, option
 from .errors import (
     InputError,
     OptionError,
@@ -79,6 +82,7 @@ def _rng(rng: object) -> np.random.Generator:
 def _count(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise InputError("n", f"must be an int >= 0; got {n!r}")
+    check_size((int(n),), "n")  # before allocating (docs/reliability.md)
     return int(n)
 
 
@@ -416,10 +420,13 @@ def _by_alpha_bar(data: Law, x_t, alpha_bar, fn: Callable[[_Posterior], np.ndarr
     ab = _per_sample_alpha_bar(alpha_bar, x.shape[0])
     if ab.size and np.all(ab == ab[0]):
         return fn(_posterior(mix, x, float(ab[0])))
-    out = np.empty_like(x)
+    out = None
     for v in np.unique(ab):
         idx = np.flatnonzero(ab == v)
-        out[idx] = fn(_posterior(mix, x[idx], float(v)))
+        part = fn(_posterior(mix, x[idx], float(v)))
+        if out is None:
+            out = np.empty((x.shape[0], *part.shape[1:]))
+        out[idx] = part
     return out
 
 
@@ -434,8 +441,8 @@ def posterior_mean_x0(data: Law, x_t, alpha_bar) -> np.ndarray:
 def score(data: Law, x_t, alpha_bar) -> np.ndarray:
     """∇ log p_t(x_t) = −Σ_k r_k(x_t) C_k⁻¹ (x_t − √ᾱ m_k), C_k = ᾱ S_k + (1−ᾱ) I; (B, D).
 
-    Tweedie's formula E[x_0|x_t] = (x_t + (1−ᾱ) ∇ log p_t(x_t)) / √ᾱ links it to
-    :func:`posterior_mean_x0` (tested, not used: the two are computed independently).
+    Tweedie's formula E[x_0|x_t] = (x_t + (1−ᾱ) ∇ log p_t(x_t)) / √ᾱ (eq. 11.4) links it to
+    :func:`posterior_mean_x0` (tested, not used: the two come from separate formulas).
     """
     return _by_alpha_bar(data, x_t, alpha_bar, lambda p: p.mix(p.scores))
 
@@ -461,8 +468,9 @@ def denoiser(
     :mod:`refdiff.sampling` passes (``schedule.timesteps[k]``); ᾱ at t is looked up in
     ``schedule`` (base or respaced: a respaced schedule knows ᾱ at its kept base times).
     ``x_t`` is (B, D) or (B, *shape) with prod(shape) = D.  Returns ``prediction_type`` ∈
-    {epsilon, x0, v, score} of x̂_0 = E[x_0|x_t], ε̂ = (x_t − √ᾱ x̂_0)/√(1−ᾱ),
-    v = √ᾱ ε̂ − √(1−ᾱ) x̂_0, score = −ε̂/√(1−ᾱ) (eqs. 5.1–5.5).
+    {epsilon, x0, v, score} of x̂_0 = E[x_0|x_t], score = ∇ log p_t(x_t),
+    ε̂ = −√(1−ᾱ) score (= (x_t − √ᾱ x̂_0)/√(1−ᾱ), without its cancellation at small t),
+    v = √ᾱ ε̂ − √(1−ᾱ) x̂_0 (eqs. 5.1–5.5, 11.5).
     """
     mix = as_mixture(data)
     option(prediction_type, "prediction_type", PREDICTION_TYPES)
@@ -477,13 +485,22 @@ def denoiser(
             raise ShapeError(
                 "x_t", f"holds {flat.shape[1]} values per sample; the data has D={mix.dim}"
             )
-        tt = np.asarray(t)
+        try:
+            tt = np.asarray(t)
+        except (TypeError, ValueError) as e:  # ragged nested lists
+            raise TimestepError("t", f"cannot be read as an array ({e})") from None
         if tt.dtype.kind not in "iu":
             raise TimestepError("t", f"must be integers; got dtype {tt.dtype}")
-        tt = np.broadcast_to(tt.astype(np.int64), (B,))
+        try:
+            tt = np.broadcast_to(tt.astype(np.int64), (B,))
+        except ValueError:
+            raise ShapeError("t", f"shape {tt.shape} does not fit a batch of {B}") from None
         ab = _base_alpha_bar(schedule, tt)[:, None]
-        x0 = posterior_mean_x0(mix, flat, ab)
-        eps = (flat - np.sqrt(ab) * x0) / np.sqrt(1.0 - ab)
+        # x̂0 and the score from one pass; ε̂ = −√(1−ᾱ) score (eq. 11.5) avoids the
+        # cancellation in x_t − √ᾱ x̂0 at small t.
+        both = _by_alpha_bar(mix, flat, ab, lambda p: np.hstack([p.mix(p.means), p.mix(p.scores)]))
+        x0, score_ = both[:, : mix.dim], both[:, mix.dim :]
+        eps = -np.sqrt(1.0 - ab) * score_
         if prediction_type == "epsilon":
             out = eps
         elif prediction_type == "x0":
@@ -491,7 +508,7 @@ def denoiser(
         elif prediction_type == "v":
             out = np.sqrt(ab) * eps - np.sqrt(1.0 - ab) * x0
         else:
-            out = -eps / np.sqrt(1.0 - ab)
+            out = score_
         return out.reshape(x.shape)
 
     return f

@@ -41,12 +41,12 @@ MAX_T = 10_000_000
 
 def t_from_index(i: object) -> np.ndarray:
     """diffusers / improved-diffusion 0-based step index → refdiff time t = i + 1 (eq. 1.1)."""
-    return np.asarray(i, dtype=np.int64) + 1
+    return timesteps(i, "i", low=0, high=MAX_T - 1) + 1
 
 
 def index_from_t(t: object) -> np.ndarray:
     """refdiff time t ≥ 1 → the 0-based step index used by diffusers and improved-diffusion."""
-    t = np.asarray(t, dtype=np.int64)
+    t = timesteps(t, "t", low=0, high=MAX_T)
     if t.size and t.min() < 1:
         raise TimestepError("t", "t = 0 is the data and has no step index")
     return t - 1
@@ -192,6 +192,8 @@ def from_betas(betas: object, *, name: str = "from_betas") -> Schedule:
     if b.shape[0] > 1 and np.any(b[:-1] == 1.0):
         i = int(np.flatnonzero(b[:-1] == 1.0)[0])
         raise ScheduleError("betas", f"β_{i + 1} = 1 before the last step makes ᾱ zero early")
+    if b.shape[0] == 1 and b[0] == 1.0:
+        raise ScheduleError("betas", "β_1 = 1 with T = 1 leaves no step with ᾱ > 0")
     beta = np.concatenate([[0.0], b])
     alpha_bar = np.cumprod(1.0 - beta)
     stuck = np.flatnonzero(np.diff(alpha_bar) >= 0)
@@ -218,6 +220,8 @@ def from_alpha_bar(alpha_bar: object, *, name: str = "from_alpha_bar") -> Schedu
         )
     if ab[-1] < 0.0:
         raise ScheduleError("alpha_bar", f"ᾱ_T = {ab[-1]!r} is negative")
+    if ab[0] == 0.0:
+        raise ScheduleError("alpha_bar", "ᾱ_1 = 0 leaves no step with ᾱ > 0")
     beta = np.concatenate([[0.0], 1.0 - full[1:] / full[:-1]])
     T = ab.shape[0]
     return Schedule(beta, full, np.arange(T + 1, dtype=np.int64), float(full[1]), name)

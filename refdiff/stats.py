@@ -1,4 +1,4 @@
-"""Calibrated statistical assertions with stated error rates (docs/stats.md; DESIGN §3).
+"""Calibrated statistical assertions with stated error rates (docs/math.md §12; docs/stats.md).
 
 Every test comes in three forms, after TensorFlow Probability's ``statistical_testing``:
 
@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from ._check import as_float_array
 from .errors import InputError, ShapeError
 
 __all__ = [
@@ -92,6 +93,8 @@ __all__ = [
     "assert_gaussian",
     "min_discrepancy_gaussian",
     "min_num_samples_gaussian",
+    "assert_check",
+    "combine",
     "assert_all",
 ]
 
@@ -237,7 +240,10 @@ def _check_discrepancy(d: object, name: str = "discrepancy") -> float:
 def _samples(x: object, name: str = "samples", *, ndim: int | None = None) -> np.ndarray:
     """Samples as float64; non-finite samples are a failure of what is tested, not bad input."""
     try:
-        a = np.asarray(x, dtype=np.float64)
+        a = np.asarray(x)
+        if a.dtype.kind == "c":  # would silently drop the imaginary part
+            raise TypeError(f"dtype {a.dtype} is not real")
+        a = a.astype(np.float64)
     except (TypeError, ValueError) as e:
         raise InputError(name, f"cannot be read as a float array ({e})") from None
     if ndim == 1:
@@ -258,8 +264,8 @@ def _samples(x: object, name: str = "samples", *, ndim: int | None = None) -> np
 
 def _mean_cov(mean: object, cov: object, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean (d,), cov (d,d), lower Cholesky factor); cov must be positive definite."""
-    m = np.asarray(mean, dtype=np.float64).reshape(-1)
-    c = np.asarray(cov, dtype=np.float64)
+    m = as_float_array(mean, "mean", finite=False).reshape(-1)
+    c = as_float_array(cov, "cov", finite=False)
     if c.ndim == 0:
         c = c.reshape(1, 1)
     if m.shape != (d,):
@@ -300,13 +306,30 @@ def _ks_discrepancy(n: int, alpha: float, beta: float) -> float:
     return dkw_epsilon(n, alpha) + dkw_epsilon(n, beta)
 
 
+def _least_n(estimate: float, discrepancy: Callable[[int], float], delta: float) -> int:
+    """The least n with discrepancy(n) ≤ δ (discrepancy decreasing in n), starting from the
+    closed-form real solution ``estimate`` and correcting its rounding."""
+    n = max(1, math.ceil(estimate))
+    while discrepancy(n) > delta:
+        n += 1
+    while n > 1 and discrepancy(n - 1) <= delta:
+        n -= 1
+    return n
+
+
 def _ks_num_samples(delta: float, alpha: float, beta: float) -> int:
-    return math.ceil(
-        (math.sqrt(math.log(2.0 / alpha)) + math.sqrt(math.log(2.0 / beta))) ** 2 / (2.0 * delta**2)
-    )
+    s = math.sqrt(math.log(2.0 / alpha)) + math.sqrt(math.log(2.0 / beta))
+    return _least_n(s**2 / (2.0 * delta**2), lambda n: _ks_discrepancy(n, alpha, beta), delta)
 
 
-def _finish(result: CheckResult) -> CheckResult:
+def assert_check(result: CheckResult) -> CheckResult:
+    """Record a :class:`CheckResult` in :data:`LEDGER`; raise if it failed.
+
+    ``assert_X(...)`` is ``assert_check(check_X(...))``: use it for checks built elsewhere
+    (e.g. a property that returns a CheckResult so that a calibration run can reuse it).
+    """
+    if not isinstance(result, CheckResult):
+        raise InputError("result", f"must be a CheckResult; got {type(result).__name__}")
     record(
         result.name,
         result.alpha,
@@ -369,7 +392,7 @@ def assert_cdf(
     name: str = "cdf",
 ) -> CheckResult:
     """Assert 1-D ``samples`` follow ``cdf`` (see :func:`check_cdf`); records in the ledger."""
-    return _finish(
+    return assert_check(
         check_cdf(
             samples,
             cdf,
@@ -442,7 +465,7 @@ def assert_two_sample(
     name: str = "two_sample",
 ) -> CheckResult:
     """Assert two 1-D samples share a law (see :func:`check_two_sample`); records it."""
-    return _finish(
+    return assert_check(
         check_two_sample(
             samples1,
             samples2,
@@ -470,7 +493,9 @@ def min_num_samples_two_sample(
     a, b = _rates(false_fail_rate, false_pass_rate)
     d = _check_discrepancy(discrepancy)
     s = math.sqrt(math.log(4.0 / a)) + math.sqrt(math.log(4.0 / b))
-    return math.ceil(2.0 * s**2 / d**2)
+    return _least_n(
+        2.0 * s**2 / d**2, lambda n: _two_sample_eps(n, n, a) + _two_sample_eps(n, n, b), d
+    )
 
 
 # -- Gaussian mean (χ² with known covariance) ----------------------------------------------
@@ -562,7 +587,7 @@ def assert_mean(
     name: str = "mean",
 ) -> CheckResult:
     """Assert the sample mean matches ``mean`` (see :func:`check_mean`); records it."""
-    return _finish(
+    return assert_check(
         check_mean(
             samples,
             mean,
@@ -588,7 +613,8 @@ def min_num_samples_mean(
     """Smallest n detecting a Mahalanobis mean shift ``discrepancy``: ⌈λ* / δ²⌉."""
     a, b = _rates(false_fail_rate, false_pass_rate)
     d = _check_discrepancy(discrepancy)
-    return math.ceil(_noncentrality(_check_dim(dim), a, b) / d**2 - 1e-9)
+    lam = _noncentrality(_check_dim(dim), a, b)
+    return _least_n(lam / d**2, lambda n: math.sqrt(lam / n), d)
 
 
 # -- Gaussian covariance (directional variance χ², Bonferroni) --------------------------------
@@ -682,7 +708,7 @@ def assert_covariance(
     name: str = "covariance",
 ) -> CheckResult:
     """Assert the sample covariance matches ``cov`` (see :func:`check_covariance`); records it."""
-    return _finish(
+    return assert_check(
         check_covariance(
             samples,
             cov,
@@ -794,7 +820,7 @@ def assert_mvn(
     name: str = "mvn",
 ) -> CheckResult:
     """Assert ``samples`` follow N(mean, cov) (see :func:`check_mvn`); records it."""
-    return _finish(
+    return assert_check(
         check_mvn(
             samples,
             mean,
@@ -950,7 +976,7 @@ def assert_mixture(
     name: str = "mixture",
 ) -> CheckResult:
     """Assert ``samples`` follow the mixture (see :func:`check_mixture`); records it."""
-    return _finish(
+    return assert_check(
         check_mixture(
             samples,
             law,
@@ -996,7 +1022,9 @@ def min_num_samples_mixture(
     """Smallest n detecting a projected KS distance ``discrepancy``."""
     a, b = _rates(false_fail_rate, false_pass_rate)
     L = _num_directions(dim, num_directions)
-    return _ks_num_samples(_check_discrepancy(discrepancy), a / L, b)
+    d = _check_discrepancy(discrepancy)
+    s = math.sqrt(math.log(2.0 * L / a)) + math.sqrt(math.log(2.0 / b))
+    return _least_n(s**2 / (2.0 * d**2), lambda n: dkw_epsilon(n, a / L) + dkw_epsilon(n, b), d)
 
 
 # -- Gaussian law: mean and covariance together ------------------------------------------------
@@ -1040,7 +1068,7 @@ def check_gaussian(
         rm.n,
         a,
         rm.discrepancy,
-        "Mahalanobis mean shift",
+        f"Mahalanobis mean shift (and relative variance error {rc.discrepancy:.3g})",
         b,
         detail=detail,
     )
@@ -1056,7 +1084,7 @@ def assert_gaussian(
     name: str = "gaussian",
 ) -> CheckResult:
     """Assert Gaussian ``samples`` have this mean and covariance (see :func:`check_gaussian`)."""
-    return _finish(
+    return assert_check(
         check_gaussian(
             samples,
             mean,
@@ -1097,12 +1125,9 @@ def min_num_samples_gaussian(
 
 
 # -- several checks as one assertion ------------------------------------------------------------
-def assert_all(results: Sequence[CheckResult], *, name: str = "combined") -> CheckResult:
-    """One assertion from several checks: fails if any failed; α = Σ αᵢ (Bonferroni).
-
-    Records a single ledger entry (α = Σαᵢ, n = min nᵢ, δ = max δᵢ) so that a test checking
-    many times or marginals at once spends its budget visibly in one place.
-    """
+def combine(results: Sequence[CheckResult], *, name: str = "combined") -> CheckResult:
+    """Several checks as one (Bonferroni): passes iff all passed; α = Σ αᵢ, n = min nᵢ,
+    δ = max δᵢ; statistic/threshold of the first failure (or of the closest call)."""
     results = list(results)
     if not results or not all(isinstance(r, CheckResult) for r in results):
         raise InputError("results", "needs a non-empty sequence of CheckResult")
@@ -1111,9 +1136,9 @@ def assert_all(results: Sequence[CheckResult], *, name: str = "combined") -> Che
         raise InputError("results", f"their α sum to {alpha}, not a probability")
     failed = [r for r in results if not r.passed]
     worst = failed[0] if failed else max(results, key=lambda r: r.statistic / r.threshold)
-    out = CheckResult(
+    return CheckResult(
         name,
-        f"all[{len(results)}×{results[0].kind}]",
+        f"all×{results[0].kind}",
         not failed,
         worst.statistic,
         worst.threshold,
@@ -1128,4 +1153,12 @@ def assert_all(results: Sequence[CheckResult], *, name: str = "combined") -> Che
             else f"{len(results)} checks; closest: {worst.message()}"
         ),
     )
-    return _finish(out)
+
+
+def assert_all(results: Sequence[CheckResult], *, name: str = "combined") -> CheckResult:
+    """One assertion from several checks: fails if any failed; α = Σ αᵢ (Bonferroni).
+
+    Records a single ledger entry (see :func:`combine`) so that a test checking many times
+    or marginals at once spends its budget visibly in one place.
+    """
+    return assert_check(combine(results, name=name))

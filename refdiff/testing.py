@@ -253,7 +253,11 @@ class Case:
 
     @property
     def schedule(self) -> Schedule:
-        return self.setting.respaced() if self.op in ("ddpm_step", "ddim_step") else self.setting.base()
+        return (
+            self.setting.respaced()
+            if self.op in ("ddpm_step", "ddim_step")
+            else self.setting.base()
+        )
 
     @property
     def base_time(self) -> int:
@@ -323,9 +327,7 @@ def expected(case: Case, schedule: Schedule | None = None) -> np.ndarray:
         if case.op == "ddpm_step":
             mv = i.get("model_variance")
             kw = {"model_variance": mv} if mv is not None else {}
-            return reverse.ddpm_step(
-                s, i["x_t"], t, i["model_output"], noise=i["noise"], **kw, **o
-            )
+            return reverse.ddpm_step(s, i["x_t"], t, i["model_output"], noise=i["noise"], **kw, **o)
         if case.op == "ddim_step":
             return reverse.ddim_step(s, i["x_t"], t, i["model_output"], noise=i["noise"], **o)
     raise InputError("op", f"unknown op {case.op!r}; valid: {', '.join(OPS)}")
@@ -456,9 +458,12 @@ def _local_schedule(s: Schedule, t: int) -> tuple[Schedule, int]:
     idx = sorted({0, 1, t - 1, t} | ({2} if s.T >= 2 else set()))
     idx = [i for i in idx if 0 <= i <= s.T]
     local = _fast_schedule(
-        s.beta[idx].copy(), s.alpha_bar[idx].copy(), s.timesteps[idx].copy(),
-        s.base_alpha_bar_1, s.name,
-    )  # fmt: skip
+        s.beta[idx].copy(),
+        s.alpha_bar[idx].copy(),
+        s.timesteps[idx].copy(),
+        s.base_alpha_bar_1,
+        s.name,
+    )
     return local, idx.index(t)
 
 
@@ -468,7 +473,9 @@ def _scaled_beta(s: Schedule, j: int, h: float) -> Schedule:
     return _fast_schedule(beta, s.alpha_bar.copy(), s.timesteps.copy(), s.base_alpha_bar_1, s.name)
 
 
-def schedule_sensitivity(case: Case, fn: Callable[[Schedule], np.ndarray] | None = None) -> np.ndarray:
+def schedule_sensitivity(
+    case: Case, fn: Callable[[Schedule], np.ndarray] | None = None
+) -> np.ndarray:
     """S = Σ_k w_k |∂y/∂h_k|: how much the output moves, per unit roundoff u, under the
     errors a schedule computed in floating point carries.
 
@@ -608,27 +615,40 @@ def compare(
         a = np.broadcast_to(a, exp.shape)
     except ValueError:
         return Check(
-            **base, max_abs=math.inf, max_rel=math.inf, ratio=math.inf, passed=False,
+            **base,
+            max_abs=math.inf,
+            max_rel=math.inf,
+            ratio=math.inf,
+            passed=False,
             problem=f"output shape {a.shape} does not match the reference shape {exp.shape}",
             status="FAIL",
-        )  # fmt: skip
+        )
     mag = magnitude(case)
     tarr = tolerance_array(case, tol, mag)
     bad = ~np.isfinite(a)
     if bad.any():
         n = int(bad.sum())
         return Check(
-            **base, max_abs=math.inf, max_rel=math.inf, ratio=math.inf, passed=False,
+            **base,
+            max_abs=math.inf,
+            max_rel=math.inf,
+            ratio=math.inf,
+            passed=False,
             problem=f"{n} of {a.size} output values are NaN or Inf "
             f"(the reference is finite, max |x| {np.max(np.abs(exp)):.3g})",
             status="FAIL",
-        )  # fmt: skip
+        )
     mx, rel, ratio = _errors(a, exp, tarr, mag)
     ok = ratio <= 1.0
     return Check(
-        **base, max_abs=mx, max_rel=rel, ratio=ratio, passed=ok, status="ok" if ok else "FAIL",
+        **base,
+        max_abs=mx,
+        max_rel=rel,
+        ratio=ratio,
+        passed=ok,
+        status="ok" if ok else "FAIL",
         actual=np.array(a),
-    )  # fmt: skip
+    )
 
 
 def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> Check:
@@ -642,15 +662,23 @@ def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> C
         actual=actual,
     )
     if problem:
-        return Check(**base, max_abs=math.inf, max_rel=math.inf, ratio=math.inf, passed=False,
-                     problem=problem, status="FAIL")  # fmt: skip
+        return Check(
+            **base,
+            max_abs=math.inf,
+            max_rel=math.inf,
+            ratio=math.inf,
+            passed=False,
+            problem=problem,
+            status="FAIL",
+        )
     mx, rel, ratio = _errors(actual, exp, tarr, mag)
     with np.errstate(all="ignore"):
         worst = int(np.nanargmax(np.abs(actual - exp) / tarr))
     base.update(t=worst + 1, base_time=worst + 1)
     ok = ratio <= 1.0
-    return Check(**base, max_abs=mx, max_rel=rel, ratio=ratio, passed=ok,
-                 status="ok" if ok else "FAIL")  # fmt: skip
+    return Check(
+        **base, max_abs=mx, max_rel=rel, ratio=ratio, passed=ok, status="ok" if ok else "FAIL"
+    )
 
 
 def alpha_bar_tolerance(setting: Setting, tol: Tolerance) -> np.ndarray:
@@ -672,11 +700,11 @@ def compare_alpha_bar(setting: Setting, actual: object, tol: Tolerance) -> Check
     if a.shape == (s.T + 1,) and a[0] == 1.0:
         a = a[1:]
     if a.shape != exp.shape:
-        return _schedule_check("alpha_bar", setting, a, exp, None, None, tol,
-                               f"shape {a.shape}, expected ({s.T},)")  # fmt: skip
+        return _schedule_check(
+            "alpha_bar", setting, a, exp, None, None, tol, f"shape {a.shape}, expected ({s.T},)"
+        )
     if not np.isfinite(a).all():
-        return _schedule_check("alpha_bar", setting, a, exp, None, None, tol,
-                               "NaN or Inf in ᾱ")  # fmt: skip
+        return _schedule_check("alpha_bar", setting, a, exp, None, None, tol, "NaN or Inf in ᾱ")
     tarr = alpha_bar_tolerance(setting, tol)
     return _schedule_check("alpha_bar", setting, a, exp, tarr, np.maximum(exp, 1e-300), tol)
 
@@ -693,8 +721,15 @@ def compare_timesteps(setting: Setting, actual_times: object) -> Check:
             f"{a.size} steps, expected {exp.size}; "
             f"unexpected (1-based) {extra.tolist()}, missing {missing.tolist()}"
         )
-        return Check(**base, max_abs=math.inf, max_rel=math.inf, ratio=math.inf, passed=False,
-                     problem=prob, status="FAIL")  # fmt: skip
+        return Check(
+            **base,
+            max_abs=math.inf,
+            max_rel=math.inf,
+            ratio=math.inf,
+            passed=False,
+            problem=prob,
+            status="FAIL",
+        )
     return Check(**base, max_abs=0.0, max_rel=0.0, ratio=0.0, passed=True)
 
 
@@ -730,10 +765,20 @@ def _pick_times(n: int, times: object, kept: np.ndarray, index_base: int) -> lis
 
 def _undefined_check(case: Case, tol: Tolerance, index_base: int, why: str) -> Check:
     return Check(
-        op=case.op, setting=case.setting, t=case.t, base_time=case.base_time,
-        options=dict(case.options), max_abs=0.0, max_rel=0.0, ratio=0.0, passed=True,
-        problem=why, status="undefined", index_base=index_base, tolerance=tol,
-    )  # fmt: skip
+        op=case.op,
+        setting=case.setting,
+        t=case.t,
+        base_time=case.base_time,
+        options=dict(case.options),
+        max_abs=0.0,
+        max_rel=0.0,
+        ratio=0.0,
+        passed=True,
+        problem=why,
+        status="undefined",
+        index_base=index_base,
+        tolerance=tol,
+    )
 
 
 def _run_cases(cases, call, tol, index_base) -> list[Check]:
@@ -807,8 +852,8 @@ def check_posterior(
     for c in cases:
         mean, var = fn(c.inputs["x0"], c.inputs["x_t"], c.base_time + off)
         cv = Case("posterior_variance", st, c.t, {}, c.inputs)
-        out += _run_cases([c], lambda _c: mean, tol, index_base)
-        out += _run_cases([cv], lambda _c: var, tol, index_base)
+        out += _run_cases([c], lambda _c, m=mean: m, tol, index_base)
+        out += _run_cases([cv], lambda _c, v=var: v, tol, index_base)
     return out
 
 
@@ -985,7 +1030,9 @@ def _st():
     try:
         from hypothesis import strategies as st
     except ImportError as e:  # pragma: no cover - hypothesis is in the test extra
-        raise ImportError("refdiff.testing strategies need hypothesis (pip install hypothesis)") from e
+        raise ImportError(
+            "refdiff.testing strategies need hypothesis (pip install hypothesis)"
+        ) from e
     return st
 
 
@@ -1047,7 +1094,13 @@ def timesteps(schedule: Schedule | Setting | int, *, min_t: int = 1):
     return st.integers(min_t, n)
 
 
-def states(shape: tuple[int, ...] | None = None, *, scale: float = 3.0, max_batch: int = 4, max_dim: int = 8):
+def states(
+    shape: tuple[int, ...] | None = None,
+    *,
+    scale: float = 3.0,
+    max_batch: int = 4,
+    max_dim: int = 8,
+):
     """Strategy for finite float64 states (B, D) (or of ``shape``) with |x| ≤ ``scale``."""
     st = _st()
     from hypothesis.extra import numpy as hnp
@@ -1101,9 +1154,9 @@ def _with_clipping(d: dict, clipping: bool):
     st = _st()
     if not clipping:
         return st.just(d)
-    return st.sampled_from(
-        [{}, {"clip": 1.0}, {"threshold_ratio": 0.9, "threshold_max": 1.5}]
-    ).map(lambda extra: {**d, **extra})
+    return st.sampled_from([{}, {"clip": 1.0}, {"threshold_ratio": 0.9, "threshold_max": 1.5}]).map(
+        lambda extra: {**d, **extra}
+    )
 
 
 def with_options(case: Case, **options: object) -> Case:

@@ -83,8 +83,11 @@ ARRAYS: dict[str, tuple[str, str]] = {
     "model_output": ("input", "(S, B, C, H, W) denoiser output of prediction_type"),
     "model_variance": ("input", "(S, B, C, H, W) variance output (learned variance types only)"),
     "step_noise": ("input", "(S, B, C, H, W) standard normal noise of the step"),
-    "posterior_mean": ("output", "(S, B, C, H, W) mean of q(x_prev|x_t, step_x0), prev = previous "
-                       "kept step (eq. 4.1 on the respaced schedule)"),  # fmt: skip
+    "posterior_mean": (
+        "output",
+        "(S, B, C, H, W) mean of q(x_prev|x_t, step_x0), prev = previous "
+        "kept step (eq. 4.1 on the respaced schedule)",
+    ),
     "posterior_variance": ("output", "(S,) variance of that posterior (eq. 4.2)"),
     "ddpm_step": ("output", "(S, B, C, H, W) x_prev of one DDPM step (eqs. 7.3–7.8)"),
     "ddim_step": ("output", "(S, B, C, H, W) x_prev of one DDIM step (eqs. 7.9–7.10)"),
@@ -160,29 +163,65 @@ def grid(name: str = "default", *, T: int = 1000, steps: int = 30) -> list[Vecto
     scheds = ("linear", "scaled_linear", "cosine")
     spacings = (("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0))
     preds = ("epsilon", "x0", "v")
-    variances = ("fixed_small", "fixed_large", "fixed_large_iddpm", "learned", "learned_linear",
-                 "learned_range")  # fmt: skip
+    variances = (
+        "fixed_small",
+        "fixed_large",
+        "fixed_large_iddpm",
+        "learned",
+        "learned_linear",
+        "learned_range",
+    )
     etas = (0.0, 0.5, 1.0)
     clips: tuple[dict, ...] = ({}, {"clip": 1.0}, {"threshold_ratio": 0.9, "threshold_max": 1.5})
     out: list[VectorCase] = []
     if name == "small":  # 12 cases: every sampler, spacing and prediction type once or more
-        combos = [(sc, sp, off) for sc in ("linear", "cosine") for sp, off in (("leading", 1), ("trailing", 0))]
+        combos = [
+            (sc, sp, off)
+            for sc in ("linear", "cosine")
+            for sp, off in (("leading", 1), ("trailing", 0))
+        ]
         for k, (sc, sp, off) in enumerate(combos):
             st = Setting(sc, T, steps, sp, off)
             for vt in ("fixed_small", "learned_range"):
-                out.append(VectorCase(f"ddpm-{len(out):04d}", "ddpm", st, {
-                    "prediction_type": preds[k % 3], "variance_type": vt, **clips[k % 3],
-                    "log_variance_clipping": "floor"}))  # fmt: skip
+                out.append(
+                    VectorCase(
+                        f"ddpm-{len(out):04d}",
+                        "ddpm",
+                        st,
+                        {
+                            "prediction_type": preds[k % 3],
+                            "variance_type": vt,
+                            **clips[k % 3],
+                            "log_variance_clipping": "floor",
+                        },
+                    )
+                )
         for k, (sc, sp, off) in enumerate(combos):
             st = Setting(sc, T, steps, sp, off)
-            out.append(VectorCase(f"ddim-{k:04d}", "ddim", st, {
-                "prediction_type": preds[(k + 1) % 3], "eta": etas[k % 3], **clips[(k + 1) % 3],
-                "final_alpha_bar": ("one", "first")[k % 2]}))  # fmt: skip
+            out.append(
+                VectorCase(
+                    f"ddim-{k:04d}",
+                    "ddim",
+                    st,
+                    {
+                        "prediction_type": preds[(k + 1) % 3],
+                        "eta": etas[k % 3],
+                        **clips[(k + 1) % 3],
+                        "final_alpha_bar": ("one", "first")[k % 2],
+                    },
+                )
+            )
         return out
 
     def add(sampler: str, setting: Setting, options: dict) -> None:
-        out.append(VectorCase(f"{sampler}-{len([c for c in out if c.sampler == sampler]):04d}",
-                              sampler, setting, options))  # fmt: skip
+        out.append(
+            VectorCase(
+                f"{sampler}-{len([c for c in out if c.sampler == sampler]):04d}",
+                sampler,
+                setting,
+                options,
+            )
+        )
 
     full = name == "full"
     for (si, sc), (pi, (sp, off)), (ri, pt), (vi, vt) in itertools.product(
@@ -190,18 +229,26 @@ def grid(name: str = "default", *, T: int = 1000, steps: int = 30) -> list[Vecto
     ):
         st = Setting(sc, T, steps, sp, off)
         for ci in range(3) if full else ((si + pi + ri + vi) % 3,):
-            o = {"prediction_type": pt, "variance_type": vt, **clips[ci],
-                 "log_variance_clipping": ("next", "floor")[(si + ri + vi) % 2]}  # fmt: skip
+            o = {
+                "prediction_type": pt,
+                "variance_type": vt,
+                **clips[ci],
+                "log_variance_clipping": ("next", "floor")[(si + ri + vi) % 2],
+            }
             add("ddpm", st, o)
     for (si, sc), (pi, (sp, off)), (ri, pt), (ei, eta) in itertools.product(
         enumerate(scheds), enumerate(spacings), enumerate(preds), enumerate(etas)
     ):
         st = Setting(sc, T, steps, sp, off)
         for ci in range(3) if full else ((si + pi + ri + ei) % 3,):
-            o = {"prediction_type": pt, "eta": eta, **clips[ci],
-                 "final_alpha_bar": ("one", "first")[(si + pi + ei) % 2],
-                 "rederive_eps": (pi + ri) % 2 == 0,
-                 "final_step_noise": (si + ri + ei) % 2 == 1}  # fmt: skip
+            o = {
+                "prediction_type": pt,
+                "eta": eta,
+                **clips[ci],
+                "final_alpha_bar": ("one", "first")[(si + pi + ei) % 2],
+                "rederive_eps": (pi + ri) % 2 == 0,
+                "final_step_noise": (si + ri + ei) % 2 == 1,
+            }
             add("ddim", st, o)
     if name != "small":
         zs = Setting("scaled_linear", T, steps, "trailing", 0, True)
@@ -219,7 +266,9 @@ def _positions(n: int) -> list[int]:
 def make_case(vc: VectorCase, seed: int = 0) -> dict[str, np.ndarray]:
     """Every array of one case: inputs drawn from ``seed`` and the case id, reference outputs."""
     s = vc.setting
-    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(vc.id.encode()).digest()[:4], "little")])
+    rng = np.random.default_rng(
+        [seed, int.from_bytes(hashlib.sha256(vc.id.encode()).digest()[:4], "little")]
+    )
     base, resp = s.base(), s.respaced()
     arrays: dict[str, np.ndarray] = {
         "alpha_bar": np.array(base.alpha_bar[1:]),
@@ -268,8 +317,12 @@ def _manifest_entry(vc: VectorCase, arrays: Mapping[str, np.ndarray], file_sha: 
         "config": vc.config(),
         "file_sha256": file_sha,
         "arrays": {
-            k: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": array_sha256(a),
-                "role": ARRAYS[k][0]}  # fmt: skip
+            k: {
+                "shape": list(a.shape),
+                "dtype": a.dtype.str,
+                "sha256": array_sha256(a),
+                "role": ARRAYS[k][0],
+            }
             for k, a in arrays.items()
         },
     }
@@ -284,8 +337,14 @@ def _is_vectors_dir(path: Path) -> bool:
     return False
 
 
-def write(directory: str | os.PathLike, *, grid_name: str = "default", seed: int = 0,
-          T: int = 1000, steps: int = 30) -> dict:  # fmt: skip
+def write(
+    directory: str | os.PathLike,
+    *,
+    grid_name: str = "default",
+    seed: int = 0,
+    T: int = 1000,
+    steps: int = 30,
+) -> dict:
     """Write the golden vectors of ``grid_name`` to ``directory`` and return the manifest.
 
     The whole directory is built next to the target and swapped in at the end: an interrupted
@@ -293,7 +352,9 @@ def write(directory: str | os.PathLike, *, grid_name: str = "default", seed: int
     vectors directory is refused.
     """
     target = Path(directory)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not _is_vectors_dir(target))):
+    if target.exists() and (
+        not target.is_dir() or (any(target.iterdir()) and not _is_vectors_dir(target))
+    ):
         raise InputError("DIR", f"{target} exists and is not a refdiff vectors directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -348,9 +409,10 @@ def read(directory: str | os.PathLike, *, verify_hashes: bool = True):
         raise FileFormatError(mpath, f"format is not {FORMAT!r}")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise FileFormatError(
-            mpath, f"schema_version {manifest.get('schema_version')!r} is not supported "
+            mpath,
+            f"schema_version {manifest.get('schema_version')!r} is not supported "
             f"(this refdiff reads {SCHEMA_VERSION})",
-        )  # fmt: skip
+        )
     cases = {}
     entries = manifest.get("cases")
     if not isinstance(entries, list) or not all(_entry_ok(e) for e in entries):
@@ -367,8 +429,10 @@ def read(directory: str | os.PathLike, *, verify_hashes: bool = True):
                     raise FileFormatError(path, f"array {name!r} listed in the manifest is missing")
                 a = arrays[name]
                 if list(a.shape) != meta.get("shape") or a.dtype.str != meta.get("dtype"):
-                    raise FileFormatError(path, f"{name}: shape/dtype {a.shape} {a.dtype.str} "
-                                          f"differ from the manifest")  # fmt: skip
+                    raise FileFormatError(
+                        path,
+                        f"{name}: shape/dtype {a.shape} {a.dtype.str} differ from the manifest",
+                    )
                 if array_sha256(a) != meta.get("sha256"):
                     raise FileFormatError(path, f"{name}: sha256 differs from the manifest")
         cases[entry["id"]] = arrays
@@ -438,8 +502,11 @@ def check_case(entry: Mapping, arrays: Mapping[str, np.ndarray], tol: Tolerance)
                 res.problem = f"step_index {int(idx)} is not a kept step"
                 break
             t = int(j[0])
-            inp = {"x_t": arrays["x_t"][k], "model_output": arrays["model_output"][k],
-                   "noise": arrays["step_noise"][k]}  # fmt: skip
+            inp = {
+                "x_t": arrays["x_t"][k],
+                "model_output": arrays["model_output"][k],
+                "noise": arrays["step_noise"][k],
+            }
             if "model_variance" in arrays:
                 inp["model_variance"] = arrays["model_variance"][k]
             post = {"x0": arrays["step_x0"][k], "x_t": arrays["x_t"][k]}
@@ -451,7 +518,9 @@ def check_case(entry: Mapping, arrays: Mapping[str, np.ndarray], tol: Tolerance)
                 res.checks.append(compare(vc, arrays["posterior_variance"][k], tol))
             if op in arrays:
                 try:
-                    res.checks.append(compare(Case(op, setting, t, dict(opts), inp), arrays[op][k], tol))
+                    res.checks.append(
+                        compare(Case(op, setting, t, dict(opts), inp), arrays[op][k], tol)
+                    )
                 except UndefinedError as e:
                     res.problem = f"reference undefined at index {int(idx)}: {e}"
     except (InputError, KeyError, IndexError, ValueError) as e:
@@ -487,28 +556,36 @@ def _fmt(x: float) -> str:
 
 
 def table(results: Sequence[CaseResult], *, verbose: bool = False) -> str:
-    lines = [f"{'case':<10} {'config':<80} {'worst output':<18} {'max abs':>9} {'max rel':>9} "
-             f"{'err/tol':>9}  result"]  # fmt: skip
+    lines = [
+        f"{'case':<10} {'config':<80} {'worst output':<18} {'max abs':>9} {'max rel':>9} "
+        f"{'err/tol':>9}  result"
+    ]
     for r in results:
         w = r.worst()
         lab = r.label if len(r.label) <= 80 else r.label[:77] + "..."
         if w is None:
-            lines.append(f"{r.id:<10} {lab:<80} {'-':<18} {'':>9} {'':>9} {'':>9}  FAIL {r.problem}")
+            lines.append(
+                f"{r.id:<10} {lab:<80} {'-':<18} {'':>9} {'':>9} {'':>9}  FAIL {r.problem}"
+            )
             continue
         res = "pass" if r.passed else "FAIL" + (f" ({r.problem})" if r.problem else "")
         if verbose or not r.passed:
             bad = [c for c in r.checks if not c.passed]
             if bad:
                 res += f" [{bad[0].message()}]"
-        lines.append(f"{r.id:<10} {lab:<80} {w.op:<18} {_fmt(w.max_abs)} {_fmt(w.max_rel)} "
-                     f"{_fmt(w.ratio)}  {res}")  # fmt: skip
+        lines.append(
+            f"{r.id:<10} {lab:<80} {w.op:<18} {_fmt(w.max_abs)} {_fmt(w.max_rel)} "
+            f"{_fmt(w.ratio)}  {res}"
+        )
     n_ok = sum(r.passed for r in results)
     lines.append(f"\n{n_ok} of {len(results)} cases pass")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="refdiff vectors", description="Write or check golden vectors.")
+    p = argparse.ArgumentParser(
+        prog="refdiff vectors", description="Write or check golden vectors."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="write the reference vectors to DIR")
     w.add_argument("dir")
@@ -518,8 +595,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--steps", type=int, default=30)
     c = sub.add_parser("check", help="check the outputs stored in DIR against the reference")
     c.add_argument("dir")
-    c.add_argument("--dtype", default="float64", help="precision of the implementation that "
-                   "wrote DIR: float64 (default), float32, float16, bfloat16")  # fmt: skip
+    c.add_argument(
+        "--dtype",
+        default="float64",
+        help="precision of the implementation that "
+        "wrote DIR: float64 (default), float32, float16, bfloat16",
+    )
     c.add_argument("--factor", type=float, default=None, help="tolerance safety factor K (8)")
     c.add_argument("--verbose", action="store_true", help="show the worst check of every case")
     try:

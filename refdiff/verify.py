@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -138,12 +137,16 @@ class ProtocolTarget:
         if model_variance is not None:
             kw["model_variance"] = model_variance
         f = self._method("ddpm_step")
-        return f(self._ab(setting), self._desc(setting), self._t(base_t), x_t, model_output, noise, **kw)
+        return f(
+            self._ab(setting), self._desc(setting), self._t(base_t), x_t, model_output, noise, **kw
+        )
 
     def ddim_step(self, setting, base_t, x_t, model_output, noise, options):
         kw = _impl_options("ddim_step", options)
         f = self._method("ddim_step")
-        return f(self._ab(setting), self._desc(setting), self._t(base_t), x_t, model_output, noise, **kw)
+        return f(
+            self._ab(setting), self._desc(setting), self._t(base_t), x_t, model_output, noise, **kw
+        )
 
 
 def _impl_options(op: str, options: Mapping[str, object]) -> dict:
@@ -201,7 +204,9 @@ def ddim_option_sets(quick: bool = False) -> list[dict]:
     for pt in ("epsilon", "x0", "v"):
         for eta in (0.0, 0.5, 1.0):
             for fab in ("one", "first"):
-                out.append({"prediction_type": pt, "eta": eta, "final_alpha_bar": fab, "clip": None})
+                out.append(
+                    {"prediction_type": pt, "eta": eta, "final_alpha_bar": fab, "clip": None}
+                )
                 if quick:
                     continue
                 for rd in (True, False):
@@ -268,7 +273,11 @@ def plan(
         add(Item("timesteps", Setting("linear", T, N, sp)))
     add(Item("timesteps", Setting("linear", T, N, "leading", 1)))
     bt = tuple(sorted({1, 2, 3, T // 2, T} & set(range(1, T + 1))))
-    for s in (Setting("linear", T), Setting("cosine", T), Setting("scaled_linear", T, zero_terminal_snr=True)):
+    for s in (
+        Setting("linear", T),
+        Setting("cosine", T),
+        Setting("scaled_linear", T, zero_terminal_snr=True),
+    ):
         add(Item("q_sample", s, {}, bt))
         add(Item("posterior", s, {}, bt))
     ssets = step_settings(T, N)
@@ -292,10 +301,20 @@ def _seed(*parts: object) -> int:
 
 def _unsupported(item: Item, t: int, base_t: int, why: str, tol, ib, status="unsupported") -> Check:
     return Check(
-        op=item.op, setting=item.setting, t=t, base_time=base_t, options=dict(item.options),
-        max_abs=0.0, max_rel=0.0, ratio=0.0, passed=status != "error", problem=why,
-        status=status, index_base=ib, tolerance=tol,
-    )  # fmt: skip
+        op=item.op,
+        setting=item.setting,
+        t=t,
+        base_time=base_t,
+        options=dict(item.options),
+        max_abs=0.0,
+        max_rel=0.0,
+        ratio=0.0,
+        passed=status != "error",
+        problem=why,
+        status=status,
+        index_base=ib,
+        tolerance=tol,
+    )
 
 
 def _is_unsupported(e: BaseException) -> bool:
@@ -343,7 +362,9 @@ def _run_item(target, item: Item, tol: Tolerance) -> list[Check]:
         try:
             exps = [expected(c) for c in cases]
         except UndefinedError as e:
-            out += [_unsupported(item, t, base_t, f"reference undefined ({e})", tol, ib, "undefined")]
+            out += [
+                _unsupported(item, t, base_t, f"reference undefined ({e})", tol, ib, "undefined")
+            ]
             continue
         try:
             got = _call(target, item.op, s, base_t, inputs, opts)
@@ -402,7 +423,9 @@ class Report:
         """(op, label, checks) rows: per setting for alpha_bar/timesteps, else per option set."""
         rows: dict[tuple[str, str], list[Check]] = {}
         for c in self.checks:
-            label = c.setting.label() if c.op in ("alpha_bar", "timesteps") else short_label(c.options)
+            label = (
+                c.setting.label() if c.op in ("alpha_bar", "timesteps") else short_label(c.options)
+            )
             rows.setdefault((c.op, label), []).append(c)
         return [(op, lab, cs) for (op, lab), cs in rows.items()]
 
@@ -421,7 +444,9 @@ class Report:
         lines.append("")
         lines.append(
             f"{len(self.checks)} comparisons: "
-            + ", ".join(f"{n[k]} {k}" for k in ("ok", "FAIL", "error", "unsupported", "undefined") if k in n)
+            + ", ".join(
+                f"{n[k]} {k}" for k in ("ok", "FAIL", "error", "unsupported", "undefined") if k in n
+            )
         )
         return "\n".join(lines)
 
@@ -429,20 +454,24 @@ class Report:
         """One line per (op, setting, diagnosis): how many option sets fail that way, and the
         worst example's message."""
         worst: dict[tuple[str, str, str], Check] = {}
-        for op, lab, cs in self.groups():
+        for op, _lab, cs in self.groups():
             for setting_label in sorted({c.setting.label() for c in cs}):
-                bad = [c for c in cs if c.setting.label() == setting_label and c.status in ("FAIL", "error")]
+                bad = [
+                    c
+                    for c in cs
+                    if c.setting.label() == setting_label and c.status in ("FAIL", "error")
+                ]
                 if not bad:
                     continue
                 w = max(bad, key=lambda c: (c.status == "error", c.ratio))
-                worst[(op, lab, setting_label)] = w
+                worst[(op, _lab, setting_label)] = w
         buckets: dict[tuple[str, str, str], list[Check]] = {}
-        for (op, lab, sl), c in worst.items():
+        for (op, _, sl), c in worst.items():
             d = diagnosis_for(c)
             key = (op, sl, d.diagnosis or d.problem or "")
             buckets.setdefault(key, []).append(d)
         out = []
-        for (op, sl, _), cs in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        for _key, cs in sorted(buckets.items(), key=lambda kv: (kv[0][0], kv[0][1])):
             ex = max(cs, key=lambda c: c.ratio)
             out.append(f"[{len(cs)} option set(s)] {ex.message()}")
         return out[:limit] + ([f"… {len(out) - limit} more"] if len(out) > limit else [])
@@ -507,7 +536,9 @@ def _row(op: str, label: str, cs: Sequence[Check]) -> str:
     ra = max((c.ratio for c in done), default=0.0)
     if bad:
         fs = sorted({c.setting.label() for c in bad})
-        res = f"FAIL {len(bad)}/{len(cs)}" + (f" ({'; '.join(fs)})" if op not in ("alpha_bar", "timesteps") else "")
+        res = f"FAIL {len(bad)}/{len(cs)}" + (
+            f" ({'; '.join(fs)})" if op not in ("alpha_bar", "timesteps") else ""
+        )
     elif done:
         res = "ok"
         extra = [f"{len(uns)} unsupported"] if uns else []
@@ -555,9 +586,7 @@ def as_target(obj: Any):
     if isinstance(obj, ProtocolTarget | DiffusersTarget):
         return obj
     if looks_like_diffusers_scheduler(obj):
-        t = DiffusersTarget(obj)
-        t.kinds = {t.kind}
-        return t
+        return DiffusersTarget(obj)
     if isinstance(obj, type):
         obj = obj()
     return ProtocolTarget(obj)
@@ -623,25 +652,46 @@ def _hypotheses(case: Case) -> list[Hypothesis]:
     def ref_on(s: Schedule, tt: int | None = None) -> np.ndarray:
         return expected(replace(case, t=case.t if tt is None else tt), s)
 
-    H.append(Hypothesis(
-        "looks like an off-by-one time index (ᾱ of the next step used: the 0-based index "
-        "taken as the time, or ᾱ[t] for ᾱ[t−1])", lambda c: ref_on(_shifted_schedule(c, +1))))
-    H.append(Hypothesis(
-        "looks like an off-by-one time index (ᾱ of the previous step used)",
-        lambda c: ref_on(_shifted_schedule(c, -1))))
+    H.append(
+        Hypothesis(
+            "looks like an off-by-one time index (ᾱ of the next step used: the 0-based index "
+            "taken as the time, or ᾱ[t] for ᾱ[t−1])",
+            lambda c: ref_on(_shifted_schedule(c, +1)),
+        )
+    )
+    H.append(
+        Hypothesis(
+            "looks like an off-by-one time index (ᾱ of the previous step used)",
+            lambda c: ref_on(_shifted_schedule(c, -1)),
+        )
+    )
     if op == "q_sample":
         H += [
-            Hypothesis("looks like a missing sqrt (ᾱ x0 + (1−ᾱ) ε instead of √ᾱ x0 + √(1−ᾱ) ε)",
-                       lambda c: _ab_c(c) * c.inputs["x0"] + (1 - _ab_c(c)) * c.inputs["noise"]),
-            Hypothesis("looks like a missing sqrt on the noise scale ((1−ᾱ) ε)",
-                       lambda c: math.sqrt(_ab_c(c)) * c.inputs["x0"] + (1 - _ab_c(c)) * c.inputs["noise"]),
-            Hypothesis("looks like the two scales swapped (√(1−ᾱ) x0 + √ᾱ ε)",
-                       lambda c: math.sqrt(1 - _ab_c(c)) * c.inputs["x0"] + math.sqrt(_ab_c(c)) * c.inputs["noise"]),
-        ]  # fmt: skip
+            Hypothesis(
+                "looks like a missing sqrt (ᾱ x0 + (1−ᾱ) ε instead of √ᾱ x0 + √(1−ᾱ) ε)",
+                lambda c: _ab_c(c) * c.inputs["x0"] + (1 - _ab_c(c)) * c.inputs["noise"],
+            ),
+            Hypothesis(
+                "looks like a missing sqrt on the noise scale ((1−ᾱ) ε)",
+                lambda c: math.sqrt(_ab_c(c)) * c.inputs["x0"] + (1 - _ab_c(c)) * c.inputs["noise"],
+            ),
+            Hypothesis(
+                "looks like the two scales swapped (√(1−ᾱ) x0 + √ᾱ ε)",
+                lambda c: (
+                    math.sqrt(1 - _ab_c(c)) * c.inputs["x0"]
+                    + math.sqrt(_ab_c(c)) * c.inputs["noise"]
+                ),
+            ),
+        ]
     if op == "posterior_variance":
-        H.append(Hypothesis("looks like β used instead of β̃ (posterior variance)",
-                            lambda c: np.broadcast_to(c.schedule.beta[c.t], c.inputs["x_t"].shape)))  # fmt: skip
+        H.append(
+            Hypothesis(
+                "looks like β used instead of β̃ (posterior variance)",
+                lambda c: np.broadcast_to(c.schedule.beta[c.t], c.inputs["x_t"].shape),
+            )
+        )
     if op == "posterior_mean":
+
         def swapped(c: Case) -> np.ndarray:
             c0, ct = posterior.posterior_coefficients(c.schedule, c.t)
             return float(ct) * c.inputs["x0"] + float(c0) * c.inputs["x_t"]
@@ -649,93 +699,170 @@ def _hypotheses(case: Case) -> list[Hypothesis]:
         H.append(Hypothesis("looks like the posterior coefficients swapped (x0 ↔ x_t)", swapped))
     if op in ("ddpm_step", "ddim_step"):
         if o.get("prediction_type") == "v":
-            H.append(Hypothesis(
-                "looks like the opposite v sign convention (v = √(1−ᾱ) x0 − √ᾱ ε)",
-                lambda c: expected(replace(c, inputs={**c.inputs, "model_output": -c.inputs["model_output"]}))))
+            H.append(
+                Hypothesis(
+                    "looks like the opposite v sign convention (v = √(1−ᾱ) x0 − √ᾱ ε)",
+                    lambda c: expected(
+                        replace(c, inputs={**c.inputs, "model_output": -c.inputs["model_output"]})
+                    ),
+                )
+            )
         if o.get("clip") is not None or o.get("threshold_ratio") is not None:
-            H.append(Hypothesis("looks like x̂0 not clipped/thresholded",
-                                lambda c: expected(with_options(c, clip=None, threshold_ratio=None))))
+            H.append(
+                Hypothesis(
+                    "looks like x̂0 not clipped/thresholded",
+                    lambda c: expected(with_options(c, clip=None, threshold_ratio=None)),
+                )
+            )
         if case.setting.num_steps is not None:
             st = case.setting
             stride = st.T // st.N
             prev_b = case.base_time - stride
             true_prev = int(case.schedule.timesteps[t - 1]) if t > 1 else 0
             if (prev_b if prev_b >= 1 else 0) != true_prev:
+
                 def stride_h(c: Case, pb=prev_b) -> np.ndarray:
                     s2, t2 = _mini_prev(c, pb)
                     return expected(replace(c, t=t2), s2)
 
-                H.append(Hypothesis(
-                    f"looks like the previous step taken as t − T//N = {case.base_time - 1 - stride} "
-                    f"instead of the previous kept step {true_prev - 1} (0-based; the DDIM "
-                    "prev-step stride bug, diffusers#11347/#12633)", stride_h))  # fmt: skip
+                H.append(
+                    Hypothesis(
+                        "looks like the previous step taken as t − T//N = "
+                        f"{case.base_time - 1 - stride} "
+                        f"instead of the previous kept step {true_prev - 1} (0-based; the DDIM "
+                        "prev-step stride bug, diffusers#11347/#12633)",
+                        stride_h,
+                    )
+                )
     if op == "ddpm_step":
         vt = o.get("variance_type")
-        swap = {"fixed_small": ("fixed_large", "looks like β used instead of β̃ (fixed_large variance for fixed_small)"),
-                "fixed_large": ("fixed_small", "looks like β̃ used instead of β (fixed_small variance for fixed_large)"),
-                "fixed_large_iddpm": ("fixed_small", "looks like β̃ used instead of β"),
-                "learned": ("learned_linear", "looks like the learned output used as a variance, not a log-variance"),
-                "learned_linear": ("learned", "looks like the learned output used as a log-variance, not a variance")}  # fmt: skip
+        swap = {
+            "fixed_small": (
+                "fixed_large",
+                "looks like β used instead of β̃ (fixed_large variance for fixed_small)",
+            ),
+            "fixed_large": (
+                "fixed_small",
+                "looks like β̃ used instead of β (fixed_small variance for fixed_large)",
+            ),
+            "fixed_large_iddpm": ("fixed_small", "looks like β̃ used instead of β"),
+            "learned": (
+                "learned_linear",
+                "looks like the learned output used as a variance, not a log-variance",
+            ),
+            "learned_linear": (
+                "learned",
+                "looks like the learned output used as a log-variance, not a variance",
+            ),
+        }
         if vt in swap:
             alt, desc = swap[vt]
             H.append(Hypothesis(desc, _swap_variance(alt)))
         if vt == "learned_range":
             other = "next" if o.get("log_variance_clipping", "next") == "floor" else "floor"
-            H.append(Hypothesis(f"looks like log_variance_clipping={other!r} (the t=1 log β̃ convention)",
-                                lambda c: expected(with_options(c, log_variance_clipping=other))))  # fmt: skip
+            H.append(
+                Hypothesis(
+                    f"looks like log_variance_clipping={other!r} (the t=1 log β̃ convention)",
+                    lambda c: expected(with_options(c, log_variance_clipping=other)),
+                )
+            )
 
         def parts(c: Case):
             i = c.inputs
             kw = {k: v for k, v in c.options.items()}
             mv = i.get("model_variance")
-            return reverse.ddpm_parts(c.schedule, i["x_t"], c.t, i["model_output"],
-                                      **({"model_variance": mv} if mv is not None else {}), **kw)  # fmt: skip
+            return reverse.ddpm_parts(
+                c.schedule,
+                i["x_t"],
+                c.t,
+                i["model_output"],
+                **({"model_variance": mv} if mv is not None else {}),
+                **kw,
+            )
 
-        H.append(Hypothesis("looks like a missing sqrt (σ² z added instead of σ z)",
-                            lambda c: (p := parts(c)).mean + (c.t > 1) * p.variance * c.inputs["noise"]))  # fmt: skip
+        H.append(
+            Hypothesis(
+                "looks like a missing sqrt (σ² z added instead of σ z)",
+                lambda c: (p := parts(c)).mean + (c.t > 1) * p.variance * c.inputs["noise"],
+            )
+        )
         H.append(Hypothesis("looks like the noise term missing (σ = 0)", lambda c: parts(c).mean))
         if t == 1:
-            H.append(Hypothesis(
-                "looks like noise added at the last step (diffusers' DDPM adds it whenever the "
-                "training index is > 0, e.g. with trailing spacing or steps_offset)",
-                lambda c: (p := parts(c)).mean + np.sqrt(p.variance) * c.inputs["noise"]))  # fmt: skip
+            H.append(
+                Hypothesis(
+                    "looks like noise added at the last step (diffusers' DDPM adds it whenever the "
+                    "training index is > 0, e.g. with trailing spacing or steps_offset)",
+                    lambda c: (p := parts(c)).mean + np.sqrt(p.variance) * c.inputs["noise"],
+                )
+            )
     if op == "ddim_step":
         eta = float(o.get("eta", 0.0))
         if t == 1:
             fab = o.get("final_alpha_bar", "one")
             if fab in ("one", "first"):
                 alt = "first" if fab == "one" else "one"
-                H.append(Hypothesis(
-                    f"looks like set_alpha_to_one flipped (final ᾱ = {'ᾱ_1' if alt == 'first' else '1'}, "
-                    f"final_alpha_bar={alt!r})", lambda c: expected(with_options(c, final_alpha_bar=alt))))  # fmt: skip
+                H.append(
+                    Hypothesis(
+                        "looks like set_alpha_to_one flipped "
+                        f"(final ᾱ = {'ᾱ_1' if alt == 'first' else '1'}, "
+                        f"final_alpha_bar={alt!r})",
+                        lambda c: expected(with_options(c, final_alpha_bar=alt)),
+                    )
+                )
             if eta > 0:
                 fsn = bool(o.get("final_step_noise", False))
-                H.append(Hypothesis(
-                    f"looks like final_step_noise={not fsn} (noise {'not ' if fsn else ''}added at the last step)",
-                    lambda c: expected(with_options(c, final_step_noise=not fsn))))  # fmt: skip
+                H.append(
+                    Hypothesis(
+                        f"looks like final_step_noise={not fsn} "
+                        f"(noise {'not ' if fsn else ''}added at the last step)",
+                        lambda c: expected(with_options(c, final_step_noise=not fsn)),
+                    )
+                )
         if o.get("clip") is not None or o.get("threshold_ratio") is not None:
             rd = bool(o.get("rederive_eps", True))
-            H.append(Hypothesis(
-                f"looks like use_clipped_model_output={not rd} (ε̂ {'not ' if rd else ''}re-derived from the clipped x̂0)",
-                lambda c: expected(with_options(c, rederive_eps=not rd))))  # fmt: skip
+            H.append(
+                Hypothesis(
+                    f"looks like use_clipped_model_output={not rd} "
+                    f"(ε̂ {'not ' if rd else ''}re-derived from the clipped x̂0)",
+                    lambda c: expected(with_options(c, rederive_eps=not rd)),
+                )
+            )
         if eta > 0:
             H += [
-                Hypothesis("looks like a wrong DDIM σ: missing sqrt (σ = η (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))",
-                           lambda c: _ddim_custom(c, sigma_fn=lambda ab, abp, e: e * (1 - abp) / (1 - ab) * (1 - ab / abp))),
-                Hypothesis("looks like a wrong DDIM σ: σ² = η² β_t (the DDPM large variance)",
-                           lambda c: _ddim_custom(c, sigma_fn=lambda ab, abp, e: e * math.sqrt(1 - ab / abp))),
-                Hypothesis("looks like a wrong DDIM σ: the direction term ignores σ² (√(1−ᾱ_prev) ε̂)",
-                           lambda c: _ddim_custom(c, direction_ignores_sigma=True)),
-                Hypothesis("looks like η ignored (σ = 0)", lambda c: expected(with_options(c, eta=0.0))),
-            ]  # fmt: skip
+                Hypothesis(
+                    "looks like a wrong DDIM σ: missing sqrt "
+                    "(σ = η (1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev))",
+                    lambda c: _ddim_custom(
+                        c, sigma_fn=lambda ab, abp, e: e * (1 - abp) / (1 - ab) * (1 - ab / abp)
+                    ),
+                ),
+                Hypothesis(
+                    "looks like a wrong DDIM σ: σ² = η² β_t (the DDPM large variance)",
+                    lambda c: _ddim_custom(
+                        c, sigma_fn=lambda ab, abp, e: e * math.sqrt(1 - ab / abp)
+                    ),
+                ),
+                Hypothesis(
+                    "looks like a wrong DDIM σ: the direction term ignores σ² (√(1−ᾱ_prev) ε̂)",
+                    lambda c: _ddim_custom(c, direction_ignores_sigma=True),
+                ),
+                Hypothesis(
+                    "looks like η ignored (σ = 0)", lambda c: expected(with_options(c, eta=0.0))
+                ),
+            ]
             if case.setting.num_steps is not None:
+
                 def unrespaced(ab, abp, e, c=case):
                     b = c.base_time
                     beta_b = float(c.setting.base().beta[b])
                     return e * math.sqrt((1 - abp) / (1 - ab) * beta_b)
 
-                H.append(Hypothesis("looks like a wrong DDIM σ: the unrespaced β_t used in σ",
-                                    lambda c: _ddim_custom(c, sigma_fn=unrespaced)))  # fmt: skip
+                H.append(
+                    Hypothesis(
+                        "looks like a wrong DDIM σ: the unrespaced β_t used in σ",
+                        lambda c: _ddim_custom(c, sigma_fn=unrespaced),
+                    )
+                )
     return H
 
 
@@ -843,12 +970,15 @@ def _diagnose_alpha_bar(check: Check) -> str | None:
 
     tol = alpha_bar_tolerance(check.setting, check.tolerance or Tolerance())
     cands = {
-        "looks like an off-by-one index (entry i holds ᾱ of step i+2)": np.append(ab[2:], ab[-1] * s.alpha[-1]),
+        "looks like an off-by-one index (entry i holds ᾱ of step i+2)": np.append(
+            ab[2:], ab[-1] * s.alpha[-1]
+        ),
         "looks like an off-by-one index (entry i holds ᾱ of step i; ᾱ_0 = 1 first)": ab[:-1],
         "looks like √ᾱ instead of ᾱ": np.sqrt(ab[1:]),
         "looks like a cumulative product in float16 (ᾱ rounds to 1 near t = 0)": np.cumprod(
-            (1 - s.beta[1:]).astype(np.float16)).astype(np.float64),
-    }  # fmt: skip
+            (1 - s.beta[1:]).astype(np.float16)
+        ).astype(np.float64),
+    }
     for d, y in cands.items():
         with np.errstate(all="ignore"):
             if np.nanmax(np.abs(a - y)[:-1] / tol[:-1]) <= 1.0:
@@ -864,7 +994,9 @@ def diagnosis_for(check: Check) -> Check:
         return replace(check, diagnosis=_diagnose_alpha_bar(check))
     if check.case is None:
         return check
-    return replace(check, diagnosis=diagnose(check.case, check.actual, check.tolerance or Tolerance()))
+    return replace(
+        check, diagnosis=diagnose(check.case, check.actual, check.tolerance or Tolerance())
+    )
 
 
 # -- loading targets and the command ------------------------------------------------------------
@@ -898,9 +1030,7 @@ def load_target(spec: str, *, diffusers: bool | None = None):
     """A verify target from a ``module:object`` spec (auto-detects diffusers schedulers)."""
     obj = load_object(spec)
     if diffusers or (diffusers is None and looks_like_diffusers_scheduler(obj)):
-        t = DiffusersTarget(obj, name=spec)
-        t.kinds = {t.kind}
-        return t
+        return DiffusersTarget(obj, name=spec)
     if isinstance(obj, type):
         obj = obj()
     elif callable(obj) and not any(hasattr(obj, m) for m in ("ddpm_step", "ddim_step", "q_sample")):
@@ -913,25 +1043,45 @@ def main(argv: list[str] | None = None) -> int:
         prog="refdiff verify",
         description="Verify an implementation against the float64 reference, option by option.",
     )
-    p.add_argument("target", nargs="?", help="module:object or file.py:object (protocol object "
-                   "or a diffusers-style scheduler, auto-detected)")  # fmt: skip
-    p.add_argument("--diffusers", metavar="MODULE:FACTORY",
-                   help="a diffusers-style scheduler class or factory (forces the adapter)")  # fmt: skip
-    p.add_argument("--dtype", default=None, help="precision for the tolerance (float64, float32, "
-                   "float16, bfloat16); default: the target's dtype")  # fmt: skip
-    p.add_argument("--factor", type=float, default=None, help="tolerance safety factor K (default 8)")
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="module:object or file.py:object (protocol object "
+        "or a diffusers-style scheduler, auto-detected)",
+    )
+    p.add_argument(
+        "--diffusers",
+        metavar="MODULE:FACTORY",
+        help="a diffusers-style scheduler class or factory (forces the adapter)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="precision for the tolerance (float64, float32, "
+        "float16, bfloat16); default: the target's dtype",
+    )
+    p.add_argument(
+        "--factor", type=float, default=None, help="tolerance safety factor K (default 8)"
+    )
     p.add_argument("--T", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--steps", type=int, default=30, help="kept steps of the respaced settings (30)")
     p.add_argument("--quick", action="store_true", help="a smaller grid")
-    p.add_argument("--ops", default=None, help="comma list of ops to check "
-                   "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step)")  # fmt: skip
+    p.add_argument(
+        "--ops",
+        default=None,
+        help="comma list of ops to check "
+        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step)",
+    )
     p.add_argument("--json", default=None, help="write every comparison to this JSON file")
     p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
     a = p.parse_args(argv)
     spec = a.diffusers or a.target
     if not spec:
         p.print_usage(sys.stderr)
-        print("refdiff verify: give a target (module:object) or --diffusers MODULE:FACTORY", file=sys.stderr)
+        print(
+            "refdiff verify: give a target (module:object) or --diffusers MODULE:FACTORY",
+            file=sys.stderr,
+        )
         return 2
     try:
         target = load_target(spec, diffusers=True if a.diffusers else None)
@@ -958,7 +1108,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         from ._io import write_json
 
-        write_json(a.json, {"target": rep.name, "tolerance": rep.tolerance.describe(),
-                            "passed": rep.passed, "checks": rep.to_json()})  # fmt: skip
+        write_json(
+            a.json,
+            {
+                "target": rep.name,
+                "tolerance": rep.tolerance.describe(),
+                "passed": rep.passed,
+                "checks": rep.to_json(),
+            },
+        )
     print("\nresult: " + ("PASS" if rep.passed else "FAIL"))
     return 0 if rep.passed else 1

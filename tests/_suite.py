@@ -25,6 +25,8 @@ from refdiff.exact import Gaussian, GaussianMixture
 ALPHA = 1e-6
 #: The whole session's budget: Σα over every statistical assertion (DESIGN §3).
 BUDGET = 1e-4
+#: Lines the calibration run (tests/test_calibration.py) reports in the terminal summary.
+CALIBRATION_REPORT: list[str] = []
 
 
 def profile_name() -> str:
@@ -91,7 +93,7 @@ def _times(draw, T: int, N: int) -> np.ndarray:
 
 
 @st.composite
-def sampler_schedules(draw, max_steps: int = 8, zero_snr: bool | None = None):
+def sampler_schedules(draw, max_steps: int = 8, zero_snr: bool | None = None, min_steps: int = 1):
     """(base, schedule): the base (training) schedule and the ≤ ``max_steps``-step schedule a
     sampler runs over (the base itself, or a respacing of it by one of the peers' rules).
 
@@ -100,7 +102,7 @@ def sampler_schedules(draw, max_steps: int = 8, zero_snr: bool | None = None):
     """
     short = draw(st.booleans())
     if short:
-        T = draw(st.integers(min_value=1, max_value=max_steps))
+        T = draw(st.integers(min_value=min_steps, max_value=max_steps))
         if draw(st.booleans()):
             base = S.cosine(T)
         else:
@@ -114,14 +116,15 @@ def sampler_schedules(draw, max_steps: int = 8, zero_snr: bool | None = None):
         base = S.rescale_zero_terminal_snr(base)
     if short:
         return base, base
-    N = draw(st.integers(min_value=1, max_value=max_steps))
+    N = draw(st.integers(min_value=min_steps, max_value=max_steps))
     return base, S.respace(base, _times(draw, base.T, N))
 
 
 @st.composite
-def forward_schedules(draw, max_T: int = 40):
-    """A schedule for forward-process tests: short random-β / cosine / linear, maybe respaced."""
-    T = draw(st.integers(min_value=1, max_value=max_T))
+def forward_schedules(draw, max_T: int = 40, min_T: int = 1):
+    """A schedule for forward-process tests: short random-β / cosine / linear, maybe respaced
+    (to ≥ ``min_T`` steps)."""
+    T = draw(st.integers(min_value=min_T, max_value=max_T))
     kind = draw(st.sampled_from(["random", "cosine", "linear"]))
     if kind == "random":
         b = draw(st.lists(st.floats(min_value=1e-3, max_value=0.5), min_size=T, max_size=T))
@@ -131,7 +134,7 @@ def forward_schedules(draw, max_T: int = 40):
     else:
         base = S.linear(T, 1e-3, draw(st.floats(min_value=0.01, max_value=0.4)))
     if T >= 2 and draw(st.booleans()):
-        k = draw(st.integers(min_value=1, max_value=T))
+        k = draw(st.integers(min_value=min_T, max_value=T))
         base = S.respace(
             base, R.spaced_times(T, k, draw(st.sampled_from(["trailing", "linspace"])))
         )

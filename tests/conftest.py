@@ -37,7 +37,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 from refdiff import stats  # noqa: E402
-from tests._suite import BUDGET, SALT, profile_name  # noqa: E402
+from tests._suite import BUDGET, CALIBRATION_REPORT, SALT, profile_name  # noqa: E402
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
@@ -81,6 +81,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     count, total = getattr(config, "_refdiff_budget", (len(stats.LEDGER), stats.ledger_total()))
     tr = terminalreporter
+    if CALIBRATION_REPORT:
+        tr.write_sep("-", "calibration: false-failure rates at α = 0.05")
+        for line in CALIBRATION_REPORT:
+            tr.write_line(line)
     tr.write_sep("-", "statistical error budget")
     for line in stats.ledger_summary():
         tr.write_line(line)

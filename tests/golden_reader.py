@@ -24,8 +24,15 @@ import numpy as np
 
 FORMAT = "refdiff-golden-vectors"
 SCHEMA_VERSION = 1
-OUTPUTS = ("alpha_bar", "beta", "q_sample", "posterior_mean", "posterior_variance", "ddpm_step",
-           "ddim_step")  # fmt: skip
+OUTPUTS = (
+    "alpha_bar",
+    "beta",
+    "q_sample",
+    "posterior_mean",
+    "posterior_variance",
+    "ddpm_step",
+    "ddim_step",
+)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -71,6 +78,7 @@ def betas_for(cfg: dict) -> np.ndarray:
     if name == "scaled_linear":
         return np.linspace(math.sqrt(0.00085), math.sqrt(0.012), T) ** 2
     if name == "cosine":
+
         def f(u):  # noqa: E306
             return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
@@ -190,8 +198,9 @@ def compute(entry: dict, arrays: dict, dtype: str = "float64") -> dict:
 
     out = {"alpha_bar": ab.astype(f), "beta": beta.astype(f)}
     qi = int(arrays["q_index"])
-    out["q_sample"] = (cast(math.sqrt(AB[qi])) * cast(arrays["x0"])
-                       + cast(math.sqrt(1 - AB[qi])) * cast(arrays["q_noise"]))  # fmt: skip
+    out["q_sample"] = cast(math.sqrt(AB[qi])) * cast(arrays["x0"]) + cast(
+        math.sqrt(1 - AB[qi])
+    ) * cast(arrays["q_noise"])
     pm, pv, st = [], [], []
     for k, i in enumerate(arrays["step_index"]):
         x = cast(arrays["x_t"][k]).astype(np.float64)
@@ -199,8 +208,17 @@ def compute(entry: dict, arrays: dict, dtype: str = "float64") -> dict:
         pm.append(cast(m))
         pv.append(v)
         mv = arrays["model_variance"][k] if "model_variance" in arrays else None
-        y = step(cfg, sampler, AB, kept, int(i), x, cast(arrays["model_output"][k]).astype(np.float64),
-                 cast(arrays["step_noise"][k]).astype(np.float64), mv)  # fmt: skip
+        y = step(
+            cfg,
+            sampler,
+            AB,
+            kept,
+            int(i),
+            x,
+            cast(arrays["model_output"][k]).astype(np.float64),
+            cast(arrays["step_noise"][k]).astype(np.float64),
+            mv,
+        )
         st.append(cast(y))
     out["posterior_mean"] = np.stack(pm)
     out["posterior_variance"] = np.array(pv, dtype=f)
@@ -223,9 +241,15 @@ def write(directory: str, manifest: dict, cases: dict, outputs: dict) -> None:
             np.savez(fh, **arrays)
         os.replace(tmp, path)
         e = dict(entry, file_sha256=sha256_file(path))
-        e["arrays"] = {k: {"shape": list(a.shape), "dtype": a.dtype.str, "sha256": sha256_array(a),
-                           "role": entry["arrays"].get(k, {}).get("role", "output")}  # fmt: skip
-                       for k, a in arrays.items()}
+        e["arrays"] = {
+            k: {
+                "shape": list(a.shape),
+                "dtype": a.dtype.str,
+                "sha256": sha256_array(a),
+                "role": entry["arrays"].get(k, {}).get("role", "output"),
+            }
+            for k, a in arrays.items()
+        }
         new["cases"].append(e)
     with open(os.path.join(directory, "manifest.json"), "w", encoding="utf-8") as fh:
         json.dump(new, fh, indent=2, sort_keys=True)
@@ -247,9 +271,11 @@ def main(argv=None) -> int:
             ref = cases[entry["id"]][k].astype(np.float64)
             scale = np.maximum(np.abs(ref), 1.0) if k != "alpha_bar" else np.abs(ref) + 1e-300
             worst = max(worst, float(np.max(np.abs(v.astype(np.float64) - ref) / scale)))
-    print(f"read {len(cases)} cases, all sha256 verified; worst relative difference of the "
-          f"recomputed outputs: {worst:.3g}; modules: "
-          f"{sorted(m for m in sys.modules if m.split('.')[0] == 'refdiff')}")  # fmt: skip
+    print(
+        f"read {len(cases)} cases, all sha256 verified; worst relative difference of the "
+        f"recomputed outputs: {worst:.3g}; modules: "
+        f"{sorted(m for m in sys.modules if m.split('.')[0] == 'refdiff')}"
+    )
     if a.write:
         write(a.write, manifest, cases, outputs)
     return 0 if worst <= a.rtol else 1

@@ -225,6 +225,8 @@ MUTANTS: tuple[Mutant, ...] = (
 )
 
 BY_NAME = {m.name: m for m in MUTANTS}
+#: The control run: the same tests, nothing planted.  They must pass, or a "catch" means nothing.
+BASELINE = Mutant("(no mutant)", "", "", "", "the unmodified reference: must pass", ())
 
 
 # -- applying a mutant -----------------------------------------------------------------------
@@ -388,9 +390,13 @@ class Outcome:
 
 
 def run_pytest(mutant: Mutant, targets: list[str], extra: list[str], timeout: float) -> Outcome:
-    """Run pytest on ``targets`` with ``mutant`` planted; collect the failing test ids."""
+    """Run pytest on ``targets`` with ``mutant`` planted (none for :data:`BASELINE`, with the
+    same Hypothesis profile); collect the failing test ids."""
     env = dict(os.environ, REFDIFF_MUTANT=mutant.name, PYTHONDONTWRITEBYTECODE="1")
     env.pop("HYPOTHESIS_PROFILE", None)
+    if mutant is BASELINE:
+        del env["REFDIFF_MUTANT"]
+        env["HYPOTHESIS_PROFILE"] = "mutant"
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = [
@@ -461,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         "--maxfail", type=int, default=0, help="stop each run after N failures (0: never)"
     )
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip the control run without a mutant"
+    )
     args = ap.parse_args(argv)
     if args.list:
         for m in MUTANTS:
@@ -474,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(chosen)} mutants, scope {'fast catchers' if args.fast else args.scope}, "
         f"{jobs} at a time"
     )
+    runs = ([] if args.fast or args.no_baseline else [BASELINE]) + chosen
     with cf.ThreadPoolExecutor(jobs) as pool:
         futs = [
             pool.submit(
@@ -483,15 +493,25 @@ def main(argv: list[str] | None = None) -> int:
                 extra,
                 args.timeout,
             )
-            for m in chosen
+            for m in runs
         ]
         outcomes = [f.result() for f in futs]
+    if runs[0] is BASELINE:
+        base, outcomes = outcomes[0], outcomes[1:]
+        if base.returncode != 0:
+            print(f"\nthe UNMUTATED tests fail ({base.error or ', '.join(base.failed)}):")
+            print("fix them first; a mutant 'caught' by a failing suite means nothing")
+            return 2
+        print(f"baseline: the unmutated tests pass ({base.seconds:.0f} s)")
     width = max(len(m.name) for m in chosen)
     print(f"\n{'mutant':{width}s}  caught  secs  catching tests")
     for o in outcomes:
         mark = "yes" if o.caught else "NO"
-        tests = ", ".join(t.split("/")[-1] for t in o.failed) or o.error or "-"
-        print(f"{o.mutant.name:{width}s}  {mark:6s} {o.seconds:5.0f}  {tests}")
+        print(f"{o.mutant.name:{width}s}  {mark:6s} {o.seconds:5.0f}  ({o.mutant.description})")
+        for t in o.failed:
+            print(f"{'':{width + 16}s}{t.split('/')[-1]}")
+        if o.error or not o.failed:
+            print(f"{'':{width + 16}s}{o.error or '-'}")
     missed = [o.mutant.name for o in outcomes if not o.caught]
     print(
         f"\n{len(outcomes) - len(missed)}/{len(outcomes)} mutants caught in "

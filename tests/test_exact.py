@@ -402,7 +402,7 @@ def _run_recursion(steps, x_T, step_noise):
 
 
 @given(bs=sampler_schedules(), data=gaussians(), seed=seeds, opt=st.data())
-@settings(max_examples=60)
+@settings(max_examples=150)
 def test_ddpm_sample_is_the_exact_affine_recursion(bs, data, seed, opt):
     """refdiff.sampling.ddpm_sample with the exact denoiser and injected noise equals
     x ← A x + b + σ z with (A, b, σ) of refdiff.exact, to rounding."""
@@ -416,7 +416,7 @@ def test_ddpm_sample_is_the_exact_affine_recursion(bs, data, seed, opt):
 
 
 @given(bs=sampler_schedules(), data=gaussians(), seed=seeds, opt=st.data())
-@settings(max_examples=60)
+@settings(max_examples=150)
 def test_ddim_sample_is_the_exact_affine_recursion(bs, data, seed, opt):
     """As above for ddim_sample, over η, final ᾱ, final-step noise and ε re-derivation."""
     base, sch = bs

@@ -12,10 +12,10 @@ import os
 import numpy as np
 import onnx
 import pytest
+import refdiff.export as ex
 from onnx import TensorProto, helper
 from test_export_helpers import small_mlp
 
-import refdiff.export as ex
 from refdiff.errors import FileFormatError, InputError, NonFiniteError, OptionError, ShapeError
 from refdiff.schedule import linear
 
@@ -48,7 +48,12 @@ BAD_SIGNATURES = {
         [helper.make_node("Identity", ["x"], ["y"])],
         "exactly 2 inputs",
     ),
-    "one input": ([_vi("x", F, ["B", 2])], [_vi("y", F, ["B", 2])], [helper.make_node("Identity", ["x"], ["y"])], "exactly 2"),
+    "one input": (
+        [_vi("x", F, ["B", 2])],
+        [_vi("y", F, ["B", 2])],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "exactly 2",
+    ),
     "integer state": (
         [_vi("x", I64, ["B", 2]), _vi("t", I64, ["B"])],
         [_vi("y", I64, ["B", 2])],
@@ -124,7 +129,9 @@ def test_truncated_files_are_corrupt_model_errors(tmp_path):
     data = _model().SerializeToString()
     last = _model().metadata_props[-1]
     cut_sentinel = len(data) - (len(last.SerializeToString()) + 2)  # drop exactly the last entry
-    cuts = sorted({0, 1, 7, len(data) // 3, len(data) // 2, len(data) - 40, cut_sentinel, len(data) - 1})
+    cuts = sorted(
+        {0, 1, 7, len(data) // 3, len(data) // 2, len(data) - 40, cut_sentinel, len(data) - 1}
+    )
     for cut in cuts:
         path = tmp_path / f"cut{cut}.onnx"
         path.write_bytes(data[:cut])
@@ -146,7 +153,14 @@ def _external(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     m = _model()
-    onnx.save_model(m, folder / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save_model(
+        m,
+        folder / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     return folder
 
 
@@ -170,7 +184,12 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, where):
     folder = _external(tmp_path)
     outside = tmp_path / "outside.bin"
     outside.write_bytes((folder / "w.bin").read_bytes())
-    loc = {"parent": "../outside.bin", "absolute": str(outside), "missing": "nope.bin", "symlink": "link.bin"}[where]
+    loc = {
+        "parent": "../outside.bin",
+        "absolute": str(outside),
+        "missing": "nope.bin",
+        "symlink": "link.bin",
+    }[where]
     if where == "symlink":
         os.symlink(outside, folder / "link.bin")
     _relocate(folder, loc)
@@ -214,6 +233,10 @@ def test_bad_sampling_arguments_are_typed_errors():
     with pytest.raises(InputError, match="cuda_graph"):
         ex.OrtSampler(_model(), provider="cpu", cuda_graph=True, batch=4)
     with pytest.raises(OptionError):
-        ex.mixture_denoiser_model({"weights": [1.0], "means": [[0.0]], "covs": [[[1.0]]]}, BASE, dtype="bfloat16")
+        ex.mixture_denoiser_model(
+            {"weights": [1.0], "means": [[0.0]], "covs": [[[1.0]]]}, BASE, dtype="bfloat16"
+        )
     with pytest.raises(InputError, match="semi-definite"):
-        ex.mixture_denoiser_model({"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.0], [0.0, -1.0]]]}, BASE)
+        ex.mixture_denoiser_model(
+            {"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.0], [0.0, -1.0]]]}, BASE
+        )

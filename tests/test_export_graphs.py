@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import refdiff.export as ex
 from test_export_helpers import F16_TOL, F32_TOL, mixture2, np_mixture_denoiser, rel_err, small_mlp
 
-import refdiff.export as ex
 from refdiff import exact
 from refdiff.errors import InputError, OptionError, UndefinedError
 from refdiff.exact import GaussianMixture
@@ -80,7 +80,11 @@ def test_models_are_pinned_checked_and_self_describing(name):
 
 
 def test_schedule_metadata_round_trips_exactly():
-    for s in (linear(37), cosine(50), respace(make_schedule("linear", 100, zero_terminal_snr=True), [3, 50, 100])):
+    for s in (
+        linear(37),
+        cosine(50),
+        respace(make_schedule("linear", 100, zero_terminal_snr=True), [3, 50, 100]),
+    ):
         r = ex.schedule_from_json(ex.schedule_to_json(s))
         assert np.array_equal(r.alpha_bar, s.alpha_bar) and np.array_equal(r.beta, s.beta)
         assert np.array_equal(r.timesteps, s.timesteps) and r.base_alpha_bar_1 == s.base_alpha_bar_1
@@ -126,7 +130,10 @@ def test_mixture_denoiser_degenerate_and_higher_dim():
     t = rng.integers(1, 101, 128)
     for pt in ("epsilon", "x0"):
         (out,) = _run(ex.mixture_denoiser_model(mix, sched, prediction_type=pt), {"x": x, "t": t})
-        assert rel_err(out, np_mixture_denoiser(mix, sched.alpha_bar, x.astype(np.float64), t, pt)) < F32_TOL
+        assert (
+            rel_err(out, np_mixture_denoiser(mix, sched.alpha_bar, x.astype(np.float64), t, pt))
+            < F32_TOL
+        )
 
 
 def test_mixture_denoiser_float16_io():
@@ -173,7 +180,9 @@ def _ref_step(sampler, sched, x, t, out, z, pt, opts):
 
 DDPM_OPTS = [
     dict(variance_type=v, **c)
-    for v, c in itertools.product(["fixed_small", "fixed_large", "fixed_large_iddpm"], [{}, {"clip": 1.0}])
+    for v, c in itertools.product(
+        ["fixed_small", "fixed_large", "fixed_large_iddpm"], [{}, {"clip": 1.0}]
+    )
 ]
 DDIM_OPTS = [
     dict(eta=e, rederive_eps=r, final_alpha_bar=f, final_step_noise=n, **c)
@@ -196,12 +205,16 @@ def test_step_tables_equal_reference_steps(pt):
     for sampler, grid in (("ddpm", DDPM_OPTS), ("ddim", DDIM_OPTS)):
         for opts in grid:
             tb = ex.step_tables(sched, sampler, prediction_type=pt, **opts)
-            assert tb.N == sched.T and np.array_equal(tb.base_t, sched.timesteps[sched.T :: -1][:-1])
+            assert tb.N == sched.T and np.array_equal(
+                tb.base_t, sched.timesteps[sched.T :: -1][:-1]
+            )
             for k in range(tb.N):
                 t = sched.T - k
                 ref = _ref_step(sampler, sched, x, t, out, z, pt, opts)
                 got = tb.x_next(k, x, out, z)
-                np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11, err_msg=f"{sampler} {opts} k={k}")
+                np.testing.assert_allclose(
+                    got, ref, rtol=1e-11, atol=1e-11, err_msg=f"{sampler} {opts} k={k}"
+                )
                 checked += 1
     assert checked == 6 * (len(DDPM_OPTS) + len(DDIM_OPTS))
 
@@ -219,9 +232,13 @@ def test_step_tables_refuse_what_onnx_does_not_support():
     with pytest.raises(InputError, match="eta"):
         ex.step_tables(s, "ddim", eta=1.5)
     with pytest.raises(UndefinedError):
-        ex.step_tables(make_schedule("linear", 10, zero_terminal_snr=True), "ddpm", prediction_type="epsilon")
+        ex.step_tables(
+            make_schedule("linear", 10, zero_terminal_snr=True), "ddpm", prediction_type="epsilon"
+        )
     # v-prediction is defined at zero terminal SNR
-    assert np.isfinite(ex.step_tables(make_schedule("linear", 10, zero_terminal_snr=True), prediction_type="v").A).all()
+    assert np.isfinite(
+        ex.step_tables(make_schedule("linear", 10, zero_terminal_snr=True), prediction_type="v").A
+    ).all()
 
 
 @pytest.mark.parametrize("convention,time_shape", [("refdiff", "batch"), ("index", "scalar")])
@@ -233,7 +250,11 @@ def test_step_graph_runs_the_tables(convention, time_shape):
     if convention == "refdiff":
         den = ex.open_denoiser(ex.mlp_denoiser_model(mlp, schedule=linear(30)))
     else:
-        den = ex.open_denoiser(torch_style_model(mlp, time_shape=time_shape), prediction_type="epsilon", timestep_convention="index")
+        den = ex.open_denoiser(
+            torch_style_model(mlp, time_shape=time_shape),
+            prediction_type="epsilon",
+            timestep_convention="index",
+        )
     sched = respace(linear(30), [4, 12, 20, 30])
     tb = ex.step_tables(sched, "ddpm", clip=1.0)
     m = ex.step_model(den, tb)
@@ -244,7 +265,10 @@ def test_step_graph_runs_the_tables(convention, time_shape):
     zz = rng.standard_normal((tb.N, B, 2)).astype(np.float32)
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     for k in range(tb.N):
-        xn, tm, kn = s.run(["x_next", "t_model", "k_next"], {"x": x, "model_output": o, "step_noise": zz, "k": np.array(k)})
+        xn, tm, kn = s.run(
+            ["x_next", "t_model", "k_next"],
+            {"x": x, "model_output": o, "step_noise": zz, "k": np.array(k)},
+        )
         np.testing.assert_allclose(xn, tb.x_next(k, x, o, zz[k]), rtol=2e-6, atol=2e-6)
         assert kn == k + 1
         nxt = sched.timesteps[sched.T - k - 1] if k + 1 < tb.N else sched.timesteps[1]

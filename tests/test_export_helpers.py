@@ -24,11 +24,15 @@ F16_TOL = 5e-3
 def rel_err(y, ref) -> float:
     """max |y − ref| / max(1, max |ref|)."""
     ref = np.asarray(ref, dtype=np.float64)
-    return float(np.max(np.abs(np.asarray(y, dtype=np.float64) - ref)) / max(1.0, np.max(np.abs(ref))))
+    return float(
+        np.max(np.abs(np.asarray(y, dtype=np.float64) - ref)) / max(1.0, np.max(np.abs(ref)))
+    )
 
 
 def small_mlp(seed: int = 0, data_dim: int = 2) -> MLP:
-    return init_mlp(np.random.default_rng(seed), data_dim=data_dim, hidden=32, depth=2, embed_dim=16)
+    return init_mlp(
+        np.random.default_rng(seed), data_dim=data_dim, hidden=32, depth=2, embed_dim=16
+    )
 
 
 def mixture2() -> GaussianMixture:
@@ -40,7 +44,9 @@ def mixture2() -> GaussianMixture:
     )
 
 
-def np_mixture_denoiser(mix, alpha_bar: np.ndarray, x: np.ndarray, t: np.ndarray, pt: str) -> np.ndarray:
+def np_mixture_denoiser(
+    mix, alpha_bar: np.ndarray, x: np.ndarray, t: np.ndarray, pt: str
+) -> np.ndarray:
     """Independent float64 reference: Γ_k = ᾱΣ_k + (1−ᾱ)I solved directly (no eigenbasis)."""
     ab = alpha_bar[t][:, None]
     sa, s1 = np.sqrt(ab), np.sqrt(1.0 - ab)
@@ -60,7 +66,9 @@ def np_mixture_denoiser(mix, alpha_bar: np.ndarray, x: np.ndarray, t: np.ndarray
     return {"epsilon": eps, "x0": x0, "v": sa * eps - s1 * x0, "score": -eps / s1}[pt]
 
 
-def torch_style_model(mlp: MLP, *, time_shape: str = "batch", opset: int = 17, ir: int = 8) -> onnx.ModelProto:
+def torch_style_model(
+    mlp: MLP, *, time_shape: str = "batch", opset: int = 17, ir: int = 8
+) -> onnx.ModelProto:
     """The MLP as a PyTorch exporter would write it, built with onnx.helper only.
 
     Inputs ``sample`` (B, D) float32 and ``timestep`` int64 — per sample (B,) or a scalar —
@@ -103,7 +111,9 @@ def torch_style_model(mlp: MLP, *, time_shape: str = "batch", opset: int = 17, i
             nodes.append(helper.make_node("Mul", [out, f"s{i}"], [f"h{i + 1}"]))
             h = f"h{i + 1}"
     D = mlp.data_dim
-    t_info = helper.make_tensor_value_info("timestep", TensorProto.INT64, [] if time_shape == "scalar" else ["batch"])
+    t_info = helper.make_tensor_value_info(
+        "timestep", TensorProto.INT64, [] if time_shape == "scalar" else ["batch"]
+    )
     g = helper.make_graph(
         nodes,
         "torch_jit",
@@ -111,7 +121,9 @@ def torch_style_model(mlp: MLP, *, time_shape: str = "batch", opset: int = 17, i
         [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, ["batch", D])],
         inits,
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="pytorch")
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)], producer_name="pytorch"
+    )
     m.ir_version = ir
     onnx.checker.check_model(m)
     return m

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import refdiff.export as ex
 from test_export_helpers import F16_TOL, F32_TOL, mixture2, rel_err, small_mlp, torch_style_model
 
-import refdiff.export as ex
 from refdiff import exact
 from refdiff.errors import InputError
 from refdiff.respacing import space_timesteps
@@ -37,7 +37,9 @@ def test_mlp_sampler_matches_reference(sampler, pt, mode):
     opts = SAMPLER_OPTS[sampler]
     x_T, z = _noise(BASE.T, (16, 2))
     ref = REF[sampler](MLP, BASE, x_T=x_T, step_noise=z, prediction_type=pt, **opts)
-    s = ex.OrtSampler(model, sampler=sampler, mode=mode, provider="cpu", **opts)  # schedule from metadata
+    s = ex.OrtSampler(
+        model, sampler=sampler, mode=mode, provider="cpu", **opts
+    )  # schedule from metadata
     assert s.provider == "cpu" and s.schedule.T == BASE.T
     y = s.sample(x_T, z)
     assert y.dtype == np.float32 and y.shape == (16, 2)
@@ -53,8 +55,12 @@ def test_respaced_clipped_exact_mixture_matches_reference(mode):
     model = ex.mixture_denoiser_model(mix, base, prediction_type="v")
     opts = dict(eta=1.0, clip=2.0, final_alpha_bar="first")
     x_T, z = _noise(sched.T, (32, 2), seed=2)
-    ref = ddim_sample(exact.denoiser(mix, base, "v"), sched, x_T=x_T, step_noise=z, prediction_type="v", **opts)
-    y = ex.OrtSampler(model, sched, sampler="ddim", mode=mode, provider="cpu", **opts).sample(x_T, z)
+    ref = ddim_sample(
+        exact.denoiser(mix, base, "v"), sched, x_T=x_T, step_noise=z, prediction_type="v", **opts
+    )
+    y = ex.OrtSampler(model, sched, sampler="ddim", mode=mode, provider="cpu", **opts).sample(
+        x_T, z
+    )
     assert rel_err(y, ref) < F32_TOL
 
 
@@ -116,7 +122,9 @@ def test_pytorch_style_denoiser_works_unchanged(tmp_path, time_shape):
         opts = SAMPLER_OPTS[sampler]
         ref = REF[sampler](MLP, sched, x_T=x_T, step_noise=z, **opts)
         for mode in ex.MODES:  # fused and graph embed it (converted from opset 17 to 21)
-            y = ex.OrtSampler(path, sched, sampler=sampler, mode=mode, provider="cpu", **kw, **opts).sample(x_T, z)
+            y = ex.OrtSampler(
+                path, sched, sampler=sampler, mode=mode, provider="cpu", **kw, **opts
+            ).sample(x_T, z)
             assert rel_err(y, ref) < F32_TOL, (sampler, mode)
     with pytest.raises(InputError, match="timestep_convention"):
         ex.OrtSampler(path, sched, prediction_type="epsilon", provider="cpu")
@@ -135,7 +143,9 @@ def test_trajectory_output_and_callback_agree_with_reference():
     assert tr.shape == (BASE.T, 4, 2) and np.array_equal(tr[-1], x0)
     assert rel_err(tr, traj[1:]) < F32_TOL
     seen = []
-    ex.OrtSampler(model, provider="cpu").sample(x_T, z, callback=lambda k, t, x: seen.append((k, t, x)))
+    ex.OrtSampler(model, provider="cpu").sample(
+        x_T, z, callback=lambda k, t, x: seen.append((k, t, x))
+    )
     assert [(k, t) for k, t, _ in seen] == [(k, BASE.T - k - 1) for k in range(BASE.T)]
     assert rel_err(np.stack([x for _, _, x in seen]), traj[1:]) < F32_TOL
 
@@ -151,3 +161,51 @@ def test_exported_sampler_file_runs_as_is(tmp_path):
     assert rel_err(s.sample(x_T, z), ref) < F32_TOL
     with pytest.raises(InputError):
         ex.OrtSampler(path, BASE, provider="cpu")  # a complete sampler takes no schedule
+
+
+def _image_model():
+    """A rank-4 `sample` (B, 3, H, W) with open H, W and a float32 scalar `timestep`:
+    out = 0.5·tanh(sample) + 0.001·timestep (an analytic stand-in for a UNet)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Tanh", ["sample"], ["th"]),
+        helper.make_node("Mul", ["th", "half"], ["a"]),
+        helper.make_node("Mul", ["timestep", "milli"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["noise_pred"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(0.001, np.float32), "milli"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "unet_like",
+        [
+            helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch", 3, "h", "w"]),
+            helper.make_tensor_value_info("timestep", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("noise_pred", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 9
+    return m
+
+
+@pytest.mark.parametrize("mode", ex.MODES)
+def test_image_shaped_state_float_timestep_open_dims(mode):
+    def den(x, t):  # the same function in float64, 0-based float time
+        return 0.5 * np.tanh(x) + 0.001 * (np.asarray(t, np.float64)[:, None, None, None] - 1)
+
+    sched = respace(BASE, [5, 20, 35, 50])
+    x_T, z = _noise(sched.T, (2, 3, 4, 5), seed=6)
+    ref = ddpm_sample(den, sched, x_T=x_T, step_noise=z, variance_type="fixed_large")
+    kw = dict(prediction_type="epsilon", timestep_convention="index", variance_type="fixed_large")
+    s = ex.OrtSampler(
+        _image_model(), sched, mode=mode, provider="cpu", state_shape=(2, 3, 4, 5), **kw
+    )
+    assert s.denoiser.signature.time_shape == "scalar"
+    assert rel_err(s.sample(x_T, z), ref) < F32_TOL
+    with pytest.raises(InputError, match="open dims"):
+        ex.OrtSampler(_image_model(), sched, mode=mode, provider="cpu", **kw).sample(shape=2)

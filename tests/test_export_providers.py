@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
+import refdiff.export as ex
 from test_export_helpers import F16_TOL, F32_TOL, mixture2, rel_err, small_mlp, torch_style_model
 
-import refdiff.export as ex
 from refdiff import exact
 from refdiff.errors import InputError
 from refdiff.sampling import ddim_sample, ddpm_sample, draw_noise
@@ -26,7 +26,9 @@ CUDA_OK, WHY = ex.cuda_status()
 
 def cuda_test(f):
     """Marked ``cuda`` and skipped unless onnxruntime really runs CUDA here."""
-    return pytest.mark.cuda(pytest.mark.skipif(not CUDA_OK, reason=f"CUDA does not run here: {WHY}")(f))
+    return pytest.mark.cuda(
+        pytest.mark.skipif(not CUDA_OK, reason=f"CUDA does not run here: {WHY}")(f)
+    )
 
 
 no_cuda = pytest.mark.skipif(CUDA_OK, reason="CUDA runs here: the fallback cannot be observed")
@@ -87,7 +89,9 @@ def test_cuda_raises_when_cuda_is_not_what_runs():
 def test_cuda_parity_with_io_binding(sampler, mode):
     opts = {"eta": 0.7} if sampler == "ddim" else {}
     x_T, z = draw_noise(np.random.default_rng(1), BASE.T, (64, 2))
-    ref = (ddim_sample if sampler == "ddim" else ddpm_sample)(MLP, BASE, x_T=x_T, step_noise=z, **opts)
+    ref = (ddim_sample if sampler == "ddim" else ddpm_sample)(
+        MLP, BASE, x_T=x_T, step_noise=z, **opts
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto must not warn where CUDA runs
         s = ex.OrtSampler(_model(), sampler=sampler, mode=mode, provider="auto", **opts)
@@ -115,13 +119,22 @@ def test_cuda_user_model_float16_and_in_graph_noise():
     ref = ddpm_sample(MLP, BASE, x_T=x_T, step_noise=z)
     kw = dict(prediction_type="epsilon", timestep_convention="index")
     for mode in ex.MODES:
-        y = ex.OrtSampler(torch_style_model(MLP), BASE, mode=mode, provider="cuda", **kw).sample(x_T, z)
+        y = ex.OrtSampler(torch_style_model(MLP), BASE, mode=mode, provider="cuda", **kw).sample(
+            x_T, z
+        )
         assert rel_err(y, ref) < F32_TOL
         y16 = ex.OrtSampler(_model(dtype="float16"), mode=mode, provider="cuda").sample(x_T, z)
         assert rel_err(y16, ref) < F16_TOL
     g = exact.Gaussian(np.zeros(2), np.eye(2)).to_mixture()
-    s = ex.OrtSampler(ex.mixture_denoiser_model(g, BASE), mode="graph", noise="graph", provider="cuda")
+    s = ex.OrtSampler(
+        ex.mixture_denoiser_model(g, BASE), mode="graph", noise="graph", provider="cuda"
+    )
     y = s.sample(shape=4096)
     law = exact.ddpm_law(exact.Gaussian(np.zeros(2), np.eye(2)), BASE)
-    assert np.all(np.abs(y.mean(0) - law.mean) < 0.1) and np.all(np.abs(np.cov(y.T) - law.cov) < 0.1)
-    assert ex.OrtSampler(ex.mixture_denoiser_model(mixture2(), BASE), provider="cuda").provider == "cuda"
+    assert np.all(np.abs(y.mean(0) - law.mean) < 0.1) and np.all(
+        np.abs(np.cov(y.T) - law.cov) < 0.1
+    )
+    assert (
+        ex.OrtSampler(ex.mixture_denoiser_model(mixture2(), BASE), provider="cuda").provider
+        == "cuda"
+    )

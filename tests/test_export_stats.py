@@ -20,9 +20,9 @@ successive runs and different seeds → different draws.
 from __future__ import annotations
 
 import numpy as np
+import refdiff.export as ex
 from test_export_helpers import mixture2
 
-import refdiff.export as ex
 from refdiff import exact, stats
 from refdiff.sampling import ddim_sample
 from refdiff.schedule import linear_iddpm, respace
@@ -38,7 +38,9 @@ def test_whole_graph_in_graph_noise_gives_the_exact_ddpm_law():
     s = ex.OrtSampler(model, base, mode="graph", noise="graph", seed=2024, provider="cpu")
     x = s.sample(shape=N_SAMPLES).astype(np.float64)
     law = exact.ddpm_law(g, base)
-    r = stats.assert_gaussian(x, law.mean, law.cov, false_fail_rate=ALPHA, name="export.graph_noise.ddpm_law")
+    r = stats.assert_gaussian(
+        x, law.mean, law.cov, false_fail_rate=ALPHA, name="export.graph_noise.ddpm_law"
+    )
     assert r.passed and r.discrepancy < 0.06  # detects a Mahalanobis mean shift of 0.054
     # power: the same samples are told apart from the law of β_t instead of β̃_t (variance +20%)
     wrong = exact.ddpm_law(g, base, variance_type="fixed_large")
@@ -50,9 +52,13 @@ def test_fused_loop_in_graph_noise_matches_the_reference_sampler_law():
     base = linear_iddpm(100)
     sched = respace(base, np.arange(5, 101, 5))  # 20 steps
     model = ex.mixture_denoiser_model(mix, base, prediction_type="epsilon")
-    s = ex.OrtSampler(model, sched, sampler="ddim", mode="fused", noise="graph", seed=7, provider="cpu", eta=1.0)
+    s = ex.OrtSampler(
+        model, sched, sampler="ddim", mode="fused", noise="graph", seed=7, provider="cpu", eta=1.0
+    )
     x = s.sample(shape=N_SAMPLES, seed=8).astype(np.float64)
-    ref = ddim_sample(exact.denoiser(mix, base), sched, (N_SAMPLES, 2), rng=np.random.default_rng(9), eta=1.0)
+    ref = ddim_sample(
+        exact.denoiser(mix, base), sched, (N_SAMPLES, 2), rng=np.random.default_rng(9), eta=1.0
+    )
     dirs = stats.default_directions(2)
     checks = [
         stats.check_two_sample(x @ u, ref @ u, false_fail_rate=ALPHA / len(dirs), name=f"proj{i}")
@@ -77,7 +83,9 @@ def test_in_graph_generator_is_seeded_per_session_and_advances_per_run():
     assert not np.array_equal(a, new(2).sample(shape=64))
     # every Loop iteration draws fresh noise: recover z_k = (x_{k+1} − A x_k − B f(x_k)) / S_k
     tb = ex.step_tables(base)
-    traj_model = ex.sampler_model(ex.open_denoiser(model), tb, noise="graph", seed=1, trajectory=True)
+    traj_model = ex.sampler_model(
+        ex.open_denoiser(model), tb, noise="graph", seed=1, trajectory=True
+    )
     _, traj = ex.make_session(traj_model, "cpu").run(None, {"batch_size": np.array(256)})
     f = exact.denoiser(g, base)
     zs = []

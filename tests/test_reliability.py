@@ -19,11 +19,11 @@ import contextlib
 import importlib
 import io
 import json
-import shutil
-import tempfile
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -254,8 +254,13 @@ def _open(path):
 
 
 # -- schedules ------------------------------------------------------------------------------
-@row("sched-beta-above-1", "API", "`schedule.from_betas`", "β_2 = 1.5",
-     Raises(E.ScheduleError, "betas", "1.5"))
+@row(
+    "sched-beta-above-1",
+    "API",
+    "`schedule.from_betas`",
+    "β_2 = 1.5",
+    Raises(E.ScheduleError, "betas", "1.5"),
+)
 def _(tmp):
     S.from_betas([0.1, 1.5])
 
@@ -265,14 +270,24 @@ def _(tmp):
     S.from_betas([0.0, 0.5])
 
 
-@row("sched-beta-one-early", "API", "`schedule.from_betas`", "β_1 = 1 before the last step",
-     Raises(E.ScheduleError, "betas"))
+@row(
+    "sched-beta-one-early",
+    "API",
+    "`schedule.from_betas`",
+    "β_1 = 1 before the last step",
+    Raises(E.ScheduleError, "betas"),
+)
 def _(tmp):
     S.from_betas([1.0, 0.5])
 
 
-@row("sched-beta-rounds-away", "API", "`schedule.from_betas`",
-     "β_1 = 1e-17: 1 − β rounds to 1, ᾱ_1 = ᾱ_0 in float64", Raises(E.ScheduleError, "betas"))
+@row(
+    "sched-beta-rounds-away",
+    "API",
+    "`schedule.from_betas`",
+    "β_1 = 1e-17: 1 − β rounds to 1, ᾱ_1 = ᾱ_0 in float64",
+    Raises(E.ScheduleError, "betas"),
+)
 def _(tmp):
     S.from_betas([1e-17, 0.1])
 
@@ -282,32 +297,57 @@ def _(tmp):
     S.from_betas([np.nan, 0.5])
 
 
-@row("sched-beta-complex", "API", "`schedule.from_betas`", "complex β",
-     Raises(E.DTypeError, "betas", "complex128"))
+@row(
+    "sched-beta-complex",
+    "API",
+    "`schedule.from_betas`",
+    "complex β",
+    Raises(E.DTypeError, "betas", "complex128"),
+)
 def _(tmp):
     S.from_betas(np.array([0.1 + 1j]))
 
 
-@row("sched-alpha-bar-increasing", "API", "`schedule.from_alpha_bar`", "ᾱ = (0.9, 0.95): not decreasing",
-     Raises(E.ScheduleError, "alpha_bar", "0.95"))
+@row(
+    "sched-alpha-bar-increasing",
+    "API",
+    "`schedule.from_alpha_bar`",
+    "ᾱ = (0.9, 0.95): not decreasing",
+    Raises(E.ScheduleError, "alpha_bar", "0.95"),
+)
 def _(tmp):
     S.from_alpha_bar([0.9, 0.95])
 
 
-@row("sched-alpha-bar-negative", "API", "`schedule.from_alpha_bar`", "ᾱ_T = −0.1",
-     Raises(E.ScheduleError, "alpha_bar"))
+@row(
+    "sched-alpha-bar-negative",
+    "API",
+    "`schedule.from_alpha_bar`",
+    "ᾱ_T = −0.1",
+    Raises(E.ScheduleError, "alpha_bar"),
+)
 def _(tmp):
     S.from_alpha_bar([0.5, -0.1])
 
 
-@row("sched-direct-invalid", "API", "`Schedule(...)`", "hand-built arrays with β_1 = 2, ᾱ_1 = −1",
-     Raises(E.ScheduleError, "alpha_bar"))
+@row(
+    "sched-direct-invalid",
+    "API",
+    "`Schedule(...)`",
+    "hand-built arrays with β_1 = 2, ᾱ_1 = −1",
+    Raises(E.ScheduleError, "alpha_bar"),
+)
 def _(tmp):
     S.Schedule(np.array([0.0, 2.0]), np.array([1.0, -1.0]), np.array([0, 1]), 0.5)
 
 
-@row("sched-T-absurd", "API", "`make_schedule`", "T = 10¹²",
-     Raises(E.InputError, "T", "1000000000000", fast=True))
+@row(
+    "sched-T-absurd",
+    "API",
+    "`make_schedule`",
+    "T = 10¹²",
+    Raises(E.InputError, "T", "1000000000000", fast=True),
+)
 def _(tmp):
     S.make_schedule("linear", 10**12)
 
@@ -317,59 +357,103 @@ def _(tmp):
     S.linear(10.0)
 
 
-@row("sched-unknown-name", "API", "`make_schedule`", "name `'cosin'`",
-     Raises(E.OptionError, "name", "'cosin'"))
+@row(
+    "sched-unknown-name",
+    "API",
+    "`make_schedule`",
+    "name `'cosin'`",
+    Raises(E.OptionError, "name", "'cosin'"),
+)
 def _(tmp):
     S.make_schedule("cosin", 10)
 
 
-@row("sched-unknown-keyword", "API", "`make_schedule`", "keyword `beta_stop=` the constructor lacks",
-     Raises(E.InputError, "kwargs", "beta_stop"))
+@row(
+    "sched-unknown-keyword",
+    "API",
+    "`make_schedule`",
+    "keyword `beta_stop=` the constructor lacks",
+    Raises(E.InputError, "kwargs", "beta_stop"),
+)
 def _(tmp):
     S.make_schedule("linear", 10, beta_stop=0.02)
 
 
-@row("sched-iddpm-small-T", "API", "`schedule.linear_iddpm`", "T = 10 (β_T = 2)",
-     Raises(E.ScheduleError, "T"))
+@row(
+    "sched-iddpm-small-T",
+    "API",
+    "`schedule.linear_iddpm`",
+    "T = 10 (β_T = 2)",
+    Raises(E.ScheduleError, "T"),
+)
 def _(tmp):
     S.linear_iddpm(10)
 
 
-@row("sched-respace-repeat", "API", "`schedule.respace`", "times (1, 1, 2)",
-     Raises(E.ScheduleError, "times"))
+@row(
+    "sched-respace-repeat",
+    "API",
+    "`schedule.respace`",
+    "times (1, 1, 2)",
+    Raises(E.ScheduleError, "times"),
+)
 def _(tmp):
     S.respace(_s10(), [1, 1, 2])
 
 
 # -- respacing ------------------------------------------------------------------------------
-@row("spacing-more-steps-than-T", "API", "`respacing.spaced_times`", "N = 11 steps of T = 10",
-     Raises(E.InputError, "num_steps", "11"))
+@row(
+    "spacing-more-steps-than-T",
+    "API",
+    "`respacing.spaced_times`",
+    "N = 11 steps of T = 10",
+    Raises(E.InputError, "num_steps", "11"),
+)
 def _(tmp):
     RS.spaced_times(10, 11)
 
 
-@row("spacing-offset-out-of-range", "API", "`respacing.spaced_times`",
-     "`leading`, N = T = 1000, steps_offset = 1 (diffusers#10003)",
-     Raises(E.InputError, "steps_offset", "1000"))
+@row(
+    "spacing-offset-out-of-range",
+    "API",
+    "`respacing.spaced_times`",
+    "`leading`, N = T = 1000, steps_offset = 1 (diffusers#10003)",
+    Raises(E.InputError, "steps_offset", "1000"),
+)
 def _(tmp):
     RS.spaced_times(1000, 1000, "leading", 1)
 
 
-@row("spacing-unknown", "API", "`respacing.spaced_times`", "spacing `'middle'`",
-     Raises(E.OptionError, "spacing", "'middle'"))
+@row(
+    "spacing-unknown",
+    "API",
+    "`respacing.spaced_times`",
+    "spacing `'middle'`",
+    Raises(E.OptionError, "spacing", "'middle'"),
+)
 def _(tmp):
     RS.spaced_times(10, 5, "middle")
 
 
-@row("spacing-sections-float", "API", "`respacing.space_timesteps`", "sections `[1.5]`",
-     Raises(E.InputError, "sections", "1.5"))
+@row(
+    "spacing-sections-float",
+    "API",
+    "`respacing.space_timesteps`",
+    "sections `[1.5]`",
+    Raises(E.InputError, "sections", "1.5"),
+)
 def _(tmp):
     RS.space_timesteps(10, [1.5])
 
 
 # -- timesteps ------------------------------------------------------------------------------
-@row("t-zero", "API", "`forward.q_step_sample`", "t = 0 (data, no step)",
-     Raises(E.TimestepError, "t", "0"))
+@row(
+    "t-zero",
+    "API",
+    "`forward.q_step_sample`",
+    "t = 0 (data, no step)",
+    Raises(E.TimestepError, "t", "0"),
+)
 def _(tmp):
     F.q_step_sample(_s10(), _x(), 0, rng=_rng())
 
@@ -384,68 +468,124 @@ def _(tmp):
     F.q_sample(_s10(), _x(), 1.5, rng=_rng())
 
 
-@row("t-uint64-wraps", "API", "`forward.q_sample`", "t = uint64(2⁶³ + 5) (wraps negative in int64)",
-     Raises(E.TimestepError, "t", str(2**63 + 5)))
+@row(
+    "t-uint64-wraps",
+    "API",
+    "`forward.q_sample`",
+    "t = uint64(2⁶³ + 5) (wraps negative in int64)",
+    Raises(E.TimestepError, "t", str(2**63 + 5)),
+)
 def _(tmp):
     F.q_sample(_s10(), _x(), np.uint64(2**63 + 5), rng=_rng())
 
 
-@row("t-batch-mismatch", "API", "`forward.q_sample`", "3 timesteps for a batch of 2",
-     Raises(E.ShapeError, "t"))
+@row(
+    "t-batch-mismatch",
+    "API",
+    "`forward.q_sample`",
+    "3 timesteps for a batch of 2",
+    Raises(E.ShapeError, "t"),
+)
 def _(tmp):
     F.q_sample(_s10(), _x(), [1, 2, 3], rng=_rng())
 
 
 # -- shapes and dtypes ----------------------------------------------------------------------
-@row("shape-scalar-state", "API", "`forward.q_sample`", "a scalar x_0 (no batch axis)",
-     Raises(E.ShapeError, "x0"))
+@row(
+    "shape-scalar-state",
+    "API",
+    "`forward.q_sample`",
+    "a scalar x_0 (no batch axis)",
+    Raises(E.ShapeError, "x0"),
+)
 def _(tmp):
     F.q_sample(_s10(), 1.0, 1, rng=_rng())
 
 
-@row("shape-noise-mismatch", "API", "`forward.q_sample`", "noise (2, 4) for a (2, 3) state",
-     Raises(E.ShapeError, "noise", "(2, 4)"))
+@row(
+    "shape-noise-mismatch",
+    "API",
+    "`forward.q_sample`",
+    "noise (2, 4) for a (2, 3) state",
+    Raises(E.ShapeError, "noise", "(2, 4)"),
+)
 def _(tmp):
     F.q_sample(_s10(), _x(), 1, noise=np.zeros((2, 4)))
 
 
-@row("shape-model-output", "API", "`reverse.ddim_step`", "model output (1, 3) for a (2, 3) state",
-     Raises(E.ShapeError, "model_output", "(1, 3)"))
+@row(
+    "shape-model-output",
+    "API",
+    "`reverse.ddim_step`",
+    "model output (1, 3) for a (2, 3) state",
+    Raises(E.ShapeError, "model_output", "(1, 3)"),
+)
 def _(tmp):
     R.ddim_step(_s10(), _x(), 5, np.zeros((1, 3)))
 
 
-@row("shape-step-noise", "API", "`sampling.ddpm_sample`", "step_noise of N − 1 slices",
-     Raises(E.ShapeError, "step_noise"))
+@row(
+    "shape-step-noise",
+    "API",
+    "`sampling.ddpm_sample`",
+    "step_noise of N − 1 slices",
+    Raises(E.ShapeError, "step_noise"),
+)
 def _(tmp):
     SA.ddpm_sample(_identity, _s10(), x_T=_x(), step_noise=np.zeros((9, 2, 3)))
 
 
-@row("shape-vlb-noise", "API", "`losses.vlb_bpd`", "noise (3, …) for T = 10",
-     Raises(E.ShapeError, "noise"))
+@row(
+    "shape-vlb-noise",
+    "API",
+    "`losses.vlb_bpd`",
+    "noise (3, …) for T = 10",
+    Raises(E.ShapeError, "noise"),
+)
 def _(tmp):
     L.vlb_bpd(_s10(), _x(), _identity, noise=np.zeros((3, 2, 3)))
 
 
-@row("dtype-bool-state", "API", "`forward.q_sample`", "a bool state", Raises(E.DTypeError, "x0", "bool"))
+@row(
+    "dtype-bool-state",
+    "API",
+    "`forward.q_sample`",
+    "a bool state",
+    Raises(E.DTypeError, "x0", "bool"),
+)
 def _(tmp):
     F.q_sample(_s10(), np.ones((2, 3), bool), 1, rng=_rng())
 
 
-@row("dtype-ragged-state", "API", "`forward.q_mean_var`", "a ragged nested list",
-     Raises(E.DTypeError, "x0"))
+@row(
+    "dtype-ragged-state",
+    "API",
+    "`forward.q_mean_var`",
+    "a ragged nested list",
+    Raises(E.DTypeError, "x0"),
+)
 def _(tmp):
     F.q_mean_var(_s10(), [[1.0, 2.0], [3.0]], 1)
 
 
-@row("dtype-denoiser-none", "API", "`sampling.ddim_sample`", "a denoiser that returns None",
-     Raises(E.DTypeError, "denoiser output"))
+@row(
+    "dtype-denoiser-none",
+    "API",
+    "`sampling.ddim_sample`",
+    "a denoiser that returns None",
+    Raises(E.DTypeError, "denoiser output"),
+)
 def _(tmp):
     SA.ddim_sample(lambda x, t: None, _s10(), (2, 3), rng=_rng())
 
 
-@row("dtype-save-object", "file", "`_io.save_npz`", "an object array to save (would need pickle)",
-     Raises(E.DTypeError, "a"))
+@row(
+    "dtype-save-object",
+    "file",
+    "`_io.save_npz`",
+    "an object array to save (would need pickle)",
+    Raises(E.DTypeError, "a"),
+)
 def _(tmp):
     save_npz(tmp / "o.npz", a=np.array([None, 1], dtype=object))
 
@@ -456,36 +596,68 @@ def _(tmp):
     R.ddpm_parts(_s10(), np.full((2, 3), np.nan), 3, _x())
 
 
-@row("inf-noise", "API", "`posterior.posterior_sample`", "+Inf in the injected noise",
-     Raises(E.NonFiniteError, "noise"))
+@row(
+    "inf-noise",
+    "API",
+    "`posterior.posterior_sample`",
+    "+Inf in the injected noise",
+    Raises(E.NonFiniteError, "noise"),
+)
 def _(tmp):
     from refdiff.posterior import posterior_sample
 
     posterior_sample(_s10(), _x(), _x(), 3, noise=np.full((2, 3), np.inf))
 
 
-@row("nan-denoiser", "API", "`sampling.ddpm_sample`", "a denoiser that returns NaN",
-     Raises(E.NonFiniteError, "denoiser output"))
+@row(
+    "nan-denoiser",
+    "API",
+    "`sampling.ddpm_sample`",
+    "a denoiser that returns NaN",
+    Raises(E.NonFiniteError, "denoiser output"),
+)
 def _(tmp):
     SA.ddpm_sample(lambda x, t: x * np.nan, _s10(), (2, 3), rng=_rng())
 
 
-@row("overflow-learned-variance", "API", "`reverse.ddpm_step`",
-     "learned log-variance 1000 (e¹⁰⁰⁰ overflows)", Raises(E.NonFiniteError, "model_variance"))
+@row(
+    "overflow-learned-variance",
+    "API",
+    "`reverse.ddpm_step`",
+    "learned log-variance 1000 (e¹⁰⁰⁰ overflows)",
+    Raises(E.NonFiniteError, "model_variance"),
+)
 def _(tmp):
-    R.ddpm_step(_s10(), _x(), 3, _x(), rng=_rng(), variance_type="learned",
-                model_variance=np.full((2, 3), 1000.0))
+    R.ddpm_step(
+        _s10(),
+        _x(),
+        3,
+        _x(),
+        rng=_rng(),
+        variance_type="learned",
+        model_variance=np.full((2, 3), 1000.0),
+    )
 
 
 # -- options --------------------------------------------------------------------------------
-@row("option-prediction-type", "API", "`reverse.ddpm_step`", "prediction_type `'eps'`",
-     Raises(E.OptionError, "prediction_type", "'eps'"))
+@row(
+    "option-prediction-type",
+    "API",
+    "`reverse.ddpm_step`",
+    "prediction_type `'eps'`",
+    Raises(E.OptionError, "prediction_type", "'eps'"),
+)
 def _(tmp):
     R.ddpm_step(_s10(), _x(), 3, _x(), rng=_rng(), prediction_type="eps")
 
 
-@row("option-variance-type", "API", "`sampling.ddpm_sample`", "variance_type `'large'`",
-     Raises(E.OptionError, "variance_type", "'large'"))
+@row(
+    "option-variance-type",
+    "API",
+    "`sampling.ddpm_sample`",
+    "variance_type `'large'`",
+    Raises(E.OptionError, "variance_type", "'large'"),
+)
 def _(tmp):
     SA.ddpm_sample(_identity, _s10(), (2, 3), rng=_rng(), variance_type="large")
 
@@ -495,84 +667,146 @@ def _(tmp):
     R.ddim_step(_s10(), _x(), 3, _x(), eta=2.0)
 
 
-@row("option-clip-nan", "API", "`reverse.ddim_step`", "clip = NaN", Raises(E.InputError, "clip", "nan"))
+@row(
+    "option-clip-nan",
+    "API",
+    "`reverse.ddim_step`",
+    "clip = NaN",
+    Raises(E.InputError, "clip", "nan"),
+)
 def _(tmp):
     R.ddim_step(_s10(), _x(), 3, _x(), clip=float("nan"))
 
 
-@row("option-final-alpha-bar", "API", "`reverse.ddim_step`", "final_alpha_bar `'zero'`",
-     Raises(E.OptionError, "final_alpha_bar", "'zero'"))
+@row(
+    "option-final-alpha-bar",
+    "API",
+    "`reverse.ddim_step`",
+    "final_alpha_bar `'zero'`",
+    Raises(E.OptionError, "final_alpha_bar", "'zero'"),
+)
 def _(tmp):
     R.ddim_step(_s10(), _x(), 1, _x(), final_alpha_bar="zero")
 
 
-@row("option-learned-without-variance", "API", "`reverse.ddpm_parts`",
-     "variance_type `'learned'` without model_variance", Raises(E.InputError, "model_variance"))
+@row(
+    "option-learned-without-variance",
+    "API",
+    "`reverse.ddpm_parts`",
+    "variance_type `'learned'` without model_variance",
+    Raises(E.InputError, "model_variance"),
+)
 def _(tmp):
     R.ddpm_parts(_s10(), _x(), 3, _x(), variance_type="learned")
 
 
-@row("undefined-eps-zero-snr", "API", "`sampling.ddim_sample`",
-     "ε-prediction on a zero-terminal-SNR schedule (x̂_0 = ∞ at t = T)",
-     Raises(E.UndefinedError, "prediction_type"))
+@row(
+    "undefined-eps-zero-snr",
+    "API",
+    "`sampling.ddim_sample`",
+    "ε-prediction on a zero-terminal-SNR schedule (x̂_0 = ∞ at t = T)",
+    Raises(E.UndefinedError, "prediction_type"),
+)
 def _(tmp):
     z = S.rescale_zero_terminal_snr(_s10())
     SA.ddim_sample(_identity, z, (2, 3), rng=_rng())
 
 
-@row("random-no-source", "API", "`forward.q_sample`", "neither noise= nor rng=",
-     Raises(E.RandomnessError, "rng"))
+@row(
+    "random-no-source",
+    "API",
+    "`forward.q_sample`",
+    "neither noise= nor rng=",
+    Raises(E.RandomnessError, "rng"),
+)
 def _(tmp):
     F.q_sample(_s10(), _x(), 1)
 
 
-@row("random-legacy-state", "API", "`sampling.ddpm_sample`", "rng = `np.random.RandomState(0)`",
-     Raises(E.RandomnessError, "rng"))
+@row(
+    "random-legacy-state",
+    "API",
+    "`sampling.ddpm_sample`",
+    "rng = `np.random.RandomState(0)`",
+    Raises(E.RandomnessError, "rng"),
+)
 def _(tmp):
     SA.ddpm_sample(_identity, _s10(), (2, 3), rng=np.random.RandomState(0))
 
 
 # -- absurd sizes ---------------------------------------------------------------------------
-@row("size-sample-shape", "API", "`sampling.ddpm_sample`", "shape = (10⁹, 10⁶) (7 PiB)",
-     Raises(E.ShapeError, "shape", "1e+15", fast=True))
+@row(
+    "size-sample-shape",
+    "API",
+    "`sampling.ddpm_sample`",
+    "shape = (10⁹, 10⁶) (7 PiB)",
+    Raises(E.ShapeError, "shape", "1e+15", fast=True),
+)
 def _(tmp):
     SA.ddpm_sample(_identity, _s10(), (10**9, 10**6), rng=_rng())
 
 
-@row("size-draw-noise", "API", "`sampling.draw_noise`", "10⁶ steps of a (10⁴, 10³) state",
-     Raises(E.ShapeError, "shape", fast=True))
+@row(
+    "size-draw-noise",
+    "API",
+    "`sampling.draw_noise`",
+    "10⁶ steps of a (10⁴, 10³) state",
+    Raises(E.ShapeError, "shape", fast=True),
+)
 def _(tmp):
     SA.draw_noise(_rng(), 10**6, (10**4, 10**3))
 
 
-@row("size-mlp", "API", "`mlp.init_mlp`", "hidden = 10⁶, depth = 4 (3·10¹² weights)",
-     Raises(E.ShapeError, "hidden", fast=True))
+@row(
+    "size-mlp",
+    "API",
+    "`mlp.init_mlp`",
+    "hidden = 10⁶, depth = 4 (3·10¹² weights)",
+    Raises(E.ShapeError, "hidden", fast=True),
+)
 def _(tmp):
     M.init_mlp(_rng(), hidden=10**6, depth=4)
 
 
-@row("size-shape-not-ints", "API", "`sampling.ddim_sample`", "shape = (2.5, 3)",
-     Raises(E.ShapeError, "shape"))
+@row(
+    "size-shape-not-ints",
+    "API",
+    "`sampling.ddim_sample`",
+    "shape = (2.5, 3)",
+    Raises(E.ShapeError, "shape"),
+)
 def _(tmp):
     SA.ddim_sample(_identity, _s10(), (2.5, 3), rng=_rng())
 
 
 # -- files: .npz ----------------------------------------------------------------------------
-@row("npz-missing", "file", "`_io.load_npz`", "a path that does not exist", Raises(E.FileFormatError))
+@row(
+    "npz-missing", "file", "`_io.load_npz`", "a path that does not exist", Raises(E.FileFormatError)
+)
 def _(tmp):
     load_npz(tmp / "nope.npz")
 
 
-@row("npz-truncated", "file", "`_io.load_npz`", "an .npz cut to half its bytes",
-     Raises(E.FileFormatError))
+@row(
+    "npz-truncated",
+    "file",
+    "`_io.load_npz`",
+    "an .npz cut to half its bytes",
+    Raises(E.FileFormatError),
+)
 def _(tmp):
     p = valid_npz(tmp)
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     load_npz(p)
 
 
-@row("npz-flipped-bytes", "file", "`_io.load_npz`", "an .npz with 16 bytes of its data overwritten",
-     Raises(E.FileFormatError))
+@row(
+    "npz-flipped-bytes",
+    "file",
+    "`_io.load_npz`",
+    "an .npz with 16 bytes of its data overwritten",
+    Raises(E.FileFormatError),
+)
 def _(tmp):
     p = valid_npz(tmp)
     data = bytearray(p.read_bytes())
@@ -581,8 +815,13 @@ def _(tmp):
     load_npz(p)
 
 
-@row("npz-pickled", "file", "`_io.load_npz`", "an .npz holding a pickled object array",
-     Raises(E.FileFormatError, shows="refused"))
+@row(
+    "npz-pickled",
+    "file",
+    "`_io.load_npz`",
+    "an .npz holding a pickled object array",
+    Raises(E.FileFormatError, shows="refused"),
+)
 def _(tmp):
     load_npz(pickled_npz(tmp))
 
@@ -594,14 +833,24 @@ def _(tmp):
     M.load_mlp(p)
 
 
-@row("mlp-wrong-keys", "file", "`mlp.load_mlp`", "a valid .npz that is not MLP weights",
-     Raises(E.FileFormatError, shows="missing"))
+@row(
+    "mlp-wrong-keys",
+    "file",
+    "`mlp.load_mlp`",
+    "a valid .npz that is not MLP weights",
+    Raises(E.FileFormatError, shows="missing"),
+)
 def _(tmp):
     M.load_mlp(valid_npz(tmp))
 
 
-@row("mlp-shapes-do-not-chain", "file", "`mlp.load_mlp`", "MLP weights whose layer shapes do not chain",
-     Raises(E.FileFormatError, shows="chain"))
+@row(
+    "mlp-shapes-do-not-chain",
+    "file",
+    "`mlp.load_mlp`",
+    "MLP weights whose layer shapes do not chain",
+    Raises(E.FileFormatError, shows="chain"),
+)
 def _(tmp):
     p = valid_mlp_file(tmp)
     z = load_npz(p)
@@ -611,14 +860,24 @@ def _(tmp):
 
 
 # -- files: ONNX ----------------------------------------------------------------------------
-@row("onnx-missing", "file", "`export.open_denoiser`", "a path that does not exist",
-     Raises(E.FileFormatError, shows="no such file"))
+@row(
+    "onnx-missing",
+    "file",
+    "`export.open_denoiser`",
+    "a path that does not exist",
+    Raises(E.FileFormatError, shows="no such file"),
+)
 def _(tmp):
     _open(tmp / "nope.onnx")
 
 
-@row("onnx-empty", "file", "`export.load_model`", "an empty .onnx file",
-     Raises("refdiff.export.model_io:CorruptModelError"))
+@row(
+    "onnx-empty",
+    "file",
+    "`export.load_model`",
+    "an empty .onnx file",
+    Raises("refdiff.export.model_io:CorruptModelError"),
+)
 def _(tmp):
     from refdiff.export import load_model
 
@@ -627,64 +886,108 @@ def _(tmp):
     load_model(p)
 
 
-@row("onnx-truncated", "file", "`export.open_denoiser`", "a model cut to half its bytes",
-     Raises("refdiff.export.model_io:CorruptModelError"))
+@row(
+    "onnx-truncated",
+    "file",
+    "`export.open_denoiser`",
+    "a model cut to half its bytes",
+    Raises("refdiff.export.model_io:CorruptModelError"),
+)
 def _(tmp):
     p = write_model(tmp, tiny_denoiser_model())
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     _open(p)
 
 
-@row("onnx-garbage", "file", "`export.open_denoiser`", "4 KiB of random bytes named .onnx",
-     Raises("refdiff.export.model_io:CorruptModelError"))
+@row(
+    "onnx-garbage",
+    "file",
+    "`export.open_denoiser`",
+    "4 KiB of random bytes named .onnx",
+    Raises("refdiff.export.model_io:CorruptModelError"),
+)
 def _(tmp):
     p = tmp / "g.onnx"
     p.write_bytes(np.random.default_rng(1).bytes(4096))
     _open(p)
 
 
-@row("onnx-ir-too-new", "file", "`export.open_denoiser`", "IR version 99",
-     Raises("refdiff.export.model_io:UnsupportedVersionError", shows="IR version 99"))
+@row(
+    "onnx-ir-too-new",
+    "file",
+    "`export.open_denoiser`",
+    "IR version 99",
+    Raises("refdiff.export.model_io:UnsupportedVersionError", shows="IR version 99"),
+)
 def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(ir_version=99)))
 
 
-@row("onnx-opset-too-new", "file", "`export.open_denoiser`", "default-domain opset 999",
-     Raises("refdiff.export.model_io:UnsupportedVersionError", shows="opset 999"))
+@row(
+    "onnx-opset-too-new",
+    "file",
+    "`export.open_denoiser`",
+    "default-domain opset 999",
+    Raises("refdiff.export.model_io:UnsupportedVersionError", shows="opset 999"),
+)
 def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(opset=999)))
 
 
-@row("onnx-external-escapes", "file", "`export.open_denoiser`",
-     "external data at `../secret.bin` (leaves the model's folder)",
-     Raises("refdiff.export.model_io:ExternalDataError", shows="leaves"))
+@row(
+    "onnx-external-escapes",
+    "file",
+    "`export.open_denoiser`",
+    "external data at `../secret.bin` (leaves the model's folder)",
+    Raises("refdiff.export.model_io:ExternalDataError", shows="leaves"),
+)
 def _(tmp):
     (tmp / "secret.bin").write_bytes(b"\0" * 16)
     (tmp / "models").mkdir()
     _open(write_model(tmp / "models", tiny_denoiser_model(external="../secret.bin")))
 
 
-@row("onnx-external-absolute", "file", "`export.open_denoiser`", "external data at an absolute path",
-     Raises("refdiff.export.model_io:ExternalDataError", shows="absolute"))
+@row(
+    "onnx-external-absolute",
+    "file",
+    "`export.open_denoiser`",
+    "external data at an absolute path",
+    Raises("refdiff.export.model_io:ExternalDataError", shows="absolute"),
+)
 def _(tmp):
     (tmp / "w.bin").write_bytes(b"\0" * 16)
     _open(write_model(tmp, tiny_denoiser_model(external=str(tmp / "w.bin"))))
 
 
-@row("onnx-external-missing", "file", "`export.open_denoiser`", "external data file that is not there",
-     Raises("refdiff.export.model_io:ExternalDataError", shows="missing"))
+@row(
+    "onnx-external-missing",
+    "file",
+    "`export.open_denoiser`",
+    "external data file that is not there",
+    Raises("refdiff.export.model_io:ExternalDataError", shows="missing"),
+)
 def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(external="w.bin")))
 
 
-@row("onnx-signature-three-inputs", "file", "`export.open_denoiser`", "a model with 3 inputs",
-     Raises("refdiff.export.model_io:SignatureError", shows="3"))
+@row(
+    "onnx-signature-three-inputs",
+    "file",
+    "`export.open_denoiser`",
+    "a model with 3 inputs",
+    Raises("refdiff.export.model_io:SignatureError", shows="3"),
+)
 def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(extra_input=True)))
 
 
-@row("onnx-signature-int-state", "file", "`export.open_denoiser`", "an int32 state input",
-     Raises("refdiff.export.model_io:SignatureError", shows="float"))
+@row(
+    "onnx-signature-int-state",
+    "file",
+    "`export.open_denoiser`",
+    "an int32 state input",
+    Raises("refdiff.export.model_io:SignatureError", shows="float"),
+)
 def _(tmp):
     from onnx import TensorProto
 
@@ -693,9 +996,13 @@ def _(tmp):
     _open(write_model(tmp, m))
 
 
-@row("onnx-signature-output-shape", "file", "`export.open_denoiser`",
-     "output (B, 4) for a (B, 2) state (a learned-variance 2C output)",
-     Raises("refdiff.export.model_io:SignatureError", shows="shape"))
+@row(
+    "onnx-signature-output-shape",
+    "file",
+    "`export.open_denoiser`",
+    "output (B, 4) for a (B, 2) state (a learned-variance 2C output)",
+    Raises("refdiff.export.model_io:SignatureError", shows="shape"),
+)
 def _(tmp):
     _open(write_model(tmp, tiny_denoiser_model(out_channels=4)))
 
@@ -726,16 +1033,26 @@ def _edit_manifest(d: Path, edit: Callable[[dict], None]) -> None:
     (d / "manifest.json").write_text(json.dumps(m))
 
 
-@row("vectors-no-manifest", "file", "`vectors.read`", "a folder without manifest.json",
-     Raises(E.FileFormatError, shows="no manifest"))
+@row(
+    "vectors-no-manifest",
+    "file",
+    "`vectors.read`",
+    "a folder without manifest.json",
+    Raises(E.FileFormatError, shows="no manifest"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
     V.read(tmp)
 
 
-@row("vectors-manifest-truncated", "file", "`vectors.read`", "manifest.json cut to half its bytes",
-     Raises(E.FileFormatError, shows="not valid JSON"))
+@row(
+    "vectors-manifest-truncated",
+    "file",
+    "`vectors.read`",
+    "manifest.json cut to half its bytes",
+    Raises(E.FileFormatError, shows="not valid JSON"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -745,9 +1062,13 @@ def _(tmp):
     V.read(d)
 
 
-@row("vectors-manifest-deep-nesting", "file", "`vectors.read`",
-     "manifest.json of 10⁵ nested `[` (a RecursionError in json)",
-     Raises(E.FileFormatError, shows="RecursionError"))
+@row(
+    "vectors-manifest-deep-nesting",
+    "file",
+    "`vectors.read`",
+    "manifest.json of 10⁵ nested `[` (a RecursionError in json)",
+    Raises(E.FileFormatError, shows="RecursionError"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -755,8 +1076,13 @@ def _(tmp):
     V.read(tmp)
 
 
-@row("vectors-schema-too-new", "file", "`vectors.read`", "schema_version 99",
-     Raises(E.FileFormatError, shows="schema_version 99"))
+@row(
+    "vectors-schema-too-new",
+    "file",
+    "`vectors.read`",
+    "schema_version 99",
+    Raises(E.FileFormatError, shows="schema_version 99"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -765,8 +1091,13 @@ def _(tmp):
     V.read(d)
 
 
-@row("vectors-case-escapes", "file", "`vectors.read`", "a case file `../../x.npz` outside the folder",
-     Raises(E.FileFormatError, shows="outside"))
+@row(
+    "vectors-case-escapes",
+    "file",
+    "`vectors.read`",
+    "a case file `../../x.npz` outside the folder",
+    Raises(E.FileFormatError, shows="outside"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -776,8 +1107,13 @@ def _(tmp):
     V.read(d)
 
 
-@row("vectors-hash-mismatch", "file", "`vectors.read`", "a case array changed after writing",
-     Raises(E.FileFormatError, shows="sha256"))
+@row(
+    "vectors-hash-mismatch",
+    "file",
+    "`vectors.read`",
+    "a case array changed after writing",
+    Raises(E.FileFormatError, shows="sha256"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -789,8 +1125,13 @@ def _(tmp):
     V.read(d)
 
 
-@row("vectors-entry-wrong-type", "file", "`vectors.check`", "a case entry that is a string",
-     Raises(E.FileFormatError, shows="malformed"))
+@row(
+    "vectors-entry-wrong-type",
+    "file",
+    "`vectors.check`",
+    "a case entry that is a string",
+    Raises(E.FileFormatError, shows="malformed"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -799,8 +1140,13 @@ def _(tmp):
     V.check(d)
 
 
-@row("vectors-config-wrong-type", "file", "`vectors.check`", "a case whose config.schedule is a list",
-     Raises(E.FileFormatError, shows="malformed config"))
+@row(
+    "vectors-config-wrong-type",
+    "file",
+    "`vectors.check`",
+    "a case whose config.schedule is a list",
+    Raises(E.FileFormatError, shows="malformed config"),
+)
 def _(tmp):
     from refdiff import vectors as V
 
@@ -810,8 +1156,13 @@ def _(tmp):
 
 
 # -- CLI ------------------------------------------------------------------------------------
-@row("cli-unknown-command", "CLI", "`refdiff`", "`refdiff frobnicate` (run as a real process)",
-     Exits(2, "unknown command", subprocess=True))
+@row(
+    "cli-unknown-command",
+    "CLI",
+    "`refdiff`",
+    "`refdiff frobnicate` (run as a real process)",
+    Exits(2, "unknown command", subprocess=True),
+)
 def _(tmp):
     return ["frobnicate"]
 
@@ -821,48 +1172,88 @@ def _(tmp):
     return ["sample"]
 
 
-@row("cli-sample-missing-model", "CLI", "`refdiff sample`", "`--model` a file that does not exist",
-     Exits(2, "no such file"))
+@row(
+    "cli-sample-missing-model",
+    "CLI",
+    "`refdiff sample`",
+    "`--model` a file that does not exist",
+    Exits(2, "no such file"),
+)
 def _(tmp):
     return ["sample", "--model", tmp / "nope.onnx", "-o", tmp / "x.npy"]
 
 
-@row("cli-sample-corrupt-model", "CLI", "`refdiff sample`", "`--model` a text file",
-     Exits(2, "cannot be parsed as ONNX"))
+@row(
+    "cli-sample-corrupt-model",
+    "CLI",
+    "`refdiff sample`",
+    "`--model` a text file",
+    Exits(2, "cannot be parsed as ONNX"),
+)
 def _(tmp):
     (tmp / "m.onnx").write_text("not a model")
     return ["sample", "--model", tmp / "m.onnx", "-o", tmp / "x.npy"]
 
 
-@row("cli-sample-ir-too-new", "CLI", "`refdiff sample`", "`--model` of IR version 99",
-     Exits(2, "IR version 99"))
+@row(
+    "cli-sample-ir-too-new",
+    "CLI",
+    "`refdiff sample`",
+    "`--model` of IR version 99",
+    Exits(2, "IR version 99"),
+)
 def _(tmp):
-    return ["sample", "--model", write_model(tmp, tiny_denoiser_model(ir_version=99)),
-            "-o", tmp / "x.npy"]
+    return [
+        "sample",
+        "--model",
+        write_model(tmp, tiny_denoiser_model(ir_version=99)),
+        "-o",
+        tmp / "x.npy",
+    ]
 
 
-@row("cli-vectors-bad-manifest", "CLI", "`refdiff vectors check`", "a folder whose manifest is not JSON",
-     Exits(2, "not valid JSON"))
+@row(
+    "cli-vectors-bad-manifest",
+    "CLI",
+    "`refdiff vectors check`",
+    "a folder whose manifest is not JSON",
+    Exits(2, "not valid JSON"),
+)
 def _(tmp):
     (tmp / "manifest.json").write_text("{")
     return ["vectors", "check", tmp]
 
 
-@row("cli-vectors-write-foreign-dir", "CLI", "`refdiff vectors write`",
-     "a non-empty folder that is not a vectors folder", Exits(2, "not a refdiff vectors directory"))
+@row(
+    "cli-vectors-write-foreign-dir",
+    "CLI",
+    "`refdiff vectors write`",
+    "a non-empty folder that is not a vectors folder",
+    Exits(2, "not a refdiff vectors directory"),
+)
 def _(tmp):
     (tmp / "keep.txt").write_text("precious")
     return ["vectors", "write", tmp]
 
 
-@row("cli-verify-unknown-module", "CLI", "`refdiff verify`", "`nosuchmodule_xyz:obj`",
-     Exits(2, "nosuchmodule_xyz"))
+@row(
+    "cli-verify-unknown-module",
+    "CLI",
+    "`refdiff verify`",
+    "`nosuchmodule_xyz:obj`",
+    Exits(2, "nosuchmodule_xyz"),
+)
 def _(tmp):
     return ["verify", "nosuchmodule_xyz:obj"]
 
 
-@row("cli-demo-unknown-option", "CLI", "`refdiff demo`", "an unknown option `--stepz 5`",
-     Exits(2, "unrecognized arguments"))
+@row(
+    "cli-demo-unknown-option",
+    "CLI",
+    "`refdiff demo`",
+    "an unknown option `--stepz 5`",
+    Exits(2, "unrecognized arguments"),
+)
 def _(tmp):
     return ["demo", "--stepz", "5"]
 
@@ -905,7 +1296,8 @@ def test_doc_table_is_generated_from_rows():
     """Every row in docs/reliability.md has a test below, and every test a row in the doc."""
     documented = doc_table()
     assert documented == render_table(), (
-        "docs/reliability.md is out of date: run `.venv/bin/python tests/test_reliability.py --write`"
+        "docs/reliability.md is out of date: "
+        "run `.venv/bin/python tests/test_reliability.py --write`"
     )
 
 

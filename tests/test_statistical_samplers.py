@@ -15,12 +15,13 @@ data law (its discretisation bias, bounded in tests/test_calibration.py).
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from refdiff import exact as E
 from refdiff import sampling, stats
 from refdiff import schedule as S
+from refdiff.schedule import Schedule
 from tests._suite import (
     alpha,
     ddim_options,
@@ -33,37 +34,36 @@ from tests._suite import (
     seeds,
 )
 
-N = 20_000
-#: KS distance within which 1000-step DDPM with the exact denoiser reproduces the mixtures
-#: drawn below (component std >= 0.2); measured ≤ 0.005 at n = 1e5, checked in calibration.
-DDPM_MIXTURE_TOLERANCE = 0.01
-N_MIXTURE = 10_000
+N = 50_000
+#: KS distance (per projection) within which 1000-step DDPM with the exact denoiser
+#: reproduces the mixtures drawn below (component std ≥ 0.2, weights ≥ 0.1 before
+#: normalising, means in [−3, 3]): its discretisation bias.  Measured on 16 extreme members of
+#: the family at n = 2e5: KS ≤ 0.0064 (narrow, far apart, weights 0.09/0.91, linear,
+#: fixed_small); tests/test_calibration.py bounds it below this with confidence 1 − 1e-3.
+DDPM_MIXTURE_TOLERANCE = 0.02
+N_MIXTURE = 20_000
 
 
-@given(bs=sampler_schedules(), data=gaussians(), seed=seeds, draw=st.data())
-@settings(max_examples=examples(6))
-def test_ddpm_with_the_exact_denoiser_has_the_exact_law(bs, data, seed, draw):
-    base, sch = bs
-    options = draw.draw(ddpm_options(base), label="options")
-    den = E.denoiser(data, base, options["prediction_type"])
-    x = sampling.ddpm_sample(den, sch, (N, data.dim), rng=rng_for(seed), **options)
+def ddpm_check(
+    base: Schedule, sch: Schedule, data: E.Gaussian, options: dict, rng, a: float, n: int = N
+):
+    den = E.denoiser(data, base, options.get("prediction_type", "epsilon"))
+    x = sampling.ddpm_sample(den, sch, (n, data.dim), rng=rng, **options)
     law = E.ddpm_law(data, sch, **options)
-    stats.assert_gaussian(x, law.mean, law.cov, false_fail_rate=alpha(), name="ddpm.exact_law")
+    return stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name="ddpm.exact_law")
 
 
-@given(bs=sampler_schedules(), data=gaussians(), seed=seeds, draw=st.data())
-@settings(max_examples=examples(6))
-def test_ddim_with_the_exact_denoiser_has_the_exact_law(bs, data, seed, draw):
-    base, sch = bs
-    options = draw.draw(ddim_options(base), label="options")
-    den = E.denoiser(data, base, options["prediction_type"])
-    x = sampling.ddim_sample(den, sch, (N, data.dim), rng=rng_for(seed), **options)
+def ddim_check(
+    base: Schedule, sch: Schedule, data: E.Gaussian, options: dict, rng, a: float, n: int = N
+):
+    den = E.denoiser(data, base, options.get("prediction_type", "epsilon"))
+    x = sampling.ddim_sample(den, sch, (n, data.dim), rng=rng, **options)
     law = E.ddim_law(data, sch, **options)
-    stats.assert_gaussian(x, law.mean, law.cov, false_fail_rate=alpha(), name="ddim.exact_law")
+    return stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name="ddim.exact_law")
 
 
 CASES = {
-    # (sampler, data covariance, options, last state exact?)
+    # (sampler, data covariance scale, options, last state exact?)
     "ddpm fixed_large, N(m, I)": ("ddpm", 1.0, {"variance_type": "fixed_large"}, False),
     "ddpm fixed_small, point mass": ("ddpm", 0.0, {"variance_type": "fixed_small"}, True),
     "ddim eta=0, point mass": ("ddim", 0.0, {"eta": 0.0}, True),
@@ -71,42 +71,89 @@ CASES = {
 }
 
 
-@given(
-    case=st.sampled_from(sorted(CASES)),
-    bs=sampler_schedules(max_steps=6),
-    m=st.lists(st.floats(-2.0, 2.0), min_size=2, max_size=2),
-    seed=seeds,
-)
-@settings(max_examples=examples(3))
-def test_samplers_keep_the_forward_marginals_where_theory_says_they_are_exact(case, bs, m, seed):
-    """Started from the exact marginal of x_T, every state x_t of the chain follows the data's
-    forward marginal q(x_t): an independent ground truth (refdiff.exact.marginal only)."""
-    base, sch = bs
+def exact_case_check(case: str, base: Schedule, sch: Schedule, m, rng, a: float, n: int = N):
+    """Started from the exact marginal of x_T, the states x_{T−1}, …, x_1 follow the data's
+    forward marginals (None when there are none, T = 1); x_0 of a point mass is the point."""
     kind, var, options, last_exact = CASES[case]
-    data = E.Gaussian(np.array(m), var * np.eye(2))
-    rng = rng_for(seed)
-    x_T = E.marginal(data, sch, sch.T).sample(rng, N)
+    data = E.Gaussian(np.asarray(m, dtype=float), var * np.eye(len(m)))
+    x_T = E.marginal(data, sch, sch.T).sample(rng, n)
     pred = "v" if base.alpha_bar[-1] == 0.0 else "epsilon"
     den = E.denoiser(data, base, pred)
     run = sampling.ddpm_sample if kind == "ddpm" else sampling.ddim_sample
     _, traj = run(
         den, sch, x_T=x_T, rng=rng, prediction_type=pred, return_trajectory=True, **options
     )
-    if last_exact:  # x_0 of a point mass is the point itself
+    if last_exact:
         np.testing.assert_allclose(traj[-1], np.broadcast_to(data.mean, traj[-1].shape), atol=1e-8)
+    if sch.T < 2:
+        return None
     checks = []
     for k in range(1, sch.T):  # the states x_{T−1}, …, x_1
         law = E.marginal(data, sch, sch.T - k)
-        checks.append((traj[k], law))
-    if checks:
-        a = alpha() / len(checks)
-        stats.assert_all(
-            [
-                stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name=case)
-                for x, law in checks
-            ],
-            name="samplers.exact_cases",
+        checks.append(
+            stats.check_gaussian(
+                traj[k], law.mean, law.cov, false_fail_rate=a / (sch.T - 1), name=case
+            )
         )
+    return stats.combine(checks, name="samplers.exact_cases")
+
+
+def mixture_ddpm_check(
+    data: E.GaussianMixture,
+    base: Schedule,
+    variance_type: str,
+    rng,
+    a: float,
+    n: int = N_MIXTURE,
+    tolerance: float = DDPM_MIXTURE_TOLERANCE,
+):
+    x = sampling.ddpm_sample(
+        E.denoiser(data, base), base, (n, data.dim), rng=rng, variance_type=variance_type
+    )
+    return stats.check_mixture(
+        x, data, false_fail_rate=a, tolerance=tolerance, name="ddpm.mixture_1000_steps"
+    )
+
+
+def _events(base: Schedule, sch: Schedule, options: dict) -> None:
+    """Coverage notes for ``--hypothesis-show-statistics``."""
+    event(f"{sch.T} steps" + (f" of {base.T}" if sch is not base else ""))
+    event("zero terminal SNR" if base.alpha_bar[-1] == 0.0 else "ᾱ_T > 0")
+    for k, v in options.items():
+        event(f"{k}={v if not isinstance(v, float) else round(v, 2)}")
+
+
+@given(bs=sampler_schedules(), data=gaussians(), seed=seeds, draw=st.data())
+@settings(max_examples=examples(6))
+def test_ddpm_with_the_exact_denoiser_has_the_exact_law(bs, data, seed, draw):
+    base, sch = bs
+    options = draw.draw(ddpm_options(base), label="options")
+    _events(base, sch, options)
+    stats.assert_check(ddpm_check(base, sch, data, options, rng_for(seed), alpha()))
+
+
+@given(bs=sampler_schedules(), data=gaussians(), seed=seeds, draw=st.data())
+@settings(max_examples=examples(6))
+def test_ddim_with_the_exact_denoiser_has_the_exact_law(bs, data, seed, draw):
+    base, sch = bs
+    options = draw.draw(ddim_options(base), label="options")
+    _events(base, sch, options)
+    stats.assert_check(ddim_check(base, sch, data, options, rng_for(seed), alpha()))
+
+
+@given(
+    case=st.sampled_from(sorted(CASES)),
+    bs=sampler_schedules(max_steps=6, min_steps=2),
+    m=st.lists(st.floats(-2.0, 2.0), min_size=2, max_size=2),
+    seed=seeds,
+)
+@settings(max_examples=examples(3))
+def test_samplers_keep_the_forward_marginals_where_theory_says_they_are_exact(case, bs, m, seed):
+    """An independent ground truth: refdiff.exact.marginal only, no sampler law."""
+    base, sch = bs
+    result = exact_case_check(case, base, sch, m, rng_for(seed), alpha())
+    if result is not None:
+        stats.assert_check(result)
 
 
 @given(
@@ -120,17 +167,4 @@ def test_ddpm_with_many_steps_samples_mixture_data(data, name, variance_type, se
     """1000 DDPM steps with the exact denoiser: the output is within DDPM_MIXTURE_TOLERANCE
     (KS, along each projection) of the mixture data law, with false-failure rate α."""
     base = S.make_schedule(name, 1000)
-    x = sampling.ddpm_sample(
-        E.denoiser(data, base),
-        base,
-        (N_MIXTURE, data.dim),
-        rng=rng_for(seed),
-        variance_type=variance_type,
-    )
-    stats.assert_mixture(
-        x,
-        data,
-        false_fail_rate=alpha(),
-        tolerance=DDPM_MIXTURE_TOLERANCE,
-        name="ddpm.mixture_1000_steps",
-    )
+    stats.assert_check(mixture_ddpm_check(data, base, variance_type, rng_for(seed), alpha()))

@@ -100,14 +100,20 @@ def test_tolerance_accounts_for_schedule_cancellation():
 def test_example_implementation_passes_at_its_precision(dtype):
     impl = NumpyScheduler(dtype)
     conv = dict(impl.conventions)
-    rt.assert_alpha_bar_close(impl.alpha_bar("cosine", 1000), LINEAR.__class__("cosine"), dtype=dtype)
+    rt.assert_alpha_bar_close(
+        impl.alpha_bar("cosine", 1000), LINEAR.__class__("cosine"), dtype=dtype
+    )
     ab = np.array(LINEAR.base().alpha_bar[1:])
     rt.assert_q_sample_close(lambda x0, t, z: impl.q_sample(ab, x0, t, z), LINEAR, dtype=dtype)
     rt.assert_posterior_close(lambda x0, x, t: impl.posterior(ab, x0, x, t), LINEAR, dtype=dtype)
     for vt in ("fixed_small", "learned_range"):
         o = {"prediction_type": "v", "variance_type": vt}
-        rt.assert_ddpm_step_close(_ddpm_fn(impl, RESPACED, **o), RESPACED, dtype=dtype,
-                                  options={**o, "log_variance_clipping": conv["log_variance_clipping"]})  # fmt: skip
+        rt.assert_ddpm_step_close(
+            _ddpm_fn(impl, RESPACED, **o),
+            RESPACED,
+            dtype=dtype,
+            options={**o, "log_variance_clipping": conv["log_variance_clipping"]},
+        )
     o = {"prediction_type": "epsilon", "eta": 1.0, "final_alpha_bar": "first", "clip": 1.0}
     rt.assert_ddim_step_close(_ddim_fn(impl, RESPACED, **o), RESPACED, dtype=dtype, options=o)
 
@@ -137,8 +143,9 @@ def test_failure_message_names_option_t_errors_and_cause():
 def test_missing_sqrt_is_named():
     o = {"prediction_type": "x0", "variance_type": "fixed_large"}
     with pytest.raises(AssertionError, match="missing sqrt"):
-        rt.assert_ddpm_step_close(_ddpm_fn(MissingSqrt(), RESPACED, **o), RESPACED, options=o,
-                                  dtype="float32")  # fmt: skip
+        rt.assert_ddpm_step_close(
+            _ddpm_fn(MissingSqrt(), RESPACED, **o), RESPACED, options=o, dtype="float32"
+        )
 
 
 def test_alpha_bar_bugs_are_named():
@@ -209,18 +216,26 @@ def test_shape_and_nan_are_reported():
 
 # -- strategies: the float32 implementation over random settings and options --------------------
 @settings(max_examples=25)
-@given(setting=rt.settings(max_T=1000, zero_terminal_snr=None), options=rt.ddpm_options(),
-       seed=st.integers(0, 2**31))  # fmt: skip
+@given(
+    setting=rt.settings(max_T=1000, zero_terminal_snr=None),
+    options=rt.ddpm_options(),
+    seed=st.integers(0, 2**31),
+)
 def test_float32_ddpm_conforms_on_random_settings(setting, options, seed):
     impl = NumpyScheduler("float32")
     options = {**options, "log_variance_clipping": "floor"}  # the implementation's convention
-    fn = _ddpm_fn(impl, setting, **{k: v for k, v in options.items() if k != "log_variance_clipping"})
+    fn = _ddpm_fn(
+        impl, setting, **{k: v for k, v in options.items() if k != "log_variance_clipping"}
+    )
     rt.assert_checks(rt.check_ddpm_step(fn, setting, options=options, dtype="float32", seed=seed))
 
 
 @settings(max_examples=25)
-@given(setting=rt.settings(max_T=1000, zero_terminal_snr=None), options=rt.ddim_options(),
-       seed=st.integers(0, 2**31))  # fmt: skip
+@given(
+    setting=rt.settings(max_T=1000, zero_terminal_snr=None),
+    options=rt.ddim_options(),
+    seed=st.integers(0, 2**31),
+)
 def test_float32_ddim_conforms_on_random_settings(setting, options, seed):
     impl = NumpyScheduler("float32")
     options = {**options, "final_step_noise": False}
@@ -259,8 +274,14 @@ def test_sampler_law_accepts_a_correct_float32_sampler():
     """α = 1e-6 (one statistical assertion, recorded in the error budget)."""
     setting = rt.Setting("linear", 1000, 10, "trailing")
     o = {"prediction_type": "epsilon", "eta": 1.0}
-    res = rt.assert_sampler_law(_numpy_sampler(NumpyScheduler("float32"), setting, "ddim", o, 7),
-                                setting, kind="ddim", options=o, n=4000, false_fail_rate=1e-6)  # fmt: skip
+    res = rt.assert_sampler_law(
+        _numpy_sampler(NumpyScheduler("float32"), setting, "ddim", o, 7),
+        setting,
+        kind="ddim",
+        options=o,
+        n=4000,
+        false_fail_rate=1e-6,
+    )
     assert res.passed and res.alpha == 1e-6 and res.n == 4000
 
 
@@ -270,5 +291,25 @@ def test_sampler_law_rejects_a_planted_bug():
     setting = rt.Setting("linear", 1000, 10, "leading")
     o = {"prediction_type": "epsilon", "variance_type": "fixed_small"}
     with pytest.raises(AssertionError, match="gaussian|variance|mean"):
-        rt.assert_sampler_law(_numpy_sampler(MissingSqrt(), setting, "ddpm", o, 11), setting,
-                              kind="ddpm", options=o, n=4000, false_fail_rate=1e-6)  # fmt: skip
+        rt.assert_sampler_law(
+            _numpy_sampler(MissingSqrt(), setting, "ddpm", o, 11),
+            setting,
+            kind="ddpm",
+            options=o,
+            n=4000,
+            false_fail_rate=1e-6,
+        )
+
+
+def test_conformance_modules_import_no_framework():
+    """refdiff.testing / verify / vectors / adapters load neither torch, diffusers nor (until a
+    strategy is built) hypothesis."""
+    import subprocess
+
+    code = (
+        "import sys, refdiff.testing, refdiff.verify, refdiff.vectors, refdiff.adapters; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'diffusers', 'hypothesis', 'onnx', 'onnxruntime'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,8 +25,9 @@ import golden_reader  # noqa: E402
 
 def _reader(*args: str) -> subprocess.CompletedProcess:
     """The independent reader in a fresh interpreter; it reports which refdiff modules it saw."""
-    return subprocess.run([sys.executable, str(READER), *args], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(READER), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,22 @@ def test_default_grid_is_read_by_the_independent_reader(tmp_path):
         "schedule": {"linear", "scaled_linear", "cosine"},
         "spacing": {"leading", "trailing", "linspace"},
         "prediction_type": {"epsilon", "x0", "v"},
-        "variance_type": {"fixed_small", "fixed_large", "fixed_large_iddpm", "learned",
-                          "learned_linear", "learned_range"},
+        "variance_type": {
+            "fixed_small",
+            "fixed_large",
+            "fixed_large_iddpm",
+            "learned",
+            "learned_linear",
+            "learned_range",
+        },
         "eta": {0.0, 0.5, 1.0},
-    }.items():  # fmt: skip
+    }.items():
         assert values <= {c.get(key) for c in cfgs}, key
-    assert {(c.get("clip"), c.get("threshold_ratio")) for c in cfgs} >= {(None, None), (1.0, None), (None, 0.9)}
+    assert {(c.get("clip"), c.get("threshold_ratio")) for c in cfgs} >= {
+        (None, None),
+        (1.0, None),
+        (None, 0.9),
+    }
     r = _reader(str(d), "--rtol", "1e-12")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all sha256 verified" in r.stdout
@@ -65,11 +76,16 @@ def test_round_trip_is_exact(small, tmp_path):
     and refdiff's checker finds zero error."""
     manifest, cases = golden_reader.read(str(small))
     out = tmp_path / "copy"
-    same = {cid: {k: a for k, a in arr.items() if k in golden_reader.OUTPUTS} for cid, arr in cases.items()}
+    same = {
+        cid: {k: a for k, a in arr.items() if k in golden_reader.OUTPUTS}
+        for cid, arr in cases.items()
+    }
     golden_reader.write(str(out), manifest, cases, same)
     m2, cases2 = vectors.read(out)
     for e1, e2 in zip(manifest["cases"], m2["cases"]):
-        assert {k: v["sha256"] for k, v in e1["arrays"].items()} == {k: v["sha256"] for k, v in e2["arrays"].items()}
+        assert {k: v["sha256"] for k, v in e1["arrays"].items()} == {
+            k: v["sha256"] for k, v in e2["arrays"].items()
+        }
         for k, a in cases[e1["id"]].items():
             np.testing.assert_array_equal(a, cases2[e1["id"]][k])
     res = vectors.check(out)
@@ -110,8 +126,11 @@ def test_a_wrong_output_fails_its_case(small, tmp_path, capsys):
     out = tmp_path / "buggy"
     golden_reader.write(str(out), manifest, cases, outs)
     res = {r.id: r for r in vectors.check(out)}
-    bad = {e["id"] for e in manifest["cases"]
-           if e["sampler"] == "ddpm" and e["config"]["variance_type"] == "fixed_small"}  # fmt: skip
+    bad = {
+        e["id"]
+        for e in manifest["cases"]
+        if e["sampler"] == "ddpm" and e["config"]["variance_type"] == "fixed_small"
+    }
     assert bad and {i for i, r in res.items() if not r.passed} == bad
     assert cli.main(["vectors", "check", str(out)]) == 1
     text = capsys.readouterr().out

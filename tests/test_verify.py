@@ -29,27 +29,52 @@ def _items(op, settings, option_sets):
     return [verify.Item(op, s, o, verify._step_times(s)) for s in settings for o in option_sets]
 
 
-DDPM = [{"prediction_type": p, "variance_type": v} for p in ("epsilon", "v")
-        for v in ("fixed_small", "fixed_large", "learned_range")]  # fmt: skip
-DDIM = [{"prediction_type": p, "eta": e, "final_alpha_bar": f} for p in ("epsilon", "x0")
-        for e in (0.0, 1.0) for f in ("one", "first")]  # fmt: skip
+DDPM = [
+    {"prediction_type": p, "variance_type": v}
+    for p in ("epsilon", "v")
+    for v in ("fixed_small", "fixed_large", "learned_range")
+]
+DDIM = [
+    {"prediction_type": p, "eta": e, "final_alpha_bar": f}
+    for p in ("epsilon", "x0")
+    for e in (0.0, 1.0)
+    for f in ("one", "first")
+]
 Q = [verify.Item("q_sample", Setting(n, 1000), {}, (1, 2, 500, 1000)) for n in ("linear", "cosine")]
 
 PLANTED = {
-    "off-by-one index": (bugs.OffByOne, _items("ddpm_step", [FULL, LEADING], DDPM) + Q,
-                         "looks like an off-by-one time index"),
-    "beta for beta-tilde": (bugs.BetaForBetaTilde, _items("ddpm_step", [FULL, TRAILING], DDPM),
-                            "looks like β used instead of β̃"),
-    "missing sqrt (DDPM noise)": (bugs.MissingSqrt, _items("ddpm_step", [LEADING], DDPM),
-                                  "looks like a missing sqrt (σ² z added instead of σ z)"),
+    "off-by-one index": (
+        bugs.OffByOne,
+        _items("ddpm_step", [FULL, LEADING], DDPM) + Q,
+        "looks like an off-by-one time index",
+    ),
+    "beta for beta-tilde": (
+        bugs.BetaForBetaTilde,
+        _items("ddpm_step", [FULL, TRAILING], DDPM),
+        "looks like β used instead of β̃",
+    ),
+    "missing sqrt (DDPM noise)": (
+        bugs.MissingSqrt,
+        _items("ddpm_step", [LEADING], DDPM),
+        "looks like a missing sqrt (σ² z added instead of σ z)",
+    ),
     "missing sqrt (q_sample)": (bugs.QSampleMissingSqrt, Q, "looks like a missing sqrt (ᾱ x0"),
-    "wrong DDIM sigma": (bugs.WrongDDIMSigma, _items("ddim_step", [FULL, LEADING], DDIM),
-                         "looks like a wrong DDIM σ: missing sqrt"),
-    "set_alpha_to_one flipped": (bugs.AlphaToOneFlipped, _items("ddim_step", [OFFSET], DDIM),
-                                 "looks like set_alpha_to_one flipped"),
-    "DDIM prev-step stride": (bugs.DDIMStride, _items("ddim_step", [TRAILING, LINSPACE], DDIM),
-                              "previous step taken as t − T//N"),
-}  # fmt: skip
+    "wrong DDIM sigma": (
+        bugs.WrongDDIMSigma,
+        _items("ddim_step", [FULL, LEADING], DDIM),
+        "looks like a wrong DDIM σ: missing sqrt",
+    ),
+    "set_alpha_to_one flipped": (
+        bugs.AlphaToOneFlipped,
+        _items("ddim_step", [OFFSET], DDIM),
+        "looks like set_alpha_to_one flipped",
+    ),
+    "DDIM prev-step stride": (
+        bugs.DDIMStride,
+        _items("ddim_step", [TRAILING, LINSPACE], DDIM),
+        "previous step taken as t − T//N",
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(PLANTED))
@@ -86,8 +111,11 @@ def test_correct_implementation_passes_the_quick_grid(dtype):
 
 
 def test_float16_implementation_passes_at_float16_tolerance_only():
-    items = [i for i in verify.plan(quick=True, ops=["q_sample", "ddim_step", "ddpm_step"])
-             if i.setting.schedule != "cosine"][::3]  # fmt: skip
+    items = [
+        i
+        for i in verify.plan(quick=True, ops=["q_sample", "ddim_step", "ddpm_step"])
+        if i.setting.schedule != "cosine"
+    ][::3]
     assert verify.run(NumpyScheduler("float16"), items).passed
     rep32 = verify.run(NumpyScheduler("float16"), items, tolerance=Tolerance("float32"))
     assert not rep32.passed
@@ -125,14 +153,26 @@ def test_unknown_option_keyword_is_unsupported_not_failed():
         def __init__(self):
             self._i = NumpyScheduler()
 
-        def ddim_step(self, alpha_bar, timesteps, t, x_t, m, z, *, prediction_type, eta,
-                      final_alpha_bar="one"):  # fmt: skip
-            return self._i.ddim_step(alpha_bar, timesteps, t, x_t, m, z, eta=eta,
-                                     prediction_type=prediction_type, final_alpha_bar=final_alpha_bar)  # fmt: skip
+        def ddim_step(
+            self, alpha_bar, timesteps, t, x_t, m, z, *, prediction_type, eta, final_alpha_bar="one"
+        ):
+            return self._i.ddim_step(
+                alpha_bar,
+                timesteps,
+                t,
+                x_t,
+                m,
+                z,
+                eta=eta,
+                prediction_type=prediction_type,
+                final_alpha_bar=final_alpha_bar,
+            )
 
     rep = verify.run(NoClip(), quick=True, ops=["ddim_step"])
     assert rep.passed
-    assert any(c.status == "unsupported" and "threshold_ratio" in (c.problem or "") for c in rep.checks)
+    assert any(
+        c.status == "unsupported" and "threshold_ratio" in (c.problem or "") for c in rep.checks
+    )
 
 
 def test_nothing_verified_is_not_a_pass():
@@ -146,8 +186,17 @@ def test_nothing_verified_is_not_a_pass():
 # -- the command line ---------------------------------------------------------------------------
 def test_cli_reports_a_planted_bug(tmp_path, capsys):
     out = tmp_path / "report.json"
-    rc = cli.main(["verify", "examples/planted_bugs.py:BetaForBetaTilde", "--ops", "ddpm_step",
-                   "--quick", "--json", str(out)])  # fmt: skip
+    rc = cli.main(
+        [
+            "verify",
+            f"{ROOT}/examples/planted_bugs.py:BetaForBetaTilde",
+            "--ops",
+            "ddpm_step",
+            "--quick",
+            "--json",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 1
     assert "FAIL" in text and "looks like β used instead of β̃" in text
@@ -158,8 +207,14 @@ def test_cli_reports_a_planted_bug(tmp_path, capsys):
 
 def test_cli_passes_a_correct_implementation(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    rc = cli.main(["verify", "examples.numpy_scheduler:Float32Scheduler", "--ops",
-                   "alpha_bar,timesteps,q_sample,posterior"])  # fmt: skip
+    rc = cli.main(
+        [
+            "verify",
+            "examples.numpy_scheduler:Float32Scheduler",
+            "--ops",
+            "alpha_bar,timesteps,q_sample,posterior",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "tolerance: float32 states, float32 schedule, K=8" in text
