@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import DTypeError, RandomnessError, NonFiniteError, OptionError, ShapeError, TimestepError
+from .errors import (
+    DTypeError,
+    NonFiniteError,
+    OptionError,
+    RandomnessError,
+    ShapeError,
+    TimestepError,
+)
 
 
 def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:

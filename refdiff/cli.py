@@ -8,7 +8,11 @@ import sys
 
 # name -> ("module:function", one-line help, extra that provides it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("refdiff.export.demo:main", "train, export, sample on ONNX and verify, in one go", "deploy,plots"),
+    "demo": (
+        "refdiff.export.demo:main",
+        "train, export, sample on ONNX and verify, in one go",
+        "deploy,plots",
+    ),
     "export": ("refdiff.export.cli:export_main", "export denoisers and samplers to ONNX", "deploy"),
     "sample": ("refdiff.export.cli:sample_main", "run DDPM/DDIM with an ONNX denoiser", "deploy"),
     "vectors": ("refdiff.vectors:main", "write or check golden vectors", ""),
@@ -18,7 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: refdiff COMMAND [options]   (refdiff COMMAND --help for each)", "", "commands:"]
+    lines = [
+        "usage: refdiff COMMAND [options]   (refdiff COMMAND --help for each)",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<9} {help_}" for name, (_, help_, _) in COMMANDS.items()]
     return "\n".join(lines)
 

@@ -52,10 +52,12 @@ class DTypeError(InputError, TypeError):
 class OptionError(InputError):
     """An unknown option name; the message lists the valid names."""
 
-    def __init__(self, argument: str, value: object, valid: "list[str] | tuple[str, ...]"):
+    def __init__(self, argument: str, value: object, valid: list[str] | tuple[str, ...]):
         self.value = value
         self.valid = tuple(valid)
-        super().__init__(argument, f"unknown option {value!r}; valid: {', '.join(map(repr, valid))}")
+        super().__init__(
+            argument, f"unknown option {value!r}; valid: {', '.join(map(repr, valid))}"
+        )
 
 
 class NonFiniteError(InputError):

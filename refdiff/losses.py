@@ -45,7 +45,9 @@ def _mean_flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1).mean(axis=1)
 
 
-def training_target(schedule: Schedule, x0, t, noise, prediction_type: str = "epsilon") -> np.ndarray:
+def training_target(
+    schedule: Schedule, x0, t, noise, prediction_type: str = "epsilon"
+) -> np.ndarray:
     """What the denoiser should output at x_t = q_sample(x0, t, noise): ε, x_0 or v (eq. 9.1)."""
     option(prediction_type, "prediction_type", PREDICTION_TYPES)
     x, t = state_and_t(schedule, x0, t, "x0")
@@ -54,7 +56,9 @@ def training_target(schedule: Schedule, x0, t, noise, prediction_type: str = "ep
     return from_x0_eps(x, z, per_sample(schedule.alpha_bar[t], x.ndim), prediction_type)
 
 
-def mse_loss(schedule: Schedule, prediction, x0, t, noise, prediction_type: str = "epsilon") -> np.ndarray:
+def mse_loss(
+    schedule: Schedule, prediction, x0, t, noise, prediction_type: str = "epsilon"
+) -> np.ndarray:
     """Mean over data axes of (prediction − target)², shape (B,) (eq. 9.2)."""
     target = training_target(schedule, x0, t, noise, prediction_type)
     p = as_batch(prediction, "prediction")
@@ -64,7 +68,13 @@ def mse_loss(schedule: Schedule, prediction, x0, t, noise, prediction_type: str 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> np.ndarray:
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats (eq. 9.3)."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + np.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * np.exp(-logvar2))
+    return 0.5 * (
+        -1.0
+        + logvar2
+        - logvar1
+        + np.exp(logvar1 - logvar2)
+        + (mean1 - mean2) ** 2 * np.exp(-logvar2)
+    )
 
 
 def approx_standard_normal_cdf(x) -> np.ndarray:
@@ -76,7 +86,7 @@ def approx_standard_normal_cdf(x) -> np.ndarray:
 
 
 def discretized_gaussian_log_likelihood(x, means, log_scales) -> np.ndarray:
-    """log-probability of the 256-level bin of x ∈ [−1, 1] under N(means, e^{2·log_scales}) (eq. 9.6).
+    """log-prob. of the 256-level bin of x ∈ [−1, 1] under N(means, e^{2·log_scales}) (9.6).
 
     Bins have half-width 1/255; the edge bins take the whole tail; logs are floored at 1e-12.
     Elementwise, in nats.
@@ -111,7 +121,7 @@ def vlb_term_bpd(
     *,
     log_variance_clipping: str = "next",
 ) -> np.ndarray:
-    """L_{t−1} in bits per dimension, shape (B,): the KL for t ≥ 2, the decoder NLL at t = 1 (eq. 9.5).
+    """L_{t−1} in bits/dim, shape (B,): the KL for t ≥ 2, the decoder NLL at t = 1 (9.5).
 
     ``model_mean`` (state shape) and ``model_log_variance`` (broadcastable) describe
     p(x_{t−1}|x_t), e.g. from :func:`refdiff.reverse.ddpm_parts`.
@@ -164,13 +174,21 @@ def vlb_bpd(
     for t in range(1, T + 1):
         z = noise_or_rng(None if noise is None else np.asarray(noise)[t - 1], rng, x.shape)
         xt = q_sample(schedule, x, t, noise=z)
-        out = np.asarray(denoiser(xt, np.full(x.shape[0], schedule.timesteps[t], dtype=np.int64)), dtype=np.float64)
+        out = np.asarray(
+            denoiser(xt, np.full(x.shape[0], schedule.timesteps[t], dtype=np.int64)),
+            dtype=np.float64,
+        )
         mv = None
         if learned:
             out, mv = np.split(out, 2, axis=1)
         p = ddpm_parts(schedule, xt, t, out, model_variance=mv, **options)
         terms[t] = vlb_term_bpd(
-            schedule, x, xt, t, p.mean, p.log_variance,
+            schedule,
+            x,
+            xt,
+            t,
+            p.mean,
+            p.log_variance,
             log_variance_clipping=options.get("log_variance_clipping", "next"),
         )
     return terms.sum(axis=0), terms

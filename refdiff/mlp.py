@@ -91,7 +91,12 @@ def init_mlp(
     """He-style initialisation; ``depth`` hidden layers of width ``hidden``."""
     if not isinstance(rng, np.random.Generator):
         raise RandomnessError("rng", f"must be a numpy.random.Generator; got {type(rng).__name__}")
-    for nm, v in (("data_dim", data_dim), ("hidden", hidden), ("depth", depth), ("embed_dim", embed_dim)):
+    for nm, v in (
+        ("data_dim", data_dim),
+        ("hidden", hidden),
+        ("depth", depth),
+        ("embed_dim", embed_dim),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(nm, f"must be a positive int; got {v!r}")
     if embed_dim % 2:

@@ -50,7 +50,9 @@ def to_x0_eps(
     return (x_t - s1 * prediction) / sa, prediction
 
 
-def from_x0_eps(x0: np.ndarray, eps: np.ndarray, alpha_bar: np.ndarray, prediction_type: str) -> np.ndarray:
+def from_x0_eps(
+    x0: np.ndarray, eps: np.ndarray, alpha_bar: np.ndarray, prediction_type: str
+) -> np.ndarray:
     """The prediction of ``prediction_type`` that corresponds to (x_0, ε) (eqs. 5.3, 5.5)."""
     if prediction_type == "epsilon":
         return eps

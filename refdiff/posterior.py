@@ -47,7 +47,9 @@ def posterior_variance(schedule: Schedule, t) -> np.ndarray:
     return schedule.beta[t] * (1.0 - schedule.alpha_bar_prev[t]) / (1.0 - schedule.alpha_bar[t])
 
 
-def posterior_log_variance(schedule: Schedule, t, log_variance_clipping: str = "next") -> np.ndarray:
+def posterior_log_variance(
+    schedule: Schedule, t, log_variance_clipping: str = "next"
+) -> np.ndarray:
     """log β̃_t with the t = 1 convention of eq. 4.3 (``"next"`` or ``"floor"``)."""
     option(log_variance_clipping, "log_variance_clipping", LOG_VARIANCE_CLIPPINGS)
     t = schedule.check_t(t)

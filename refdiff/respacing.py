@@ -25,7 +25,9 @@ def _check_n(T: int, n: object, name: str = "num_steps") -> int:
     return int(n)
 
 
-def spaced_times(T: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0) -> np.ndarray:
+def spaced_times(
+    T: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> np.ndarray:
     """diffusers' ``timestep_spacing`` rules (eqs. 6.1–6.3), as ascending refdiff times.
 
     - ``leading``:  index = k·(T // N) + steps_offset, k = 0..N−1;
@@ -55,11 +57,14 @@ def spaced_times(T: int, num_steps: int, spacing: str = "leading", steps_offset:
         idx = np.linspace(0, T - 1, N).round().astype(np.int64)
     if idx.min() < 0 or idx.max() > T - 1:
         raise InputError(
-            "steps_offset", f"{spacing} spacing with offset {steps_offset} reaches index {idx.max()} >= T={T}"
+            "steps_offset",
+            f"{spacing} spacing with offset {steps_offset} reaches index {idx.max()} >= T={T}",
         )
     times = np.unique(idx) + 1
     if times.size != N:
-        raise InputError("num_steps", f"{spacing} spacing gives repeated timesteps for N={N}, T={T}")
+        raise InputError(
+            "num_steps", f"{spacing} spacing gives repeated timesteps for N={N}, T={T}"
+        )
     return times
 
 

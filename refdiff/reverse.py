@@ -216,7 +216,9 @@ def ddpm_parts(
     return StepParts(mean, var, log_var, x0, eps)
 
 
-def ddpm_step(schedule: Schedule, x_t, t, model_output, *, noise=None, rng=None, **options) -> np.ndarray:
+def ddpm_step(
+    schedule: Schedule, x_t, t, model_output, *, noise=None, rng=None, **options
+) -> np.ndarray:
     """x_{t−1} = mean + √variance · z, no noise at t = 1 (eq. 7.3).
 
     ``options`` are those of :func:`ddpm_parts`.  Pass the standard-normal ``noise`` (state
@@ -240,7 +242,9 @@ def _ddim_alpha_bar_prev(schedule: Schedule, t: np.ndarray, final_alpha_bar) -> 
     else:
         final = final_alpha_bar
         if not (isinstance(final, int | float) and 0.0 < final <= 1.0):
-            raise InputError("final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {final!r}")
+            raise InputError(
+                "final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {final!r}"
+            )
     return np.where(t == 1, final, prev)
 
 

@@ -33,7 +33,9 @@ Denoiser = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Callback = Callable[[int, int, np.ndarray], None]
 
 
-def draw_noise(rng: np.random.Generator, num_steps: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def draw_noise(
+    rng: np.random.Generator, num_steps: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """(x_T, step_noise) drawn in the order the samplers draw them; float64."""
     from ._check import check_size, noise_or_rng
 
@@ -143,7 +145,9 @@ def ddpm_sample(
         mv = None
         if learned:
             if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
-                raise ShapeError("denoiser output", f"{vt} needs 2C channels on axis 1; got {out.shape}")
+                raise ShapeError(
+                    "denoiser output", f"{vt} needs 2C channels on axis 1; got {out.shape}"
+                )
             out, mv = np.split(out, 2, axis=1)
         if z is None:
             z = np.zeros_like(x)
