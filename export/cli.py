@@ -27,6 +27,17 @@ __all__ = ["export_main", "sample_main", "BUILTIN_MIXTURES", "builtin_mixture", 
 KINDS = ("denoiser", "step", "fused", "sampler")
 
 
+def _schedule_from_args(a: argparse.Namespace, T: int, base_json: str | None):
+    """(base, walked) schedules: the model's own base schedule (``base_json``, from its
+    metadata) when given, else the one the command line names; respaced per the CLI."""
+    from .metadata import schedule_from_json
+
+    walk = {"steps": a.steps, "spacing": a.spacing, "steps_offset": a.steps_offset}
+    if base_json is not None:
+        return build_schedule("", 0, base=schedule_from_json(base_json), **walk)
+    return build_schedule(a.schedule or "linear", T, zero_terminal_snr=a.zero_terminal_snr, **walk)
+
+
 def builtin_mixture(name: str):
     """Built-in 2-D data laws for demos: ``ring8`` (8 Gaussians on a circle of radius 2,
     sd 0.15), ``two`` (two anisotropic Gaussians), ``gaussian`` (one correlated Gaussian)."""
@@ -236,35 +247,9 @@ def _export(argv: list[str]) -> int:
                 "kind", "--denoiser is already a denoiser; export a step, fused or sampler"
             )
         base_meta = den.signature.metadata.get("refdiff.schedule")
-        if a.schedule is None and base_meta is not None:
-            from .metadata import schedule_from_json
-
-            base, sched = build_schedule(
-                "",
-                0,
-                steps=a.steps,
-                spacing=a.spacing,
-                steps_offset=a.steps_offset,
-                base=schedule_from_json(base_meta),
-            )
-        else:
-            base, sched = build_schedule(
-                a.schedule or "linear",
-                T,
-                steps=a.steps,
-                spacing=a.spacing,
-                steps_offset=a.steps_offset,
-                zero_terminal_snr=a.zero_terminal_snr,
-            )
+        base, sched = _schedule_from_args(a, T, base_meta if a.schedule is None else None)
     else:
-        base, sched = build_schedule(
-            a.schedule or "linear",
-            T,
-            steps=a.steps,
-            spacing=a.spacing,
-            steps_offset=a.steps_offset,
-            zero_terminal_snr=a.zero_terminal_snr,
-        )
+        base, sched = _schedule_from_args(a, T, None)
         pt = pt or "epsilon"
         if a.mlp is not None:
             model = mlp_denoiser_model(
@@ -354,7 +339,7 @@ def _sample(argv: list[str]) -> int:
     from refdiff._io import atomic_write
 
     from . import OrtSampler, load_model, open_denoiser
-    from .metadata import PREFIX, read_metadata, schedule_from_json
+    from .metadata import PREFIX, read_metadata
 
     a = _sample_parser().parse_args(argv)
     proto, path = load_model(a.model)
@@ -373,24 +358,8 @@ def _sample(argv: list[str]) -> int:
             )
             base_json = den.signature.metadata.get(PREFIX + "schedule")
             T = a.T if a.T is not None else 1000
-            if a.schedule is None and a.T is None and base_json is not None:
-                _, sched = build_schedule(
-                    "",
-                    0,
-                    steps=a.steps,
-                    spacing=a.spacing,
-                    steps_offset=a.steps_offset,
-                    base=schedule_from_json(base_json),
-                )
-            else:
-                _, sched = build_schedule(
-                    a.schedule or "linear",
-                    T,
-                    steps=a.steps,
-                    spacing=a.spacing,
-                    steps_offset=a.steps_offset,
-                    zero_terminal_snr=a.zero_terminal_snr,
-                )
+            use_meta = a.schedule is None and a.T is None
+            _, sched = _schedule_from_args(a, T, base_json if use_meta else None)
             batch = (shape[0] if shape else a.batch) if a.cuda_graph else None
             s = OrtSampler(
                 den,
