@@ -2,9 +2,14 @@
 
 For each state shape the following are raced in one interleaved run (see ``_timing``):
 
-- ``ref_ddpm``   :func:`refdiff.reverse.ddpm_step` at t = 500 of linear(1000), ε-prediction,
-  fixed_small, its noise drawn inside from a ``numpy.random.Generator`` (as diffusers does);
-- ``ref_ddim``   :func:`refdiff.reverse.ddim_step`, η = 0, on the 50-step "leading" respacing;
+- ``ref_ddpm``   the reference DDPM step as the sampling loops run it:
+  :func:`refdiff.affine.affine_step` at t = 500 of linear(1000), ε-prediction, fixed_small,
+  its coefficients computed once beforehand (as diffusers' ``set_timesteps`` does), its noise
+  drawn inside from a ``numpy.random.Generator`` (as diffusers does);
+- ``ref_ddim``   the same for DDIM, η = 0, on the 50-step "leading" respacing;
+- ``spec_ddpm`` / ``spec_ddim``: the general, fully validated :func:`refdiff.reverse.ddpm_step`
+  / :func:`refdiff.reverse.ddim_step` (every option, per-sample t, NaN checks) on the same
+  input — the step the affine one is read off and tested against;
 - ``diffusers_ddpm`` / ``diffusers_ddim``: ``DDPMScheduler.step`` / ``DDIMScheduler.step`` on
   float64 CPU tensors of the same values (``clip_sample=False``, ``return_dict=False``, the
   generator given to the DDPM step), same schedule and timestep;
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refdiff import reverse, sampling
+from refdiff import affine, reverse, sampling
 from refdiff.respacing import spaced_times
 from refdiff.schedule import linear, respace
 
@@ -113,9 +118,12 @@ def step_variants(shape, peer, seed: int = 0) -> dict:
     sch, sch50 = linear(T), _ddim_schedule()
     k50 = DDIM_STEPS // 2
     noise_rng = np.random.default_rng(seed + 1)
+    cp, cd = affine.affine_coefficients(sch, "ddpm"), affine.affine_coefficients(sch50, "ddim")
     v = {
-        "ref_ddpm": lambda: reverse.ddpm_step(sch, x, T_STEP, e, rng=noise_rng),
-        "ref_ddim": lambda: reverse.ddim_step(sch50, x, k50, e),
+        "ref_ddpm": lambda: affine.affine_step(cp, x, T_STEP, e, rng=noise_rng),
+        "ref_ddim": lambda: affine.affine_step(cd, x, k50, e),
+        "spec_ddpm": lambda: reverse.ddpm_step(sch, x, T_STEP, e, rng=noise_rng),
+        "spec_ddim": lambda: reverse.ddim_step(sch50, x, k50, e),
         "noise": lambda: noise_rng.standard_normal(shape),
         "pass4": _pass(4 * n),
         "pass3": _pass(3 * n),
@@ -270,12 +278,19 @@ def run(
                 np.median(np.asarray(t["ref_ddpm"].per_call) / floor_rounds)
             ),
             "ref_ddim_over_floor": ratio(t["ref_ddim"], t["pass3"]),
+            "spec_ddpm_over_floor": float(
+                np.median(np.asarray(t["spec_ddpm"].per_call) / floor_rounds)
+            ),
+            "spec_over_ref_ddpm": ratio(t["spec_ddpm"], t["ref_ddpm"]),
+            "spec_over_ref_ddim": ratio(t["spec_ddim"], t["ref_ddim"]),
             "bw_floor_ddpm_us": 1e6 * 4 * nbytes / bandwidth,
             "bw_floor_ddim_us": 1e6 * 3 * nbytes / bandwidth,
         }
         if peer is not None:
             row["diffusers_over_ref_ddpm"] = ratio(t["diffusers_ddpm"], t["ref_ddpm"])
             row["diffusers_over_ref_ddim"] = ratio(t["diffusers_ddim"], t["ref_ddim"])
+            row["diffusers_over_spec_ddpm"] = ratio(t["diffusers_ddpm"], t["spec_ddpm"])
+            row["diffusers_over_spec_ddim"] = ratio(t["diffusers_ddim"], t["spec_ddim"])
         if size != "smoke" and n >= 2**17:
             probe = malloc_probe(shape, r)
             if probe is not None:
@@ -338,6 +353,7 @@ def _line(row: dict) -> str:
         f"  steps {row['shape']:>11}: ref DDPM {us['ref_ddpm']:9.1f} µs "
         f"(floor {row['floor_ddpm_us']:8.1f}, x{row['ref_ddpm_over_floor']:.2f})"
         f"  ref DDIM {us['ref_ddim']:9.1f} µs (floor {row['floor_ddim_us']:8.1f})"
+        f"  spec DDPM {us['spec_ddpm']:9.1f} DDIM {us['spec_ddim']:9.1f}"
     )
     if "diffusers_ddpm" in us:
         s += (

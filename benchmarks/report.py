@@ -74,6 +74,9 @@ def _steps(sec: dict) -> list[tuple[str, list[str], list[list]]]:
         "BW floor µs",
         "diffusers DDPM µs",
         "diffusers/ref",
+        "spec step µs",
+        "spec/floor",
+        "diffusers/spec",
     ]
     r1 = []
     h2 = [
@@ -83,6 +86,8 @@ def _steps(sec: dict) -> list[tuple[str, list[str], list[list]]]:
         "ref/floor",
         "diffusers DDIM µs",
         "diffusers/ref",
+        "spec step µs",
+        "diffusers/spec",
     ]
     r2 = []
     h3 = [
@@ -109,6 +114,9 @@ def _steps(sec: dict) -> list[tuple[str, list[str], list[list]]]:
                 row["bw_floor_ddpm_us"],
                 us.get("diffusers_ddpm"),
                 row.get("diffusers_over_ref_ddpm"),
+                us.get("spec_ddpm"),
+                row.get("spec_ddpm_over_floor"),
+                row.get("diffusers_over_spec_ddpm"),
             ]
         )
         r2.append(
@@ -119,6 +127,8 @@ def _steps(sec: dict) -> list[tuple[str, list[str], list[list]]]:
                 row["ref_ddim_over_floor"],
                 us.get("diffusers_ddim"),
                 row.get("diffusers_over_ref_ddim"),
+                us.get("spec_ddim"),
+                row.get("diffusers_over_spec_ddim"),
             ]
         )
         lp = row.get("loop_us_per_step")

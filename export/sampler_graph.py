@@ -1,4 +1,4 @@
-"""The whole sampler as one ONNX graph: a ``Loop`` over the N steps, schedule baked in.
+"""The whole sampler as one ONNX graph: a ``Loop`` over chunks of steps, each chunk a ``Scan``.
 
 ``noise="input"`` (parity with the reference; the noise layout of :mod:`refdiff.sampling`):
 
@@ -11,13 +11,39 @@ by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:
     inputs   batch_size () int64
     outputs  x_0, [trajectory]
 
-The Loop body gathers step k's coefficients and the denoiser's time from constant tables
-(outer-scope initializers), runs the embedded denoiser (float32 or float16; the state stays
-float32) and applies the update of :mod:`refdiff.export.tables`.
+Layout.  The N steps are cut into chunks of K consecutive steps (K from the batch size at run
+time, below).  An outer ``Loop`` walks the chunks; per chunk it slices the coefficient
+columns and the denoiser's times of its K steps from constant tables (outer-scope
+initializers), expands the times to the batch, and prepares the K steps' scaled noise S_k z_k
+in one (K, B, *S) tensor: drawn in one ``RandomNormalLike`` call, or sliced from
+``step_noise``.  An inner ``Scan`` then runs the K steps, getting step k's row of every
+per-step tensor as a scan input, so its body is only the embedded denoiser (float32 or
+float16; the state stays float32) and the update of :mod:`refdiff.export.tables`,
+x_next = Sum(A_k x, B_k o, [C_k clip(a_x,k x + a_o,k o)], S_k z_k).  Why: onnxruntime
+charges about a microsecond per node per iteration at small batch, so the body keeps no
+``Gather``, ``Shape`` or ``Expand`` nodes and no noise arithmetic beyond one ``Sum`` term
+(12 nodes after onnxruntime's fusions for the benchmark's MLP, against 18 for DDIM and 22 for
+DDPM with a per-step ``Gather`` layout and in-loop ``RandomNormalLike``); the graph is then
+2.2–2.6× faster than the per-step loop of two sessions at batch 1 (benchmarks/RESULTS.md).
+
+Chunk size: K = clip(⌊CHUNK_BYTES / bytes per step⌋, 1, N), where a step's prepared tensors
+take 8 bytes per state element when the sampler adds noise (z and S_k z, float32) plus the
+denoiser's time per sample when it takes one per sample.  Small batches therefore run all N
+steps as one chunk (one draw of the whole (N, B, *S) noise), large ones chunk the steps so
+that the extra memory stays ≤ max(``CHUNK_BYTES`` = 4 MiB, one step's worth).  With
+``trajectory=True`` the steps form one chunk whatever the batch (the output already holds
+N states).
 
 In-graph noise: onnxruntime seeds each ``RandomNormalLike`` kernel once per session, so a
 fresh session with the same seed repeats its draws bit for bit, while successive runs of one
-session continue the stream (different samples).  CPU and CUDA draw different streams.
+session continue the stream (different samples).  Within a run, x_T is one draw of seed
+2·seed and the step noise is the stream of seed 2·seed + 1 read in step-major order (step
+0's B·|S| values first: the ``step_noise`` layout), whatever the chunking, when B·|S| is
+even; these are also exactly the draws of the earlier one-``Loop`` layout, which drew each
+step's z inside the loop body.  With odd B·|S| (onnxruntime's CPU generator makes normals
+in pairs and drops the partner of a draw's last value) the chunk boundaries shift the
+stream, so the draws differ from the earlier layout's; they are still the same for the same
+seed, batch size and run history.  CPU and CUDA draw different streams.
 """
 
 from __future__ import annotations
@@ -34,14 +60,16 @@ from .steps import (
     check_noise,
     check_seed,
     emit_denoiser_call,
-    emit_model_time,
-    emit_update,
+    model_time_table,
     sampler_metadata,
     state_dims,
 )
 from .tables import StepTables
 
-__all__ = ["sampler_model"]
+__all__ = ["sampler_model", "CHUNK_BYTES"]
+
+#: Bytes of prepared per-step tensors (scaled noise, expanded times) one chunk may hold.
+CHUNK_BYTES = 4 * 2**20
 
 
 def sampler_model(
@@ -75,59 +103,29 @@ def sampler_model(
             "state_shape", f"in-graph noise needs every data dim; the model says {dims}"
         )
     b = GraphBuilder()
-    body = b.child()
-    k, x = "k", "x_k"
-    t = emit_model_time(body, den, tables, k, x, dims[0])
-    out = emit_denoiser_call(body, den, x, t)
-    if not tables.noisy:
-        z = None
-    elif noise == "input":
-        z = body.gather("step_noise", k)
-    else:
-        z = body.op("RandomNormalLike", x, dtype=onnx.TensorProto.FLOAT, seed=float(2 * seed + 1))
-    xn = emit_update(body, tables, x, out, z, k)
-    body.op("Identity", "cond_in", outputs=["cond_out"])
-    body.op("Identity", xn, outputs=["x_next"])
-    body_outs = [tensor_info("cond_out", np.bool_, []), tensor_info("x_next", np.float32, dims)]
-    if trajectory:
-        body.op("Identity", xn, outputs=["x_scan"])
-        body_outs.append(tensor_info("x_scan", np.float32, dims))
-    body_graph = body.graph(
-        "sampler_step",
-        [
-            tensor_info(k, np.int64, []),
-            tensor_info("cond_in", np.bool_, []),
-            tensor_info(x, np.float32, dims),
-        ],
-        body_outs,
-        with_initializers=False,
-    )
     inputs, meaning_in = [], {}
     if noise == "input":
         x_T = "x_T"
         inputs.append(tensor_info("x_T", np.float32, dims))
         meaning_in["x_T"] = "initial state x_T ~ N(0, I), (B, *S) float32"
-        if z is not None:
+        if tables.noisy:
             inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
             meaning_in["step_noise"] = "(N, B, *S) standard normal; step_noise[k] is used by step k"
+        shape = b.op("Shape", x_T)
     else:
         inputs.append(tensor_info("batch_size", np.int64, []))
         meaning_in["batch_size"] = "number of samples B (int64 scalar)"
-        bs = b.op("Unsqueeze", "batch_size", b.const(np.array([0], np.int64), hint="axes"))
-        shape = b.op("Concat", bs, b.const(np.array(dims[1:], np.int64), hint="data_dims"), axis=0)
-        zeros = b.op(
-            "ConstantOfShape", shape, value=onnx.numpy_helper.from_array(np.zeros(1, np.float32))
-        )
-        x_T = b.op("RandomNormalLike", zeros, dtype=onnx.TensorProto.FLOAT, seed=float(2 * seed))
-    loop_outs = ["x_0"] + (["trajectory"] if trajectory else [])
-    b.op(
-        "Loop",
-        b.const(np.int64(tables.N), hint="num_steps"),
-        "",
-        x_T,
-        outputs=loop_outs,
-        body=body_graph,
-    )
+        bs = b.op("Unsqueeze", "batch_size", _i64(b, [0], "axes"))
+        shape = b.op("Concat", bs, _i64(b, dims[1:], "data_dims"), axis=0)
+        x_T = b.op("RandomNormalLike", _zeros(b, shape), dtype=_F32, seed=float(2 * seed))
+    plan = _Plan(b, den, tables, noise, seed, dims, shape)
+    if trajectory:  # one chunk: all N steps, the Scan's own scan output is the trajectory
+        scan_inputs = plan.chunk_inputs(b, x_T)
+        b.op("Scan", *scan_inputs, outputs=["x_0", "trajectory"], **plan.scan_attrs(True))
+        b.initializers.extend(plan.den_inits)
+    else:
+        count = plan.trip_count()  # sets the chunk size the Loop body reads
+        b.op("Loop", count, "", x_T, outputs=["x_0"], body=plan.chunk_loop_body())
     out_dims = dims if noise == "input" else ["B", *dims[1:]]
     outputs = [tensor_info("x_0", np.float32, out_dims)]
     meaning_out = {"x_0": "the sample, (B, *S) float32"}
@@ -135,5 +133,165 @@ def sampler_model(
         outputs.append(tensor_info("trajectory", np.float32, [tables.N, *out_dims]))
         meaning_out["trajectory"] = "(N, B, *S): the state after each step"
     meta = sampler_metadata("sampler", den, tables, noise, seed, (meaning_in, meaning_out))
-    doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, one Loop"
+    doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, Loop over chunks of a Scan"
     return _finish(b, "refdiff_sampler", inputs, outputs, meta, doc)
+
+
+_F32 = onnx.TensorProto.FLOAT
+_DEN = "den/"  # prefix of every name of the embedded denoiser
+
+
+def _i64(b: GraphBuilder, values, hint: str) -> str:
+    return b.const(np.array(values, np.int64), hint=hint)
+
+
+def _zeros(b: GraphBuilder, shape: str) -> str:
+    """float32 zeros of the 1-D int64 ``shape`` (the shape source of ``RandomNormalLike``)."""
+    zero = onnx.numpy_helper.from_array(np.zeros(1, np.float32))
+    return b.op("ConstantOfShape", shape, value=zero)
+
+
+class _Plan:
+    """Tables, chunk size and the two subgraphs (chunk ``Loop`` body, step ``Scan`` body).
+
+    ``cols`` lists the per-step coefficient scan inputs: (name in the step body, (N,) float32
+    table).  Coefficients that are zero at every step are left out (as
+    :func:`refdiff.export.steps.emit_update` does).
+
+    The denoiser's weights are initializers of the graph right above the Scan (the chunk
+    Loop's body; the main graph with ``trajectory``).  onnxruntime 1.31 pre-packs the Gemm
+    weights a subgraph reads from its parent graph, but not from two levels up (measured:
+    ≈6 % slower at batch 64), and with the weights inside the Scan body itself its first run
+    reserves about twice the peak memory at large batch (arena; measured at batch 65536).
+    """
+
+    def __init__(self, b, den, tables, noise, seed, dims, shape):
+        self._b_root = b
+        self.den, self.tables, self.noise, self.seed = den, tables, noise, seed
+        self.dims, self.shape, self.N = dims, shape, tables.N
+        N = tables.N
+        sig = den.signature
+        mt = model_time_table(den, tables)[:N]
+        self.time_kind = sig.time_shape
+        self.time_table = b.const(
+            mt.reshape(N, 1) if self.time_kind != "scalar" else mt, hint="model_time"
+        )
+        t_shape = {"scalar": [], "one": [1], "batch": [dims[0]]}[self.time_kind]
+        self.time_info = tensor_info("t_k", sig.time_dtype, t_shape)
+        self.cols = [("A_k", b.const(tables.A, np.float32, hint="coef_A"))]
+        if np.any(tables.B != 0):
+            self.cols.append(("B_k", b.const(tables.B, np.float32, hint="coef_B")))
+        if tables.clip is not None:
+            for name, col in (("ax_k", tables.ax), ("ao_k", tables.ao), ("C_k", tables.C)):
+                self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
+        self.S = None
+        if tables.noisy:  # (N, 1, …, 1): broadcasts over a (K, B, *S) chunk of z
+            self.S = b.const(tables.S.reshape(N, *[1] * len(dims)), np.float32, hint="coef_S")
+        # bytes per step of the tensors a chunk prepares (see the module docstring)
+        per_elem = 8 if tables.noisy else 0
+        per_sample = np.dtype(sig.time_dtype).itemsize if self.time_kind == "batch" else 0
+        self.per_elem, self.per_sample = per_elem, per_sample
+        self.batch1 = b.op("Slice", shape, _i64(b, [0], "zero1"), _i64(b, [1], "one1"))
+
+    # -- the chunk Loop ----------------------------------------------------------------------
+    def trip_count(self):
+        """() int64 number of chunks ⌈N / K⌉; K (1,) int64 is kept in ``self.K``."""
+        b, N = self._b_root, self.N
+        if self.per_elem == 0 and self.per_sample == 0:
+            self.K = _i64(b, [N], "chunk_all")
+            return b.const(np.int64(1), hint="one_chunk")
+        cost = None
+        if self.per_elem:
+            elems = b.op("ReduceProd", self.shape, keepdims=1)
+            cost = b.op("Mul", elems, _i64(b, [self.per_elem], "bytes_per_elem"))
+        if self.per_sample:
+            c2 = b.op("Mul", self.batch1, _i64(b, [self.per_sample], "bytes_per_sample"))
+            cost = c2 if cost is None else b.op("Add", cost, c2)
+        k = b.op("Div", _i64(b, [CHUNK_BYTES], "chunk_bytes"), cost)
+        self.K = b.op("Max", b.op("Min", k, _i64(b, [N], "n_steps")), _i64(b, [1], "one1"))
+        count = b.op("Div", b.op("Add", self.K, _i64(b, [N - 1], "n_minus_1")), self.K)
+        return b.op("Squeeze", count, _i64(b, [0], "axes"))
+
+    def chunk_loop_body(self) -> onnx.GraphProto:
+        g = self._b_root.child()
+        lo = g.op("Mul", g.op("Unsqueeze", "chunk", _i64(g, [0], "axes")), self.K)
+        hi = g.op("Min", g.op("Add", lo, self.K), _i64(g, [self.N], "n_steps"))
+        ins = self.chunk_inputs(g, "x_c", lo, hi)
+        g.op("Scan", *ins, outputs=["x_c_next"], **self.scan_attrs(False))
+        body = g.graph(
+            "sampler_chunk",
+            [
+                tensor_info("chunk", np.int64, []),
+                tensor_info("cond_c", np.bool_, []),
+                tensor_info("x_c", np.float32, self.dims),
+            ],
+            [tensor_info("cond_c", np.bool_, []), tensor_info("x_c_next", np.float32, self.dims)],
+            with_initializers=False,
+        )
+        body.initializer.extend(self.den_inits)  # see _Plan: weights one level above the Scan
+        return body
+
+    def chunk_inputs(self, g: GraphBuilder, x: str, lo: str | None = None, hi: str | None = None):
+        """Scan inputs for steps [lo, hi) (None: all N): state, times, coefficients, noise."""
+
+        def rows(table):
+            return table if lo is None else g.op("Slice", table, lo, hi)
+
+        n = _i64(g, [self.N], "n_steps") if lo is None else g.op("Sub", hi, lo)
+        t = rows(self.time_table)
+        if self.time_kind == "batch":
+            t = g.op("Expand", t, g.op("Concat", n, self.batch1, axis=0))
+        ins = [x, t] + [rows(table) for _, table in self.cols]
+        if self.S is not None:
+            if self.noise == "input":
+                z = rows("step_noise")
+            else:
+                z_shape = g.op("Concat", n, self.shape, axis=0)
+                z = g.op(
+                    "RandomNormalLike",
+                    _zeros(g, z_shape),
+                    dtype=_F32,
+                    seed=float(2 * self.seed + 1),
+                )
+            ins.append(g.op("Mul", z, rows(self.S)))
+        return ins
+
+    # -- the step Scan -----------------------------------------------------------------------
+    def scan_attrs(self, trajectory: bool) -> dict:
+        n_scan = 1 + len(self.cols) + (self.S is not None)
+        return dict(body=self.step_body(trajectory), num_scan_inputs=n_scan)
+
+    def step_body(self, trajectory: bool) -> onnx.GraphProto:
+        """The Scan body: state x_k and step k's rows in, x_next (and a copy for the trajectory)
+        out.  The embedded denoiser's initializers are taken out of the shared list into
+        ``self.den_inits``: the caller puts them in the graph right above this body."""
+        g = self._b_root.child()
+        x = "x_k"
+        out = emit_denoiser_call(g, self.den, x, "t_k", prefix=_DEN)
+        shared = g.initializers
+        self.den_inits = [t for t in shared if t.name.startswith(_DEN)]
+        shared[:] = [t for t in shared if not t.name.startswith(_DEN)]
+        names = [c for c, _ in self.cols]
+        terms = [g.op("Mul", "A_k", x)]
+        if "B_k" in names:
+            terms.append(g.op("Mul", "B_k", out))
+        if self.tables.clip is not None:
+            c = self.tables.clip
+            x0 = g.op("Add", g.op("Mul", "ax_k", x), g.op("Mul", "ao_k", out))
+            x0 = g.op("Clip", x0, g.const(np.float32(-c)), g.const(np.float32(c)))
+            terms.append(g.op("Mul", "C_k", x0))
+        if self.S is not None:
+            terms.append("zs_k")
+        if len(terms) == 1:
+            g.op("Identity", terms[0], outputs=["x_next"])
+        else:  # one node for the whole sum; same order of float32 additions as emit_update
+            g.op("Sum", *terms, outputs=["x_next"])
+        outs = [tensor_info("x_next", np.float32, self.dims)]
+        if trajectory:
+            g.op("Identity", "x_next", outputs=["x_step"])
+            outs.append(tensor_info("x_step", np.float32, self.dims))
+        ins = [tensor_info(x, np.float32, self.dims), self.time_info]
+        ins += [tensor_info(name, np.float32, []) for name in names]
+        if self.S is not None:
+            ins.append(tensor_info("zs_k", np.float32, self.dims))
+        return g.graph("sampler_step", ins, outs, with_initializers=False)

@@ -8,12 +8,14 @@ Imports numpy and scipy only.  The modules, one math object each (docs/math.md):
 - :mod:`refdiff.posterior`         q(x_{t−1}|x_t, x_0)
 - :mod:`refdiff.parameterization`  ε / x̂_0 / v / score conversions
 - :mod:`refdiff.reverse`           one DDPM or DDIM step
+- :mod:`refdiff.affine`            the same step as an affine map (what the loops run)
 - :mod:`refdiff.sampling`          the sampling loops
 - :mod:`refdiff.losses`            training targets, MSE, VLB, bits/dim
 - :mod:`refdiff.errors`            the typed errors
 """
 
 from . import (
+    affine,
     errors,
     forward,
     losses,
@@ -30,6 +32,7 @@ from .schedule import Schedule, make_schedule, respace
 __version__ = "0.1.0"
 
 __all__ = [
+    "affine",
     "errors",
     "forward",
     "losses",

@@ -12,6 +12,11 @@ Noise layout (the same for every sampler, and for the ONNX samplers in refdiff.e
 and ``step_noise[k]`` is used by the k-th step taken (from time N − k to N − k − 1).  With
 ``rng`` instead, x_T is drawn first and then one ``step_noise`` slice per step, in order,
 so ``sample(rng=Generator(s))`` equals ``sample(*draw_noise(Generator(s), N, shape))``.
+
+Each step is the affine form (7.12) of :mod:`refdiff.affine` (coefficients read off
+:mod:`refdiff.reverse` once per call) when the options allow it — no clip, no threshold, a
+fixed variance — and the step of :mod:`refdiff.reverse` otherwise; both agree up to rounding
+and draw the same noise.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._check import as_batch, as_float_array, option
+from .affine import affine_coefficients, affine_step, is_affine
 from .errors import InputError, ShapeError
 from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
 from .schedule import Schedule
@@ -92,26 +98,39 @@ def _call(denoiser: Denoiser, x: np.ndarray, t_model: int) -> np.ndarray:
 
 
 def _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback):
+    """Run ``step(x, t, z, rng)`` for t = N … 1; z is step_noise[k], or None with ``rng``."""
     N = schedule.T
+    if needs_noise and step_noise is None and not isinstance(rng, np.random.Generator):
+        from .errors import RandomnessError
+
+        raise RandomnessError("rng", "x_T was given without step_noise: pass one of them")
     traj = [x] if return_trajectory else None
     for k in range(N):
         t = N - k
-        if step_noise is not None:
-            z = step_noise[k]
-        elif needs_noise:
-            if not isinstance(rng, np.random.Generator):
-                from .errors import RandomnessError
-
-                raise RandomnessError("rng", "x_T was given without step_noise: pass one of them")
-            z = rng.standard_normal(x.shape)
-        else:
-            z = None
-        x = step(x, t, z)
+        z = step_noise[k] if step_noise is not None else None
+        x = step(x, t, z, rng if needs_noise and z is None else None)
         if traj is not None:
             traj.append(x)
         if callback is not None:
             callback(k, t - 1, x)
     return (x, np.stack(traj)) if return_trajectory else x
+
+
+def _affine_or(schedule, method, options, spec_step):
+    """The step the loop runs: (7.12) when the options are affine, else the reference step.
+
+    Both draw the same noise from ``rng`` (one standard-normal draw of the state shape).
+    """
+    if is_affine(method, **options):
+        coef = affine_coefficients(schedule, method, **options)
+        return lambda x, t, out, z, rng: affine_step(coef, x, t, out, noise=z, rng=rng)
+
+    def step(x, t, out, z, rng):
+        if z is None and rng is not None:
+            z = rng.standard_normal(x.shape)
+        return spec_step(x, t, out, z)
+
+    return step
 
 
 def ddpm_sample(
@@ -140,8 +159,7 @@ def ddpm_sample(
     option(vt, "variance_type", VARIANCE_TYPES)
     learned = vt in LEARNED
 
-    def step(x, t, z):
-        out = _call(denoiser, x, int(schedule.timesteps[t]))
+    def spec_step(x, t, out, z):
         mv = None
         if learned:
             if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
@@ -152,6 +170,11 @@ def ddpm_sample(
         if z is None:
             z = np.zeros_like(x)
         return ddpm_step(schedule, x, t, out, noise=z, model_variance=mv, **options)
+
+    run = _affine_or(schedule, "ddpm", options, spec_step)
+
+    def step(x, t, z, rng):
+        return run(x, t, _call(denoiser, x, int(schedule.timesteps[t])), z, rng)
 
     return _loop(schedule, x, step_noise, rng, True, step, return_trajectory, callback)
 
@@ -180,8 +203,12 @@ def ddim_sample(
     x = _start(schedule, shape, x_T, step_noise, rng)
     needs_noise = options.get("eta", 0.0) != 0.0
 
-    def step(x, t, z):
-        out = _call(denoiser, x, int(schedule.timesteps[t]))
+    def spec_step(x, t, out, z):
         return ddim_step(schedule, x, t, out, noise=z, **options)
+
+    run = _affine_or(schedule, "ddim", options, spec_step)
+
+    def step(x, t, z, rng):
+        return run(x, t, _call(denoiser, x, int(schedule.timesteps[t])), z, rng)
 
     return _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback)

@@ -42,6 +42,8 @@ AFFINE_DDIM = _EXACT + "test_ddim_sample_is_the_exact_affine_recursion"
 COEFFS = _EXACT + "test_reverse_coefficients_match_the_posterior_module"
 NAMED = _EXACT + "test_named_schedules_have_their_published_alpha_bar"
 RATIO = _EXACT + "test_beta_is_the_alpha_bar_ratio"
+AFFINE_RNG = "tests/test_affine.py::test_affine_step_draws_what_the_reference_step_draws"
+AFFINE_LARGE = "tests/test_affine.py::test_large_states_are_stepped_block_by_block"
 _FWD = "tests/test_statistical_forward.py::"
 CHAIN = _FWD + "test_chained_forward_steps_have_the_closed_form_law"
 TRANSITION = _FWD + "test_transition_composes_with_the_closed_form"
@@ -208,9 +210,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "ddim_denoiser_time_zero_based",
         "refdiff.sampling",
-        "out = _call(denoiser, x, int(schedule.timesteps[t]))\n        return ddim_step(",
-        "out = _call(denoiser, x, max(int(schedule.timesteps[t]) - 1, 1))\n"
-        "        return ddim_step(",
+        "int(schedule.timesteps[t])), z, rng)\n\n"
+        "    return _loop(schedule, x, step_noise, rng, needs",
+        "max(int(schedule.timesteps[t]) - 1, 1)), z, rng)\n\n"
+        "    return _loop(schedule, x, step_noise, rng, needs",
         "DDIM calls the denoiser with the 0-based index t − 1 (time-convention mix-up)",
         (AFFINE_DDIM,),
     ),
@@ -221,6 +224,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "z = step_noise[N - 1 - k]",
         "the samplers consume the injected step noise in reverse order",
         (AFFINE_DDPM,),
+    ),
+    Mutant(
+        "affine_noise_unscaled",
+        "refdiff.affine",
+        "        y *= scale\n",
+        "        y *= 1.0\n",
+        "the affine step adds its drawn noise without the factor s_t",
+        (AFFINE_RNG,),
+    ),
+    Mutant(
+        "affine_last_block_short",
+        "refdiff.affine",
+        "hi = min(lo + _BLOCK, n)",
+        "hi = min(lo + _BLOCK, n - 1)",
+        "the blocked update of a large state leaves its last element unstepped",
+        (AFFINE_LARGE,),
     ),
 )
 
@@ -357,6 +376,7 @@ SCOPES = {
         "tests/test_posterior.py",
         "tests/test_parameterization.py",
         "tests/test_reverse.py",
+        "tests/test_affine.py",
         "tests/test_sampling.py",
     ],
     "all": ["tests"],

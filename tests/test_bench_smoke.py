@@ -59,13 +59,24 @@ def test_steps_section(result):
     assert [r["shape"] for r in sec["rows"]] == ["1x2", "64x2"]
     assert any("skipped" in n for n in sec["notes"])  # --no-peers says so
     for row in sec["rows"]:
-        assert set(row["us"]) == {"ref_ddpm", "ref_ddim", "noise", "pass4", "pass3"}
+        assert set(row["us"]) == {
+            "ref_ddpm",
+            "ref_ddim",
+            "spec_ddpm",
+            "spec_ddim",
+            "noise",
+            "pass4",
+            "pass3",
+        }
         assert all(_pos(v) for v in row["us"].values())
         for k in (
             "floor_ddpm_us",
             "floor_ddim_us",
             "ref_ddpm_over_floor",
             "ref_ddim_over_floor",
+            "spec_ddpm_over_floor",
+            "spec_over_ref_ddpm",
+            "spec_over_ref_ddim",
             "bw_floor_ddpm_us",
             "bw_floor_ddim_us",
         ):

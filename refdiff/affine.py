@@ -1,0 +1,170 @@
+"""A reverse step as an affine map of (x_t, model output, noise) (docs/math.md §7.3).
+
+Without clipping or thresholding of x̂_0 and with a fixed variance, every DDPM step (7.3) and
+every DDIM step (7.9) is affine in the state, the model output o and the noise z:
+
+    x_{t−1} = a_t x_t + b_t o + s_t z                                                  (7.12)
+
+with scalars (a_t, b_t, s_t) that depend on the schedule, t and the options only.
+:func:`affine_coefficients` reads them off the specification itself — the step of
+:mod:`refdiff.reverse` evaluated on unit inputs, for every t at once — so they cannot drift from
+it; :func:`affine_step` then costs the noise draw plus two fused passes, which is what the
+sampling loops of :mod:`refdiff.sampling` run.  It agrees with the step of
+:mod:`refdiff.reverse` up to rounding — the reference rounds x̂_0 = (…)/√ᾱ_t and
+ε̂ = (…)/√(1 − ᾱ_t) before combining them, the affine form regroups the products, so they
+differ by a few ulp of (|x_t| + |o| + |z|) times at most max(|a_t|, |b_t|, |s_t|, 1/√ᾱ_t,
+1/√(1 − ᾱ_t)) (tests/test_affine.py) — and draws the same noise from the same ``rng``.
+
+Non-affine options — ``clip``, ``threshold_ratio`` and the learned variance types — are refused
+here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._check import as_float_array, option, timesteps
+from .errors import InputError, RandomnessError, ShapeError, TimestepError
+from .reverse import LEARNED, ddim_step, ddpm_step
+from .schedule import Schedule
+
+__all__ = ["METHODS", "AffineStep", "is_affine", "affine_coefficients", "affine_step"]
+
+METHODS = ("ddpm", "ddim")
+
+# Elements per block of the fused update: the block's temporary stays in L2, so a large
+# state is read once per term instead of also writing and re-reading a full-size temporary.
+_BLOCK = 1 << 15
+
+
+class AffineStep(NamedTuple):
+    """The coefficients of (7.12) for every t of one schedule and one set of options.
+
+    a, b, s: float64 arrays of shape (T + 1,) indexed by t (entry 0, t = 0, is NaN: there is
+    no step from it).  ``draws``: whether the step consumes one noise draw (DDPM always, as
+    :func:`refdiff.reverse.ddpm_step` does, even where s_t = 0; DDIM only when η > 0).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    s: np.ndarray
+    draws: bool
+    method: str
+
+
+def is_affine(method: str, **options) -> bool:
+    """Whether the step of ``method`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
+    option(method, "method", METHODS)
+    if options.get("clip") is not None or options.get("threshold_ratio") is not None:
+        return False
+    return method == "ddim" or options.get("variance_type", "fixed_small") not in LEARNED
+
+
+def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineStep:
+    """(a_t, b_t, s_t) of (7.12) for t = 1 … T, read off the reference step.
+
+    ``options`` are those of :func:`refdiff.reverse.ddpm_step` (``method="ddpm"``) or
+    :func:`refdiff.reverse.ddim_step` (``"ddim"``), checked by them; the non-affine ones
+    (``clip``, ``threshold_ratio``, learned variances) raise :class:`InputError`.
+    """
+    if not isinstance(schedule, Schedule):
+        raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
+    if not is_affine(method, **options):
+        bad = "variance_type" if options.get("variance_type") in LEARNED else "clip"
+        if options.get("threshold_ratio") is not None:
+            bad = "threshold_ratio"
+        raise InputError(bad, f"makes the {method} step non-affine; use refdiff.reverse")
+    if method == "ddpm":
+        step, draws = ddpm_step, True
+    else:
+        step, draws = ddim_step, options.get("eta", 0.0) != 0.0
+    T = schedule.T
+    t = np.arange(1, T + 1)
+    one, zero = np.ones(T), np.zeros(T)
+    # The step is linear in (x_t, o, z): its value on a unit input is that input's coefficient.
+    # A batch of T one-element states, state b at time b + 1, gives every t in one call.
+    coef = [
+        np.concatenate(([np.nan], step(schedule, x, t, o, noise=z, **options)))
+        for x, o, z in ((one, zero, zero), (zero, one, zero), (zero, zero, one))
+    ]
+    for c in coef:
+        c.setflags(write=False)
+    return AffineStep(*coef, draws=draws, method=method)
+
+
+def _array(x: object, name: str) -> np.ndarray:
+    if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim >= 1 and x.size:
+        return x  # the loop's case: no conversion
+    a = as_float_array(x, name, finite=False)
+    if a.ndim < 1 or a.size == 0:
+        raise ShapeError(name, f"needs a batch axis and at least one value; got shape {a.shape}")
+    return a
+
+
+def affine_step(
+    coef: AffineStep, x_t, t, model_output, *, noise=None, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """x_{t−1} = a_t x_t + b_t o + s_t z (7.12): a fresh float64 array of the state shape.
+
+    ``t``: one int in [1, T] for the whole batch.  ``x_t``, ``model_output``: (B, …), the
+    same shape.  The noise is ``noise`` (state shape) or drawn from ``rng`` when
+    ``coef.draws``, as the reference step draws it (``rng.normal(0, s_t)`` consumes the
+    stream exactly like ``standard_normal``).  Inputs are not checked for NaN/Inf (they
+    propagate to the result); the sampling loops check the model output.
+    """
+    if not isinstance(coef, AffineStep):
+        raise InputError("coef", f"must be an AffineStep; got {type(coef).__name__}")
+    T = coef.a.shape[0] - 1
+    if type(t) is not int:
+        t = timesteps(t, "t", low=1, high=T)
+        if t.ndim:
+            raise TimestepError("t", f"affine_step takes one t for the batch; got shape {t.shape}")
+        t = int(t)
+    elif not 1 <= t <= T:
+        raise TimestepError("t", f"value {t} is outside [1, {T}]")
+    x = _array(x_t, "x_t")
+    o = _array(model_output, "model_output")
+    if o.shape != x.shape:
+        raise ShapeError("model_output", f"shape {o.shape} does not match x_t shape {x.shape}")
+    n = x.size
+    xo = ((x.ravel(), coef.a[t]), (o.ravel(), coef.b[t]))
+    if not coef.draws:
+        y, scale, terms = np.empty(n), None, xo
+    elif noise is not None:
+        z = _array(noise, "noise")
+        if z.shape != x.shape:
+            raise ShapeError("noise", f"shape {z.shape} does not match the state {x.shape}")
+        y, scale, terms = np.empty(n), None, ((z.ravel(), coef.s[t]), *xo)
+    elif isinstance(rng, np.random.Generator):
+        # The draw the reference step makes; scaled below, block by block, while in cache.
+        y, scale, terms = rng.standard_normal(n), coef.s[t], xo
+    else:
+        raise RandomnessError(
+            "rng", f"pass injected noise= or a numpy.random.Generator; got {type(rng).__name__}"
+        )
+    if n <= _BLOCK:
+        _combine(y, scale, terms, np.empty(n))
+    else:  # one pass over memory: each block is finished while it is in cache
+        tmp = np.empty(_BLOCK)
+        for lo in range(0, n, _BLOCK):
+            hi = min(lo + _BLOCK, n)
+            blk = [(v[lo:hi], c) for v, c in terms]
+            _combine(y[lo:hi], scale, blk, tmp[: hi - lo])
+    return y.reshape(x.shape)
+
+
+def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:
+    """y ← scale·y + Σ c·v in place, or Σ c·v into an empty y when ``scale`` is None.
+
+    IEEE multiply then add (no FMA): the same bits on every machine NumPy runs on.
+    """
+    if scale is None:
+        (v, c), *terms = terms
+        np.multiply(v, c, out=y)
+    else:
+        y *= scale
+    for v, c in terms:
+        np.multiply(v, c, out=tmp)
+        y += tmp
