@@ -94,8 +94,11 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     return AffineStep(*coef, draws=draws, method=method)
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _array(x: object, name: str) -> np.ndarray:
-    if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim >= 1 and x.size:
+    if type(x) is np.ndarray and x.dtype is _F64 and x.ndim and x.size:
         return x  # the loop's case: no conversion
     a = as_float_array(x, name, finite=False)
     if a.ndim < 1 or a.size == 0:
@@ -128,37 +131,47 @@ def affine_step(
     o = _array(model_output, "model_output")
     if o.shape != x.shape:
         raise ShapeError("model_output", f"shape {o.shape} does not match x_t shape {x.shape}")
-    n = x.size
-    xo = ((x.ravel(), coef.a[t]), (o.ravel(), coef.b[t]))
+    xo = ((x, coef.a[t]), (o, coef.b[t]))
     if not coef.draws:
-        y, scale, terms = np.empty(n), None, xo
+        y, scale, terms = None, None, xo
     elif noise is not None:
         z = _array(noise, "noise")
         if z.shape != x.shape:
             raise ShapeError("noise", f"shape {z.shape} does not match the state {x.shape}")
-        y, scale, terms = np.empty(n), None, ((z.ravel(), coef.s[t]), *xo)
+        y, scale, terms = None, None, ((z, coef.s[t]), *xo)
     elif isinstance(rng, np.random.Generator):
-        # The draw the reference step makes; scaled below, block by block, while in cache.
-        y, scale, terms = rng.standard_normal(n), coef.s[t], xo
+        # The draw the reference step makes; scaled below (block by block, while in cache).
+        y, scale, terms = rng.standard_normal(x.shape), coef.s[t], xo
     else:
         raise RandomnessError(
             "rng", f"pass injected noise= or a numpy.random.Generator; got {type(rng).__name__}"
         )
-    if n <= _BLOCK:
-        _combine(y, scale, terms, np.empty(n))
-    else:  # one pass over memory: each block is finished while it is in cache
-        tmp = np.empty(_BLOCK)
-        for lo in range(0, n, _BLOCK):
-            hi = min(lo + _BLOCK, n)
-            blk = [(v[lo:hi], c) for v, c in terms]
-            _combine(y[lo:hi], scale, blk, tmp[: hi - lo])
-    return y.reshape(x.shape)
+    n = x.size
+    if n <= _BLOCK:  # whole arrays, operator forms: the same IEEE ops, less call overhead
+        if scale is None:
+            (v, c), *terms = terms
+            y = v * c
+        else:
+            y *= scale
+        for v, c in terms:
+            y += v * c
+        return y
+    # One pass over memory: each block is finished while it is in cache.
+    if y is None:
+        y = np.empty(x.shape)
+    flat = [(v.reshape(-1), c) for v, c in terms]
+    yf, tmp = y.reshape(-1), np.empty(_BLOCK)
+    for lo in range(0, n, _BLOCK):
+        hi = min(lo + _BLOCK, n)
+        _combine(yf[lo:hi], scale, [(v[lo:hi], c) for v, c in flat], tmp[: hi - lo])
+    return y
 
 
 def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:
     """y ← scale·y + Σ c·v in place, or Σ c·v into an empty y when ``scale`` is None.
 
-    IEEE multiply then add (no FMA): the same bits on every machine NumPy runs on.
+    IEEE multiply then add (no FMA): the same bits on every machine NumPy runs on, and the
+    same as the whole-array path of :func:`affine_step`.
     """
     if scale is None:
         (v, c), *terms = terms

@@ -228,8 +228,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "affine_noise_unscaled",
         "refdiff.affine",
-        "        y *= scale\n",
-        "        y *= 1.0\n",
+        "            y *= scale\n        for v, c in terms:\n            y += v * c",
+        "            y *= 1.0\n        for v, c in terms:\n            y += v * c",
         "the affine step adds its drawn noise without the factor s_t",
         (AFFINE_RNG,),
     ),
