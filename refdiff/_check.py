@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,14 @@ from .errors import (
     ShapeError,
     TimestepError,
 )
+
+
+def is_real(v: object) -> bool:
+    """A real scalar option: a Python or NumPy int or float (np.float32 too), never a bool.
+
+    (``isinstance(v, int | float)`` would refuse np.float32 and take ``True`` as 1.)
+    """
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._check import check_size, option
+from ._check import check_size, is_real, option
 from .errors import InputError, RandomnessError
 from .exact import GaussianMixture
 
@@ -42,7 +42,7 @@ def ring_mixture(
         raise InputError("k", f"must be a positive int; got {k!r}")
     check_size((k, 2, 2), "k")  # before allocating (docs/reliability.md)
     for nm, v in (("radius", radius), ("std", std)):
-        if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+        if not (is_real(v) and math.isfinite(v) and v > 0):
             raise InputError(nm, f"must be a finite float > 0; got {v!r}")
     phi = 2.0 * np.pi * np.arange(k) / k
     means = radius * np.stack([np.cos(phi), np.sin(phi)], axis=1)
@@ -57,7 +57,7 @@ def sample_moons(rng: np.random.Generator, n: int, noise: float = MOONS_NOISE) -
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise InputError("n", f"must be an int >= 0; got {n!r}")
     check_size((int(n), 2), "n")  # before allocating (docs/reliability.md)
-    if isinstance(noise, bool) or not (isinstance(noise, int | float) and math.isfinite(noise)):
+    if isinstance(noise, bool) or not (is_real(noise) and math.isfinite(noise)):
         raise InputError("noise", f"must be a finite float; got {noise!r}")
     c = rng.integers(0, 2, size=n)
     theta = rng.uniform(0.0, np.pi, size=n)

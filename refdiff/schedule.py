@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._check import as_float_array, timesteps
+from ._check import as_float_array, is_real, timesteps
 from .errors import InputError, ScheduleError, TimestepError
 
 __all__ = [
@@ -174,7 +174,7 @@ def _check_T(T: object) -> int:
 
 def _beta_range(beta_start: float, beta_end: float) -> None:
     for nm, v in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not (isinstance(v, int | float) and math.isfinite(v) and 0.0 < v <= 1.0):
+        if not (is_real(v) and math.isfinite(v) and 0.0 < v <= 1.0):
             raise ScheduleError(nm, f"must be a finite float in (0, 1]; got {v!r}")
 
 
@@ -257,9 +257,9 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
     f(u) = cos²((u + s)/(1 + s) · π/2), β_t = min(1 − f(t/T)/f((t−1)/T), max_beta).
     """
     T = _check_T(T)
-    if not (isinstance(s, int | float) and math.isfinite(s) and s >= 0):
+    if not (is_real(s) and math.isfinite(s) and s >= 0):
         raise ScheduleError("s", f"must be a finite float >= 0; got {s!r}")
-    if not (isinstance(max_beta, int | float) and 0.0 < max_beta <= 1.0):
+    if not (is_real(max_beta) and 0.0 < max_beta <= 1.0):
         raise ScheduleError("max_beta", f"must be in (0, 1]; got {max_beta!r}")
     u = np.arange(T + 1, dtype=np.float64) / T
     f = np.cos((u + s) / (1.0 + s) * (math.pi / 2.0)) ** 2

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from . import forward, posterior, respacing, reverse
+from ._check import is_real
 from .adapters import to_numpy
 from .errors import InputError, UndefinedError
 from .parameterization import from_x0_eps
@@ -121,7 +122,7 @@ class Tolerance:
             v = getattr(self, nm)
             if v is not None and v not in UNIT_ROUNDOFF:
                 raise InputError(nm, f"unknown precision {v!r}; valid: {', '.join(UNIT_ROUNDOFF)}")
-        if not (isinstance(self.factor, int | float) and self.factor > 0):
+        if not (is_real(self.factor) and self.factor > 0):
             raise InputError("factor", f"must be > 0; got {self.factor!r}")
 
     @classmethod

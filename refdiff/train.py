@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ._check import as_float_array, option
+from ._check import as_float_array, is_real, option
 from .errors import InputError, ShapeError
 from .forward import q_sample
 from .losses import training_target
@@ -95,11 +95,11 @@ class TrainConfig:
             ("adam_eps", 0.0, math.inf),
         ):
             v = getattr(self, nm)
-            if not (isinstance(v, int | float) and math.isfinite(v) and lo < v < hi):
+            if not (is_real(v) and math.isfinite(v) and lo < v < hi):
                 raise InputError(nm, f"must be a finite float in ({max(lo, 0)}, {hi}); got {v!r}")
-        if not (isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0):
+        if not (is_real(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             raise InputError("ema_decay", f"must be in [0, 1); got {self.ema_decay!r}")
-        if not (isinstance(self.min_lr_ratio, int | float) and 0.0 <= self.min_lr_ratio <= 1.0):
+        if not (is_real(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0):
             raise InputError("min_lr_ratio", f"must be in [0, 1]; got {self.min_lr_ratio!r}")
         option(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         option(self.prediction_type, "prediction_type", TRAIN_PREDICTION_TYPES)

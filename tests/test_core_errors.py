@@ -337,6 +337,15 @@ CASES = {
         E.InputError,
         "model_variance",
     ),
+    # a bool is not a number here: eta=True would silently read as 1
+    "eta bool": (lambda: R.ddim_step(SCH, X, 2, X, eta=True), E.InputError, "eta"),
+    "clip bool": (lambda: R.ddpm_step(SCH, X, 2, X, noise=X, clip=True), E.InputError, "clip"),
+    "final_alpha_bar bool": (
+        lambda: R.ddim_step(SCH, X, 2, X, final_alpha_bar=True),
+        E.InputError,
+        "final_alpha_bar",
+    ),
+    "cosine s bool": (lambda: S.cosine(10, s=False), E.InputError, "s"),
     "inverse s=0 not epsilon": (
         lambda: R.ddim_inverse_step(SCH, X, 0, X, prediction_type="v"),
         E.InputError,
@@ -374,3 +383,17 @@ def test_error_hierarchy():
     assert "'leading'" in str(e) and "'uniform'" in str(e)
     f = E.FileFormatError("x.onnx", "truncated")
     assert f.path == "x.onnx" and isinstance(f, ValueError) and "truncated" in str(f)
+
+
+def test_numpy_scalars_are_accepted_as_options():
+    """np.float32 / np.int64 options work and give the Python-float result (is_real)."""
+    x, z = np.linspace(-3, 3, 6).reshape(2, 3), np.ones_like(X)
+    for kw in ({"eta": 0.5}, {"clip": 1.5}, {"final_alpha_bar": 0.9}, {"threshold_ratio": 0.9}):
+        (k, v), *_ = kw.items()
+        want = R.ddim_step(SCH, x, 2, x, noise=z, **kw)
+        got = R.ddim_step(SCH, x, 2, x, noise=z, **{k: np.float32(v)})
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # v rounded to float32
+    np.testing.assert_array_equal(
+        R.ddpm_step(SCH, x, 2, x, noise=z, clip=np.int64(1)),
+        R.ddpm_step(SCH, x, 2, x, noise=z, clip=1),
+    )
