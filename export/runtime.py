@@ -385,13 +385,8 @@ class OrtSampler:
         except ValueError as e:  # onnxruntime: the graph's inputs are not what its metadata says
             raise CorruptModelError(label, f"inputs do not match the metadata: {e}") from None
         except Exception as e:  # onnxruntime's own errors: feeds are checked, so the file is bad
-            if not type(e).__module__.startswith("onnxruntime"):
-                raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CorruptModelError(label, f"onnxruntime failed running it: {first}") from None
-        if not np.isfinite(out).all():
-            raise NonFiniteError("model", f"{label} returned NaN or Inf (a corrupted model?)")
-        return out
+            _raise_ort_failure(e, label, "onnxruntime failed running it")
+        return _finite(out, label)
 
     def _run_loop(self, x_T: np.ndarray, step_noise, progress: bool, callback) -> np.ndarray:
         import onnxruntime as ort
@@ -482,7 +477,12 @@ class OrtSampler:
                                 f"{str(e).splitlines()[0]}",
                             ) from None
                     else:
-                        sess.run_with_iobinding(io, run_opts[p])
+                        try:
+                            sess.run_with_iobinding(io, run_opts[p])
+                        except Exception as e:  # noqa: BLE001 - mapped below when onnxruntime's
+                            _raise_ort_failure(
+                                e, den.label, f"onnxruntime failed at step {i + 1} of {N}"
+                            )
                 if bar is not None:
                     bar.update(1)
                 if callback is not None:
@@ -490,7 +490,30 @@ class OrtSampler:
         finally:
             if bar is not None:
                 bar.close()
-        return np.array(x[N % 2].numpy(), copy=True)  # .numpy() may alias the buffer
+        return _finite(np.array(x[N % 2].numpy(), copy=True), den.label)  # .numpy() may alias
+
+
+def _raise_ort_failure(e: Exception, label: str, what: str):
+    """Re-raise an onnxruntime error as a typed CorruptModelError naming the model.
+
+    Inputs are checked before a run, so an onnxruntime failure is the model's: its own error
+    types, or the RuntimeError that ``run_with_iobinding`` wraps them in.  Anything else
+    propagates unchanged.
+    """
+    from .model_io import CorruptModelError
+
+    if not (type(e).__module__.startswith("onnxruntime") or isinstance(e, RuntimeError)):
+        raise e
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise CorruptModelError(label, f"{what}: {first}") from None
+
+
+def _finite(out: np.ndarray, label: str) -> np.ndarray:
+    """The sample, or NonFiniteError when the model produced NaN/Inf (every mode alike)."""
+    if not np.isfinite(out).all():
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        raise NonFiniteError("model", f"{label} returned NaN or Inf ({bad} of {out.size} values)")
+    return out
 
 
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:

@@ -240,3 +240,77 @@ def test_bad_sampling_arguments_are_typed_errors():
         ex.mixture_denoiser_model(
             {"weights": [1.0], "means": [[0.0, 0.0]], "covs": [[[1.0, 0.0], [0.0, -1.0]]]}, BASE
         )
+
+
+# -- failures while sampling: every mode maps them alike ---------------------------------------
+def _nan_denoiser():
+    nan = helper.make_tensor("nan", F, [], [float("nan")])
+    return _graph(
+        [_vi("x", F, ["B", 2]), _vi("t", I64, ["B"])],
+        [_vi("y", F, ["B", 2])],
+        [
+            helper.make_node("Constant", [], ["c"], value=nan),
+            helper.make_node("Mul", ["x", "c"], ["y"]),
+        ],
+    )
+
+
+def _fails_from_step_6():
+    """y = x + table[25 − t]: fine for t ≥ 16; onnxruntime's Gather fails from t = 15 (step 6)."""
+    table = helper.make_tensor("table", F, [10], [0.0] * 10)
+    k25 = helper.make_tensor("k25", I64, [], [25])
+    return _graph(
+        [_vi("x", F, ["B", 2]), _vi("t", I64, ["B"])],
+        [_vi("y", F, ["B", 2])],
+        [
+            helper.make_node("Constant", [], ["tab"], value=table),
+            helper.make_node("Constant", [], ["c"], value=k25),
+            helper.make_node("Sub", ["c", "t"], ["i"]),
+            helper.make_node("Gather", ["tab", "i"], ["g"]),
+            helper.make_node("Unsqueeze", ["g", "ax"], ["u"]),
+            helper.make_node("Add", ["x", "u"], ["y"]),
+        ],
+    )
+
+
+def _with_axes(m):
+    m.graph.initializer.append(helper.make_tensor("ax", I64, [1], [1]))
+    return m
+
+
+@pytest.mark.parametrize("mode", ["steps", "fused", "graph"])
+def test_nan_from_the_model_is_a_typed_error_in_every_mode(mode, tmp_path):
+    path = tmp_path / "nan.onnx"
+    path.write_bytes(_nan_denoiser().SerializeToString())
+    s = ex.OrtSampler(
+        path,
+        BASE,
+        provider="cpu",
+        mode=mode,
+        prediction_type="epsilon",
+        timestep_convention="refdiff",
+    )
+    x, z = np.zeros((3, 2)), np.zeros((BASE.T, 3, 2))
+    with pytest.raises(NonFiniteError, match="NaN or Inf") as e:
+        s.sample(x, z)
+    assert e.value.argument == "model"
+
+
+@pytest.mark.parametrize("mode", ["steps", "fused", "graph"])
+def test_onnxruntime_failure_mid_loop_is_a_typed_error_in_every_mode(mode, tmp_path):
+    path = tmp_path / "late.onnx"
+    path.write_bytes(_with_axes(_fails_from_step_6()).SerializeToString())
+    s = ex.OrtSampler(
+        path,
+        BASE,
+        provider="cpu",
+        mode=mode,
+        prediction_type="epsilon",
+        timestep_convention="refdiff",
+    )
+    x, z = np.zeros((3, 2)), np.zeros((BASE.T, 3, 2))
+    with pytest.raises(ex.CorruptModelError, match="onnxruntime failed") as e:
+        s.sample(x, z)
+    assert isinstance(e.value, FileFormatError)
+    if mode != "graph":
+        assert "at step 6 of 20" in str(e.value)
