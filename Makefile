@@ -5,7 +5,10 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 # onnxruntime-gpu runs on CPU as well (it falls back and says so), so one runtime serves
 # machines with and without a GPU.  torch/diffusers are for the cross-check tier only.
-EXTRAS ?= test,deploy-gpu,plots,crosscheck
+# Where an NVIDIA driver is present, also NVIDIA's CUDA 13 / cuDNN 9 libraries from PyPI, so
+# that `make demo` runs on the GPU instead of falling back to the CPU.
+GPU_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,deploy-gpu-cuda)
+EXTRAS ?= test,deploy-gpu,plots,crosscheck$(GPU_EXTRA)
 STAMP   = $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 comma  := ,
 
