@@ -54,12 +54,20 @@ class AffineStep(NamedTuple):
     method: str
 
 
+def _non_affine(method: str, options: dict) -> str | None:
+    """The option that makes the step of ``method`` non-affine, or None."""
+    option(method, "method", METHODS)
+    for name in ("clip", "threshold_ratio"):
+        if options.get(name) is not None:
+            return name
+    if method == "ddpm" and options.get("variance_type", "fixed_small") in LEARNED:
+        return "variance_type"
+    return None
+
+
 def is_affine(method: str, **options) -> bool:
     """Whether the step of ``method`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
-    option(method, "method", METHODS)
-    if options.get("clip") is not None or options.get("threshold_ratio") is not None:
-        return False
-    return method == "ddim" or options.get("variance_type", "fixed_small") not in LEARNED
+    return _non_affine(method, options) is None
 
 
 def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineStep:
@@ -71,10 +79,8 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     """
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
-    if not is_affine(method, **options):
-        bad = "variance_type" if options.get("variance_type") in LEARNED else "clip"
-        if options.get("threshold_ratio") is not None:
-            bad = "threshold_ratio"
+    bad = _non_affine(method, options)
+    if bad is not None:
         raise InputError(bad, f"makes the {method} step non-affine; use refdiff.reverse")
     if method == "ddpm":
         step, draws = ddpm_step, True

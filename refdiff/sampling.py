@@ -97,8 +97,8 @@ def _call(denoiser: Denoiser, x: np.ndarray, t_model: int) -> np.ndarray:
     return as_float_array(out, "denoiser output")
 
 
-def _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback):
-    """Run ``step(x, t, z, rng)`` for t = N … 1; z is step_noise[k], or None with ``rng``."""
+def _loop(denoiser, schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback):
+    """x ← step(x, t, f(x, t), z, rng) for t = N … 1 (z: slice k of step_noise, or None)."""
     N = schedule.T
     if needs_noise and step_noise is None and not isinstance(rng, np.random.Generator):
         from .errors import RandomnessError
@@ -108,7 +108,8 @@ def _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, ca
     for k in range(N):
         t = N - k
         z = step_noise[k] if step_noise is not None else None
-        x = step(x, t, z, rng if needs_noise and z is None else None)
+        out = _call(denoiser, x, int(schedule.timesteps[t]))
+        x = step(x, t, out, z, rng if needs_noise and z is None else None)
         if traj is not None:
             traj.append(x)
         if callback is not None:
@@ -167,16 +168,10 @@ def ddpm_sample(
                     "denoiser output", f"{vt} needs 2C channels on axis 1; got {out.shape}"
                 )
             out, mv = np.split(out, 2, axis=1)
-        if z is None:
-            z = np.zeros_like(x)
         return ddpm_step(schedule, x, t, out, noise=z, model_variance=mv, **options)
 
-    run = _affine_or(schedule, "ddpm", options, spec_step)
-
-    def step(x, t, z, rng):
-        return run(x, t, _call(denoiser, x, int(schedule.timesteps[t])), z, rng)
-
-    return _loop(schedule, x, step_noise, rng, True, step, return_trajectory, callback)
+    step = _affine_or(schedule, "ddpm", options, spec_step)
+    return _loop(denoiser, schedule, x, step_noise, rng, True, step, return_trajectory, callback)
 
 
 def ddim_sample(
@@ -206,9 +201,7 @@ def ddim_sample(
     def spec_step(x, t, out, z):
         return ddim_step(schedule, x, t, out, noise=z, **options)
 
-    run = _affine_or(schedule, "ddim", options, spec_step)
-
-    def step(x, t, z, rng):
-        return run(x, t, _call(denoiser, x, int(schedule.timesteps[t])), z, rng)
-
-    return _loop(schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback)
+    step = _affine_or(schedule, "ddim", options, spec_step)
+    return _loop(
+        denoiser, schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback
+    )

@@ -615,29 +615,18 @@ def compare(
             raise ValueError  # only a variance may come as a scalar or (B, 1, ...)
         a = np.broadcast_to(a, exp.shape)
     except ValueError:
-        return Check(
-            **base,
-            max_abs=math.inf,
-            max_rel=math.inf,
-            ratio=math.inf,
-            passed=False,
-            problem=f"output shape {a.shape} does not match the reference shape {exp.shape}",
-            status="FAIL",
+        return _failed(
+            base, f"output shape {a.shape} does not match the reference shape {exp.shape}"
         )
     mag = magnitude(case)
     tarr = tolerance_array(case, tol, mag)
     bad = ~np.isfinite(a)
     if bad.any():
         n = int(bad.sum())
-        return Check(
-            **base,
-            max_abs=math.inf,
-            max_rel=math.inf,
-            ratio=math.inf,
-            passed=False,
-            problem=f"{n} of {a.size} output values are NaN or Inf "
+        return _failed(
+            base,
+            f"{n} of {a.size} output values are NaN or Inf "
             f"(the reference is finite, max |x| {np.max(np.abs(exp)):.3g})",
-            status="FAIL",
         )
     mx, rel, ratio = _errors(a, exp, tarr, mag)
     ok = ratio <= 1.0
@@ -663,15 +652,7 @@ def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> C
         actual=actual,
     )
     if problem:
-        return Check(
-            **base,
-            max_abs=math.inf,
-            max_rel=math.inf,
-            ratio=math.inf,
-            passed=False,
-            problem=problem,
-            status="FAIL",
-        )
+        return _failed(base, problem)
     mx, rel, ratio = _errors(actual, exp, tarr, mag)
     with np.errstate(all="ignore"):
         worst = int(np.nanargmax(np.abs(actual - exp) / tarr))
@@ -679,6 +660,19 @@ def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> C
     ok = ratio <= 1.0
     return Check(
         **base, max_abs=mx, max_rel=rel, ratio=ratio, passed=ok, status="ok" if ok else "FAIL"
+    )
+
+
+def _failed(base: dict, problem: str) -> Check:
+    """A failed comparison that has no error to measure (wrong shape, NaN, wrong times)."""
+    return Check(
+        **base,
+        max_abs=math.inf,
+        max_rel=math.inf,
+        ratio=math.inf,
+        passed=False,
+        problem=problem,
+        status="FAIL",
     )
 
 
@@ -722,15 +716,7 @@ def compare_timesteps(setting: Setting, actual_times: object) -> Check:
             f"{a.size} steps, expected {exp.size}; "
             f"unexpected (1-based) {extra.tolist()}, missing {missing.tolist()}"
         )
-        return Check(
-            **base,
-            max_abs=math.inf,
-            max_rel=math.inf,
-            ratio=math.inf,
-            passed=False,
-            problem=prob,
-            status="FAIL",
-        )
+        return _failed(base, prob)
     return Check(**base, max_abs=0.0, max_rel=0.0, ratio=0.0, passed=True)
 
 

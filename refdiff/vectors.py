@@ -39,6 +39,7 @@ import numpy as np
 from . import __version__
 from ._io import load_npz, save_npz, write_json
 from .errors import FileFormatError, InputError, UndefinedError
+from .reverse import VARIANCE_TYPES
 from .testing import (
     Case,
     Check,
@@ -163,14 +164,7 @@ def grid(name: str = "default", *, T: int = 1000, steps: int = 30) -> list[Vecto
     scheds = ("linear", "scaled_linear", "cosine")
     spacings = (("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0))
     preds = ("epsilon", "x0", "v")
-    variances = (
-        "fixed_small",
-        "fixed_large",
-        "fixed_large_iddpm",
-        "learned",
-        "learned_linear",
-        "learned_range",
-    )
+    variances = VARIANCE_TYPES
     etas = (0.0, 0.5, 1.0)
     clips: tuple[dict, ...] = ({}, {"clip": 1.0}, {"threshold_ratio": 0.9, "threshold_max": 1.5})
     out: list[VectorCase] = []

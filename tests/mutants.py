@@ -208,13 +208,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (AFFINE_DDPM,),
     ),
     Mutant(
-        "ddim_denoiser_time_zero_based",
+        "denoiser_time_zero_based",
         "refdiff.sampling",
-        "int(schedule.timesteps[t])), z, rng)\n\n"
-        "    return _loop(schedule, x, step_noise, rng, needs",
-        "max(int(schedule.timesteps[t]) - 1, 1)), z, rng)\n\n"
-        "    return _loop(schedule, x, step_noise, rng, needs",
-        "DDIM calls the denoiser with the 0-based index t − 1 (time-convention mix-up)",
+        "out = _call(denoiser, x, int(schedule.timesteps[t]))",
+        "out = _call(denoiser, x, max(int(schedule.timesteps[t]) - 1, 1))",
+        "the samplers call the denoiser with the 0-based index t − 1 (time-convention mix-up)",
         (AFFINE_DDIM,),
     ),
     Mutant(

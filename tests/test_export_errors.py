@@ -278,11 +278,10 @@ def _with_axes(m):
     return m
 
 
-@pytest.mark.parametrize("mode", ["steps", "fused", "graph"])
-def test_nan_from_the_model_is_a_typed_error_in_every_mode(mode, tmp_path):
-    path = tmp_path / "nan.onnx"
-    path.write_bytes(_nan_denoiser().SerializeToString())
-    s = ex.OrtSampler(
+def _sampler(model, tmp_path, mode):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return ex.OrtSampler(
         path,
         BASE,
         provider="cpu",
@@ -290,27 +289,21 @@ def test_nan_from_the_model_is_a_typed_error_in_every_mode(mode, tmp_path):
         prediction_type="epsilon",
         timestep_convention="refdiff",
     )
-    x, z = np.zeros((3, 2)), np.zeros((BASE.T, 3, 2))
+
+
+@pytest.mark.parametrize("mode", ["steps", "fused", "graph"])
+def test_nan_from_the_model_is_a_typed_error_in_every_mode(mode, tmp_path):
+    s = _sampler(_nan_denoiser(), tmp_path, mode)
     with pytest.raises(NonFiniteError, match="NaN or Inf") as e:
-        s.sample(x, z)
+        s.sample(np.zeros((3, 2)), np.zeros((BASE.T, 3, 2)))
     assert e.value.argument == "model"
 
 
 @pytest.mark.parametrize("mode", ["steps", "fused", "graph"])
 def test_onnxruntime_failure_mid_loop_is_a_typed_error_in_every_mode(mode, tmp_path):
-    path = tmp_path / "late.onnx"
-    path.write_bytes(_with_axes(_fails_from_step_6()).SerializeToString())
-    s = ex.OrtSampler(
-        path,
-        BASE,
-        provider="cpu",
-        mode=mode,
-        prediction_type="epsilon",
-        timestep_convention="refdiff",
-    )
-    x, z = np.zeros((3, 2)), np.zeros((BASE.T, 3, 2))
+    s = _sampler(_with_axes(_fails_from_step_6()), tmp_path, mode)
     with pytest.raises(ex.CorruptModelError, match="onnxruntime failed") as e:
-        s.sample(x, z)
+        s.sample(np.zeros((3, 2)), np.zeros((BASE.T, 3, 2)))
     assert isinstance(e.value, FileFormatError)
     if mode != "graph":
         assert "at step 6 of 20" in str(e.value)
