@@ -12,7 +12,7 @@ import numpy as np
 
 from ._check import option
 from .errors import InputError
-from .schedule import _check_T
+from .schedule import check_T
 
 __all__ = ["SPACINGS", "spaced_times", "space_timesteps"]
 
@@ -38,7 +38,7 @@ def spaced_times(
     ``steps_offset=1`` and N = T the last index is T, out of range: an InputError (the
     crash of diffusers#10003).
     """
-    T = _check_T(T)
+    T = check_T(T)
     N = _check_n(T, num_steps)
     option(spacing, "spacing", SPACINGS)
     if isinstance(steps_offset, bool) or not isinstance(steps_offset, int | np.integer):
@@ -77,7 +77,7 @@ def space_timesteps(T: int, sections: str | list[int]) -> np.ndarray:
     fractional stride (size−1)/(count−1) *accumulated* and rounded half to even, which is
     not the same as rounding k·stride at half-integers (e.g. T=1000, "21": 499 vs 500).
     """
-    T = _check_T(T)
+    T = check_T(T)
     if isinstance(sections, str):
         if sections.startswith("ddim"):
             try:

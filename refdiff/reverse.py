@@ -49,6 +49,7 @@ __all__ = [
     "dynamic_threshold",
     "ddpm_parts",
     "ddpm_step",
+    "ddim_alpha_bar_prev",
     "ddim_parts",
     "ddim_step",
     "ddim_inverse_step",
@@ -232,7 +233,14 @@ def ddpm_step(
     return mean
 
 
-def _ddim_alpha_bar_prev(schedule: Schedule, t: np.ndarray, final_alpha_bar) -> np.ndarray:
+def ddim_alpha_bar_prev(
+    schedule: Schedule, t: object, final_alpha_bar: str | float = "one"
+) -> np.ndarray:
+    """ᾱ_prev of the DDIM step at ``t`` (eq. 7.10): ᾱ_{t−1}, except at t = 1, where it is the
+    ``final_alpha_bar`` option: ``"one"`` (1), ``"first"`` (ᾱ at base time 1) or a number in
+    (0, 1].  ``t``: int or int64 array (B,) in [1, T]; returns float64 of ``t``'s shape.
+    """
+    t = schedule.check_t(t)
     prev = schedule.alpha_bar_prev[t]
     if isinstance(final_alpha_bar, str):
         option(final_alpha_bar, "final_alpha_bar", FINAL_ALPHA_BARS)
@@ -286,7 +294,7 @@ def ddim_parts(
     if rederive_eps:
         eps = xt - np.sqrt(ab) * x0  # then divided in place: (x_t − √ᾱ x̂0) / √(1 − ᾱ)
         eps /= np.sqrt(1.0 - ab)
-    abp = per_sample(_ddim_alpha_bar_prev(schedule, t, final_alpha_bar), n)
+    abp = per_sample(ddim_alpha_bar_prev(schedule, t, final_alpha_bar), n)
     var = eta**2 * (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp)
     var = np.maximum(var, 0.0)
     mean = np.sqrt(abp) * x0

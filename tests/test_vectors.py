@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from refdiff import _io, cli, vectors
+from refdiff.conformance import vectors as vectors_impl
 from refdiff.errors import FileFormatError, InputError
 from refdiff.testing import Tolerance
 
@@ -172,7 +173,7 @@ def test_writes_are_atomic_and_refuse_foreign_directories(small, tmp_path, monke
     shutil.copytree(small, d)
     before = (d / "manifest.json").read_bytes()
     calls = {"n": 0}
-    real = vectors.save_npz
+    real = vectors_impl.save_npz
 
     def dying(path, **arrays):
         calls["n"] += 1
@@ -180,13 +181,13 @@ def test_writes_are_atomic_and_refuse_foreign_directories(small, tmp_path, monke
             raise KeyboardInterrupt("killed mid-write")
         real(path, **arrays)
 
-    monkeypatch.setattr(vectors, "save_npz", dying)
+    monkeypatch.setattr(vectors_impl, "save_npz", dying)
     with pytest.raises(KeyboardInterrupt):
         vectors.write(d, grid_name="small", seed=1)
     assert (d / "manifest.json").read_bytes() == before  # the old vectors, untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no debris
     vectors.read(d)
-    monkeypatch.setattr(vectors, "save_npz", real)
+    monkeypatch.setattr(vectors_impl, "save_npz", real)
     vectors.write(d, grid_name="small", seed=1)  # overwriting a vectors directory is fine
     assert json.loads((d / "manifest.json").read_text())["seed"] == 1
 
