@@ -10,7 +10,7 @@ import operator
 
 import numpy as np
 
-from ._check import option
+from ._check import integer, option
 from .errors import InputError
 from .schedule import check_T
 
@@ -20,9 +20,7 @@ SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _check_n(T: int, n: object, name: str = "num_steps") -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise InputError(name, f"must be an int in [1, T={T}]; got {n!r}")
-    return int(n)
+    return integer(n, name, low=1, high=T)
 
 
 def spaced_times(
@@ -41,8 +39,7 @@ def spaced_times(
     T = check_T(T)
     N = _check_n(T, num_steps)
     option(spacing, "spacing", SPACINGS)
-    if isinstance(steps_offset, bool) or not isinstance(steps_offset, int | np.integer):
-        raise InputError("steps_offset", f"must be an int; got {steps_offset!r}")
+    integer(steps_offset, "steps_offset")
     if abs(int(steps_offset)) > T:
         raise InputError("steps_offset", f"must be in [0, T={T}]; got {steps_offset!r}")
     if steps_offset and spacing != "leading":

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, option
+from ._check import as_batch, as_float_array, integer, option
 from .affine import affine_coefficients, affine_step, is_affine
 from .errors import InputError, ShapeError
 from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
@@ -45,8 +45,7 @@ def draw_noise(
     """(x_T, step_noise) drawn in the order the samplers draw them; float64."""
     from ._check import check_size, noise_or_rng
 
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 0:
-        raise InputError("num_steps", f"must be an int >= 0; got {num_steps!r}")
+    num_steps = integer(num_steps, "num_steps", low=0)
     shape = _shape(shape)
     check_size(shape, "shape", factor=int(num_steps) + 1)
     x_T = noise_or_rng(None, rng, shape)

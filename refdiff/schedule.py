@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._check import as_float_array, is_real, timesteps
+from ._check import as_float_array, integer, real, timesteps
 from .errors import InputError, ScheduleError, TimestepError
 
 __all__ = [
@@ -191,17 +191,12 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 def check_T(T: object) -> int:
     """The number of steps T: an int (NumPy ints too, never a bool) in [1, MAX_T]."""
-    if isinstance(T, bool) or not isinstance(T, int | np.integer):
-        raise InputError("T", f"must be an int; got {type(T).__name__}")
-    if not 1 <= int(T) <= MAX_T:
-        raise InputError("T", f"must be in [1, {MAX_T}]; got {T}")
-    return int(T)
+    return integer(T, "T", low=1, high=MAX_T)
 
 
 def _beta_range(beta_start: float, beta_end: float) -> None:
     for nm, v in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not (is_real(v) and math.isfinite(v) and 0.0 < v <= 1.0):
-            raise ScheduleError(nm, f"must be a finite float in (0, 1]; got {v!r}")
+        real(v, nm, low=0.0, high=1.0, low_open=True, error=ScheduleError)
 
 
 # -- constructors ---------------------------------------------------------------------------
@@ -283,10 +278,8 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
     f(u) = cos²((u + s)/(1 + s) · π/2), β_t = min(1 − f(t/T)/f((t−1)/T), max_beta).
     """
     T = check_T(T)
-    if not (is_real(s) and math.isfinite(s) and s >= 0):
-        raise ScheduleError("s", f"must be a finite float >= 0; got {s!r}")
-    if not (is_real(max_beta) and 0.0 < max_beta <= 1.0):
-        raise ScheduleError("max_beta", f"must be in (0, 1]; got {max_beta!r}")
+    s = real(s, "s", low=0.0, error=ScheduleError)
+    max_beta = real(max_beta, "max_beta", low=0.0, high=1.0, low_open=True, error=ScheduleError)
     u = np.arange(T + 1, dtype=np.float64) / T
     f = np.cos((u + s) / (1.0 + s) * (math.pi / 2.0)) ** 2
     b = np.minimum(1.0 - f[1:] / f[:-1], max_beta)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._check import is_real
+from .._check import real
 from ..errors import InputError
 from ..schedule import Schedule
 from .cases import Case, Setting, expected, magnitude
@@ -60,8 +60,7 @@ class Tolerance:
             v = getattr(self, nm)
             if v is not None and v not in UNIT_ROUNDOFF:
                 raise InputError(nm, f"unknown precision {v!r}; valid: {', '.join(UNIT_ROUNDOFF)}")
-        if not (is_real(self.factor) and self.factor > 0):
-            raise InputError("factor", f"must be > 0; got {self.factor!r}")
+        real(self.factor, "factor", low=0.0, low_open=True, finite=False)
 
     @classmethod
     def for_dtype(cls, dtype: object = "float64", **kw: Any) -> Tolerance:
