@@ -21,6 +21,7 @@ here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -30,7 +31,13 @@ from .errors import InputError, RandomnessError, ShapeError, TimestepError
 from .reverse import LEARNED, ddim_step, ddpm_step
 from .schedule import Schedule
 
-__all__ = ["METHODS", "AffineStep", "is_affine", "affine_coefficients", "affine_step"]
+__all__ = [
+    "METHODS",
+    "AffineCoefficients",
+    "is_affine",
+    "affine_coefficients",
+    "affine_step",
+]
 
 METHODS = ("ddpm", "ddim")
 
@@ -39,7 +46,7 @@ METHODS = ("ddpm", "ddim")
 _BLOCK = 1 << 15
 
 
-class AffineStep(NamedTuple):
+class AffineCoefficients(NamedTuple):
     """The coefficients of (7.12) for every t of one schedule and one set of options.
 
     a, b, s: float64 arrays of shape (T + 1,) indexed by t (entry 0, t = 0, is NaN: there is
@@ -70,7 +77,7 @@ def is_affine(method: str, **options) -> bool:
     return _non_affine(method, options) is None
 
 
-def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineStep:
+def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineCoefficients:
     """(a_t, b_t, s_t) of (7.12) for t = 1 … T, read off the reference step.
 
     ``options`` are those of :func:`refdiff.reverse.ddpm_step` (``method="ddpm"``) or
@@ -97,7 +104,7 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     ]
     for c in coef:
         c.setflags(write=False)
-    return AffineStep(*coef, draws=draws, method=method)
+    return AffineCoefficients(*coef, draws=draws, method=method)
 
 
 _F64 = np.dtype(np.float64)
@@ -113,7 +120,13 @@ def _array(x: object, name: str) -> np.ndarray:
 
 
 def affine_step(
-    coef: AffineStep, x_t, t, model_output, *, noise=None, rng: np.random.Generator | None = None
+    coef: AffineCoefficients,
+    x_t,
+    t,
+    model_output,
+    *,
+    noise=None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """x_{t−1} = a_t x_t + b_t o + s_t z (7.12): a fresh float64 array of the state shape.
 
@@ -123,8 +136,8 @@ def affine_step(
     stream exactly like ``standard_normal``).  Inputs are not checked for NaN/Inf (they
     propagate to the result); the sampling loops check the model output.
     """
-    if not isinstance(coef, AffineStep):
-        raise InputError("coef", f"must be an AffineStep; got {type(coef).__name__}")
+    if not isinstance(coef, AffineCoefficients):
+        raise InputError("coef", f"must be AffineCoefficients; got {type(coef).__name__}")
     T = coef.a.shape[0] - 1
     if type(t) is not int:
         t = timesteps(t, "t", low=1, high=T)
@@ -187,3 +200,16 @@ def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:
     for v, c in terms:
         np.multiply(v, c, out=tmp)
         y += tmp
+
+
+def __getattr__(name: str) -> object:
+    """``AffineStep``: the former name of :class:`AffineCoefficients` (one step of an exact
+    law is :class:`refdiff.exact.AffineStep`); still importable, with a DeprecationWarning."""
+    if name == "AffineStep":
+        warnings.warn(
+            "refdiff.affine.AffineStep is now AffineCoefficients",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AffineCoefficients
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from tests.strategies import examples, hand_schedule, schedules, seeds, state_sh
 AB = (0.9, 0.72, 0.36)  # ᾱ of the hand schedule β = (0.1, 0.2, 0.5)
 
 
-def _ulp_bound(c: A.AffineStep, t: int, x, o, z, ab: float) -> np.ndarray:
+def _ulp_bound(c: A.AffineCoefficients, t: int, x, o, z, ab: float) -> np.ndarray:
     """16 ulp of |x| + |o| + |z|, times the largest factor either form applies.
 
     The reference rounds its intermediates x̂_0 = (…)/√ᾱ_t and ε̂ = (…)/√(1 − ᾱ_t); the affine form
