@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,6 +95,19 @@ def real(
         )
         raise error(name, f"must be {desc}; got {value!r}")
     return v
+
+
+def renamed(new: object, old: object, *, new_name: str, old_name: str, default: object) -> object:
+    """The value of keyword ``new_name``, or of its former name ``old_name`` (accepted with a
+    DeprecationWarning); ``default`` when neither is given (None stands for "not given")."""
+    if old is None:
+        return default if new is None else new
+    warnings.warn(
+        f"the keyword {old_name}= is deprecated; use {new_name}=", DeprecationWarning, stacklevel=3
+    )
+    if new is not None and new != old:
+        raise InputError(new_name, f"give {new_name}= or {old_name}=, not both")
+    return old
 
 
 def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:

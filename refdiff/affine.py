@@ -26,12 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._check import as_float_array, option, timesteps
+from ._check import as_float_array, option, renamed, timesteps
 from .errors import InputError, RandomnessError, ShapeError, TimestepError
 from .reverse import LEARNED, ddim_step, ddpm_step
 from .schedule import Schedule
 
 __all__ = [
+    "SAMPLERS",
     "METHODS",
     "AffineCoefficients",
     "is_affine",
@@ -39,7 +40,8 @@ __all__ = [
     "affine_step",
 ]
 
-METHODS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim")
+METHODS = SAMPLERS  # the former name
 
 # Elements per block of the fused update: the block's temporary stays in L2, so a large
 # state is read once per term instead of also writing and re-reading a full-size temporary.
@@ -52,44 +54,63 @@ class AffineCoefficients(NamedTuple):
     a, b, s: float64 arrays of shape (T + 1,) indexed by t (entry 0, t = 0, is NaN: there is
     no step from it).  ``draws``: whether the step consumes one noise draw (DDPM always, as
     :func:`refdiff.reverse.ddpm_step` does, even where s_t = 0; DDIM only when η > 0).
+    ``sampler``: "ddpm" or "ddim" (also readable as ``method``, its former name).
     """
 
     a: np.ndarray
     b: np.ndarray
     s: np.ndarray
     draws: bool
-    method: str
+    sampler: str
+
+    @property
+    def method(self) -> str:
+        """The former name of :attr:`sampler`."""
+        return self.sampler
 
 
-def _non_affine(method: str, options: dict) -> str | None:
-    """The option that makes the step of ``method`` non-affine, or None."""
-    option(method, "method", METHODS)
+def _sampler(sampler: str | None, options: dict, default: str | None = None) -> str:
+    """The ``sampler`` keyword (or its former name ``method``, popped from ``options``)."""
+    s = renamed(
+        sampler, options.pop("method", None), new_name="sampler", old_name="method", default=default
+    )
+    return option(s, "sampler", SAMPLERS)
+
+
+def _non_affine(sampler: str, options: dict) -> str | None:
+    """The option that makes the step of ``sampler`` non-affine, or None."""
     for name in ("clip", "threshold_ratio"):
         if options.get(name) is not None:
             return name
-    if method == "ddpm" and options.get("variance_type", "fixed_small") in LEARNED:
+    if sampler == "ddpm" and options.get("variance_type", "fixed_small") in LEARNED:
         return "variance_type"
     return None
 
 
-def is_affine(method: str, **options) -> bool:
-    """Whether the step of ``method`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
-    return _non_affine(method, options) is None
+def is_affine(sampler: str | None = None, **options) -> bool:
+    """Whether the step of ``sampler`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
+    sampler = _sampler(sampler, options)
+    return _non_affine(sampler, options) is None
 
 
-def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineCoefficients:
+def affine_coefficients(
+    schedule: Schedule, sampler: str | None = None, **options
+) -> AffineCoefficients:
     """(a_t, b_t, s_t) of (7.12) for t = 1 … T, read off the reference step.
 
-    ``options`` are those of :func:`refdiff.reverse.ddpm_step` (``method="ddpm"``) or
-    :func:`refdiff.reverse.ddim_step` (``"ddim"``), checked by them; the non-affine ones
-    (``clip``, ``threshold_ratio``, learned variances) raise :class:`InputError`.
+    ``sampler``: "ddpm" (the default) or "ddim" (``method=``, the former keyword, still
+    works with a DeprecationWarning).  ``options`` are those of
+    :func:`refdiff.reverse.ddpm_step` (``sampler="ddpm"``) or :func:`refdiff.reverse.ddim_step`
+    (``"ddim"``), checked by them; the non-affine ones (``clip``, ``threshold_ratio``, learned
+    variances) raise :class:`InputError`.
     """
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
-    bad = _non_affine(method, options)
+    sampler = _sampler(sampler, options, "ddpm")
+    bad = _non_affine(sampler, options)
     if bad is not None:
-        raise InputError(bad, f"makes the {method} step non-affine; use refdiff.reverse")
-    if method == "ddpm":
+        raise InputError(bad, f"makes the {sampler} step non-affine; use refdiff.reverse")
+    if sampler == "ddpm":
         step, draws = ddpm_step, True
     else:
         step, draws = ddim_step, options.get("eta", 0.0) != 0.0
@@ -104,7 +125,7 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     ]
     for c in coef:
         c.setflags(write=False)
-    return AffineCoefficients(*coef, draws=draws, method=method)
+    return AffineCoefficients(*coef, draws=draws, sampler=sampler)
 
 
 _F64 = np.dtype(np.float64)

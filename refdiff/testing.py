@@ -4,7 +4,7 @@ Three layers:
 
 1. **Checks against the reference** with injected noise: ``assert_alpha_bar_close``,
    ``assert_q_sample_close``, ``assert_posterior_close``, ``assert_ddpm_step_close``,
-   ``assert_ddim_step_close`` (and ``check_*`` twins that return :class:`Check` results
+   ``assert_ddim_step_close`` (and ``check_*`` twins that return :class:`Comparison` results
    instead of raising).  The user's function takes NumPy float64 arrays and returns anything
    array-like (NumPy, ``__array__``, DLPack, ``.numpy()``); its time argument follows the
    user's ``index_base`` (0: the diffusers / improved-diffusion index, 1: refdiff's time).
@@ -60,7 +60,7 @@ from .conformance.checks import (
     check_posterior,
     check_q_sample,
 )
-from .conformance.comparison import Check, compare, compare_alpha_bar, compare_timesteps
+from .conformance.comparison import Check, Comparison, compare, compare_alpha_bar, compare_timesteps
 from .conformance.strategies import (
     ddim_options,
     ddpm_options,
@@ -114,6 +114,7 @@ __all__ = [
 
 # Names that are public here too, beyond the original list above.
 __all__ += [
+    "Comparison",
     "STATE_SHAPE",
     "with_options",
     "alpha_bar_tolerance",

@@ -203,7 +203,7 @@ def test_errors_name_the_argument():
         (lambda: coefs("ddpm", clip=1.0), InputError, "clip"),
         (lambda: coefs("ddpm", threshold_ratio=0.9), InputError, "threshold_ratio"),
         (lambda: coefs("ddpm", variance_type="learned"), InputError, "variance_type"),
-        (lambda: coefs("euler"), InputError, "method"),
+        (lambda: coefs("euler"), InputError, "sampler"),
         (lambda: A.affine_coefficients("linear", "ddpm"), InputError, "schedule"),
         (lambda: coefs("ddpm", prediction_type="eps"), InputError, "prediction_type"),
         (lambda: A.affine_step(c, x, 0, x, rng=np.random.default_rng()), TimestepError, "t"),
@@ -237,3 +237,18 @@ def test_inputs_are_converted_and_never_written():
     np.testing.assert_allclose(got, want, rtol=1e-15)
     np.testing.assert_array_equal(z, before)
     assert not c.a.flags.writeable
+
+
+def test_the_former_keyword_method_still_works_with_a_warning():
+    s = hand_schedule()
+    new = A.affine_coefficients(s, sampler="ddim", eta=0.5)
+    with pytest.warns(DeprecationWarning, match="method="):
+        old = A.affine_coefficients(s, method="ddim", eta=0.5)
+    assert old.sampler == old.method == "ddim"
+    np.testing.assert_array_equal(old.a, new.a)
+    with pytest.warns(DeprecationWarning):
+        assert not A.is_affine(method="ddpm", clip=1.0)
+    with pytest.warns(DeprecationWarning), pytest.raises(InputError):
+        A.affine_coefficients(s, "ddpm", method="ddim")
+    with pytest.warns(DeprecationWarning, match="AffineCoefficients"):
+        assert A.AffineStep is A.AffineCoefficients

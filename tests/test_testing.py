@@ -277,7 +277,7 @@ def test_sampler_law_accepts_a_correct_float32_sampler():
     res = rt.assert_sampler_law(
         _numpy_sampler(NumpyScheduler("float32"), setting, "ddim", o, 7),
         setting,
-        kind="ddim",
+        sampler="ddim",
         options=o,
         n=4000,
         false_fail_rate=1e-6,
@@ -294,7 +294,7 @@ def test_sampler_law_rejects_a_planted_bug():
         rt.assert_sampler_law(
             _numpy_sampler(MissingSqrt(), setting, "ddpm", o, 11),
             setting,
-            kind="ddpm",
+            sampler="ddpm",
             options=o,
             n=4000,
             false_fail_rate=1e-6,
@@ -313,3 +313,18 @@ def test_conformance_modules_import_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sampler_law_former_keywords_warn():
+    """``kind=`` (and the callable as ``sampler=``) still work, with a DeprecationWarning; an
+    unknown step kind is refused before anything is sampled."""
+
+    def never(denoiser, n):
+        raise AssertionError("not reached")
+
+    with pytest.warns(DeprecationWarning, match="kind="), pytest.raises(InputError) as e:
+        rt.assert_sampler_law(never, kind="euler")
+    assert e.value.argument == "sampler"
+    with pytest.warns(DeprecationWarning) as rec, pytest.raises(InputError):
+        rt.assert_sampler_law(sampler=never, kind="euler")
+    assert any("callable" in str(w.message) for w in rec)

@@ -225,3 +225,9 @@ def test_cli_passes_a_correct_implementation(capsys, monkeypatch):
 def test_cli_bad_targets_exit_2(argv, capsys):
     assert cli.main(["verify", *argv]) == 2
     assert "refdiff verify" in capsys.readouterr().err
+
+
+def test_plan_former_keyword_kinds_warns():
+    with pytest.warns(DeprecationWarning, match="kinds="):
+        old = verify.plan(kinds={"ddim"}, quick=True, ops=["ddim_step"])
+    assert old == verify.plan({"ddim"}, quick=True, ops=["ddim_step"]) and old

@@ -139,7 +139,7 @@ class DiffusersTarget:
 
     ``factory`` is a scheduler class, a callable ``factory(**config) -> scheduler``, or a
     scheduler instance (re-created with ``type(obj)(**{**obj.config, **overrides})``).  The
-    kind (``"ddpm"`` or ``"ddim"``) is detected from ``step``'s signature (``eta`` → DDIM).
+    sampler (``"ddpm"`` or ``"ddim"``) is detected from ``step``'s signature (``eta`` → DDIM).
 
     ``variance_aliases`` maps a refdiff variance type to the scheduler's own name, overriding
     the default mapping (e.g. ``{"fixed_large": "fixed_large_log"}`` to test that variant).
@@ -180,8 +180,9 @@ class DiffusersTarget:
         if dtype is None:
             inst = probe if hasattr(probe, "alphas_cumprod") else self._factory()
             dtype = str(to_numpy(inst.alphas_cumprod).dtype)
-        self.kind = "ddim" if "eta" in params else "ddpm"
-        self.kinds = {self.kind}
+        self.sampler = "ddim" if "eta" in params else "ddpm"
+        self.samplers = {self.sampler}
+        self.kind, self.kinds = self.sampler, self.samplers  # the former names
         self._variance_noise = "variance_noise" in params
         self.variance_aliases = dict(variance_aliases or {})
         self.dtype = dtype
@@ -194,7 +195,7 @@ class DiffusersTarget:
         if setting.schedule not in DIFFUSERS_SCHEDULES:
             raise Unsupported(f"schedule {setting.schedule!r} has no diffusers beta_schedule")
         bs, b0, b1 = DIFFUSERS_SCHEDULES[setting.schedule]
-        if bs == "sigmoid" and self.kind == "ddim":
+        if bs == "sigmoid" and self.sampler == "ddim":
             raise Unsupported("DDIMScheduler has no sigmoid beta_schedule")
         cfg: dict[str, object] = {
             "num_train_timesteps": setting.T,
@@ -218,7 +219,7 @@ class DiffusersTarget:
             cfg["thresholding"] = True
             cfg["dynamic_thresholding_ratio"] = float(o["threshold_ratio"])
             cfg["sample_max_value"] = float(o.get("threshold_max", 1.0))
-        if self.kind == "ddpm":
+        if self.sampler == "ddpm":
             vt = str(o.get("variance_type", "fixed_small"))
             native = self.variance_aliases.get(vt, _VARIANCE.get(vt))
             if native is None:
@@ -276,13 +277,13 @@ class DiffusersTarget:
         raise Unsupported("diffusers schedulers have no posterior method (checked through step)")
 
     def _neutral(self) -> dict:
-        return {"variance_type": "fixed_small"} if self.kind == "ddpm" else {}
+        return {"variance_type": "fixed_small"} if self.sampler == "ddpm" else {}
 
     def ddpm_step(
         self, setting, base_t: int, x_t, model_output, noise, options, model_variance=None
     ) -> np.ndarray:
         """One DDPM ``step`` of the scheduler with the noise injected."""
-        if self.kind != "ddpm":
+        if self.sampler != "ddpm":
             raise Unsupported("not a DDPM scheduler")
         for k in ("log_variance_clipping",):
             if k in options and options[k] != self.conventions[k]:
@@ -298,7 +299,7 @@ class DiffusersTarget:
 
     def ddim_step(self, setting, base_t: int, x_t, model_output, noise, options) -> np.ndarray:
         """One DDIM ``step`` of the scheduler with the noise injected."""
-        if self.kind != "ddim":
+        if self.sampler != "ddim":
             raise Unsupported("not a DDIM scheduler")
         fsn = options.get("final_step_noise", self.conventions["final_step_noise"])
         if fsn != self.conventions["final_step_noise"]:

@@ -4,14 +4,16 @@ raising twins (``assert_*_close``) and the statistical form for whole samplers
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from .._check import renamed
 from ..errors import InputError, UndefinedError
 from .adapters import from_numpy_like, to_numpy
 from .cases import STATE_SHAPE, Case, Setting, as_setting, expected, make_inputs
-from .comparison import Check, compare, compare_alpha_bar
+from .comparison import Comparison, compare, compare_alpha_bar
 from .diagnoses import diagnosis_for
 from .tolerance import Tolerance, as_tolerance
 
@@ -51,8 +53,8 @@ def _pick_times(n: int, times: object, kept: np.ndarray, index_base: int) -> lis
     return out
 
 
-def _undefined_check(case: Case, tol: Tolerance, index_base: int, why: str) -> Check:
-    return Check(
+def _undefined_check(case: Case, tol: Tolerance, index_base: int, why: str) -> Comparison:
+    return Comparison(
         op=case.op,
         setting=case.setting,
         t=case.t,
@@ -69,7 +71,7 @@ def _undefined_check(case: Case, tol: Tolerance, index_base: int, why: str) -> C
     )
 
 
-def _run_cases(cases, call, tol, index_base) -> list[Check]:
+def _run_cases(cases, call, tol, index_base) -> list[Comparison]:
     out = []
     for case in cases:
         try:
@@ -93,7 +95,7 @@ def _cases(op, setting, options, times, index_base, shape, seed) -> list[Case]:
 
 def check_alpha_bar(
     alpha_bar: object, setting: Setting | Mapping | None = None, *, dtype="float64", tolerance=None
-) -> list[Check]:
+) -> list[Comparison]:
     """Compare ᾱ (T,) (index 0..T−1) with the reference of ``setting``'s base schedule."""
     st = as_setting(setting)
     return [compare_alpha_bar(st, alpha_bar, as_tolerance(dtype, tolerance))]
@@ -109,7 +111,7 @@ def check_q_sample(
     times="auto",
     shape: tuple[int, ...] = STATE_SHAPE,
     seed: int = 0,
-) -> list[Check]:
+) -> list[Comparison]:
     """``fn(x0, t, noise) -> x_t`` against eq. 3.2 at the chosen times of the base schedule."""
     st, tol = as_setting(setting), as_tolerance(dtype, tolerance)
     cases = _cases("q_sample", st, {}, times, index_base, shape, seed)
@@ -131,7 +133,7 @@ def check_posterior(
     times="auto",
     shape: tuple[int, ...] = STATE_SHAPE,
     seed: int = 0,
-) -> list[Check]:
+) -> list[Comparison]:
     """``fn(x0, x_t, t) -> (mean, variance)`` against eqs. 4.1–4.2 (variance may be a scalar
     or anything broadcasting against the state)."""
     st, tol = as_setting(setting), as_tolerance(dtype, tolerance)
@@ -170,7 +172,7 @@ def check_ddpm_step(
     times="auto",
     shape: tuple[int, ...] = STATE_SHAPE,
     seed: int = 0,
-) -> list[Check]:
+) -> list[Comparison]:
     """``fn(x_t, t, model_output, noise[, model_variance=]) -> x_{t−1}`` against eqs. 7.3–7.8.
 
     ``t`` is the base (training) step in the caller's ``index_base``; on a respaced
@@ -193,7 +195,7 @@ def check_ddim_step(
     times="auto",
     shape: tuple[int, ...] = STATE_SHAPE,
     seed: int = 0,
-) -> list[Check]:
+) -> list[Comparison]:
     """``fn(x_t, t, model_output, noise) -> x_{t−1}`` against eqs. 7.9–7.10; ``options`` are
     those of :func:`refdiff.reverse.ddim_parts` plus ``final_step_noise``."""
     return _step_checks(
@@ -201,7 +203,7 @@ def check_ddim_step(
     )
 
 
-def assert_checks(checks: Iterable[Check], *, diagnose: bool = True) -> list[Check]:
+def assert_checks(checks: Iterable[Comparison], *, diagnose: bool = True) -> list[Comparison]:
     """Raise AssertionError naming every failing check (op, options, t, max abs/rel error and,
     when a known bug explains it, the likely cause); return the checks otherwise."""
     checks = list(checks)
@@ -245,10 +247,11 @@ def assert_ddim_step_close(fn, setting=None, **kw):
 
 # -- statistical form for whole samplers --------------------------------------------------------
 def assert_sampler_law(
-    sampler: Callable,
+    sample_fn: Callable | None = None,
     setting: Setting | Mapping | None = None,
     *,
-    kind: str = "ddpm",
+    sampler: str | Callable | None = None,
+    kind: str | None = None,
     options: Mapping[str, object] | None = None,
     data_mean=None,
     data_cov=None,
@@ -259,7 +262,7 @@ def assert_sampler_law(
 ):
     """Statistical check of a whole sampler whose noise cannot be injected.
 
-    ``sampler(denoiser, n) -> samples (n, d)`` runs the implementation's own loop (its own
+    ``sample_fn(denoiser, n) -> samples (n, d)`` runs the implementation's own loop (its own
     random numbers, x_T ~ N(0, I)) over the setting's kept steps, calling
     ``denoiser(x_t, t)``: the *exact* denoiser of Gaussian data N(``data_mean``,
     ``data_cov``) (default d = 2), returning the prediction ``options["prediction_type"]``
@@ -271,8 +274,24 @@ def assert_sampler_law(
     ``false_fail_rate`` — recorded in refdiff.stats's error-budget ledger.  Returns the stats
     CheckResult (with the detectable mean shift and variance error); raises its
     AssertionError on failure.
+
+    ``sampler``: "ddpm" (the default) or "ddim", the kind of step ``sample_fn`` takes
+    (``kind=``, its former keyword, still works with a DeprecationWarning; so does passing the
+    callable as ``sampler=``, its former name).
     """
     from .. import exact, stats  # scipy: imported when a sampler law is asserted
+
+    if callable(sampler) and sample_fn is None:
+        warnings.warn(
+            "assert_sampler_law(sampler=<callable>) is deprecated: pass the callable first "
+            "(sample_fn) and the step kind as sampler='ddpm' or 'ddim'",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        sample_fn, sampler = sampler, None
+    if not callable(sample_fn):
+        raise InputError("sample_fn", f"must be callable; got {type(sample_fn).__name__}")
+    kind = renamed(sampler, kind, new_name="sampler", old_name="kind", default="ddpm")
 
     st = as_setting(setting)
     opts = dict(options or {})
@@ -290,7 +309,7 @@ def assert_sampler_law(
     elif kind == "ddim":
         law = exact.ddim_law(data, sched, **opts)
     else:
-        raise InputError("kind", f"must be 'ddpm' or 'ddim'; got {kind!r}")
+        raise InputError("sampler", f"must be 'ddpm' or 'ddim'; got {kind!r}")
     f = exact.denoiser(data, sched, str(opts.get("prediction_type", "epsilon")))
     off = 1 - index_base
 
@@ -300,7 +319,7 @@ def assert_sampler_law(
         out = f(x, np.broadcast_to(tb, (x.shape[0],)))
         return from_numpy_like(out, x_t) if not isinstance(x_t, np.ndarray) else out
 
-    samples = to_numpy(sampler(denoiser, n), "samples").astype(np.float64).reshape(n, d)
+    samples = to_numpy(sample_fn(denoiser, n), "samples").astype(np.float64).reshape(n, d)
     return stats.assert_gaussian(
         samples,
         law.mean,

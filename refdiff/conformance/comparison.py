@@ -1,4 +1,7 @@
-"""Comparing an implementation's output with the reference: :class:`Check` results."""
+"""Comparing an implementation's output with the reference: :class:`Comparison` results.
+
+(``Check`` is the former name of :class:`Comparison`, kept as an alias: "check" elsewhere in
+refdiff means input validation or a statistical check.)"""
 
 from __future__ import annotations
 
@@ -12,12 +15,12 @@ from .adapters import to_numpy
 from .cases import Case, Setting, expected, magnitude, options_label
 from .tolerance import Tolerance, alpha_bar_tolerance, tolerance_array
 
-__all__ = ["Check", "compare", "compare_alpha_bar", "compare_timesteps"]
+__all__ = ["Comparison", "Check", "compare", "compare_alpha_bar", "compare_timesteps"]
 
 
 # -- comparing --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Check:
+class Comparison:
     """The outcome of one comparison.  ``max_rel`` is relative to the magnitude M of the terms
     (see :func:`magnitude`), ``ratio`` is the worst error/tolerance (≤ 1 passes)."""
 
@@ -70,6 +73,9 @@ class Check:
         return msg
 
 
+Check = Comparison  # the former name
+
+
 def _errors(actual: np.ndarray, exp: np.ndarray, tol_arr: np.ndarray, mag: np.ndarray):
     with np.errstate(all="ignore"):
         err = np.abs(actual - exp)
@@ -85,7 +91,7 @@ def compare(
     *,
     index_base: int = 1,
     exp: np.ndarray | None = None,
-) -> Check:
+) -> Comparison:
     """Compare the implementation's ``actual`` output for ``case`` with the reference."""
     exp = expected(case) if exp is None else exp
     a = to_numpy(actual, case.op).astype(np.float64)
@@ -119,7 +125,7 @@ def compare(
         )
     mx, rel, ratio = _errors(a, exp, tarr, mag)
     ok = ratio <= 1.0
-    return Check(
+    return Comparison(
         **base,
         max_abs=mx,
         max_rel=rel,
@@ -130,7 +136,7 @@ def compare(
     )
 
 
-def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> Check:
+def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> Comparison:
     base = dict(
         op=op,
         setting=setting,
@@ -147,14 +153,14 @@ def _schedule_check(op, setting, actual, exp, tarr, mag, tol, problem=None) -> C
         worst = int(np.nanargmax(np.abs(actual - exp) / tarr))
     base.update(t=worst + 1, base_time=worst + 1)
     ok = ratio <= 1.0
-    return Check(
+    return Comparison(
         **base, max_abs=mx, max_rel=rel, ratio=ratio, passed=ok, status="ok" if ok else "FAIL"
     )
 
 
-def _failed(base: dict, problem: str) -> Check:
+def _failed(base: dict, problem: str) -> Comparison:
     """A failed comparison that has no error to measure (wrong shape, NaN, wrong times)."""
-    return Check(
+    return Comparison(
         **base,
         max_abs=math.inf,
         max_rel=math.inf,
@@ -165,7 +171,7 @@ def _failed(base: dict, problem: str) -> Check:
     )
 
 
-def compare_alpha_bar(setting: Setting, actual: object, tol: Tolerance) -> Check:
+def compare_alpha_bar(setting: Setting, actual: object, tol: Tolerance) -> Comparison:
     """Compare an implementation's ᾱ for ``setting`` — shape (T,) indexed 0..T−1, or (T+1,)
     starting with ᾱ_0 = 1 — with the reference (eq. 2.2)."""
     s = setting.base()
@@ -183,7 +189,7 @@ def compare_alpha_bar(setting: Setting, actual: object, tol: Tolerance) -> Check
     return _schedule_check("alpha_bar", setting, a, exp, tarr, np.maximum(exp, 1e-300), tol)
 
 
-def compare_timesteps(setting: Setting, actual_times: object) -> Check:
+def compare_timesteps(setting: Setting, actual_times: object) -> Comparison:
     """Exact comparison of the kept base times (ascending, 1-based) with the reference."""
     exp = setting.times()
     a = np.asarray(to_numpy(actual_times, "timesteps")).astype(np.int64).ravel()
@@ -196,4 +202,4 @@ def compare_timesteps(setting: Setting, actual_times: object) -> Check:
             f"unexpected (1-based) {extra.tolist()}, missing {missing.tolist()}"
         )
         return _failed(base, prob)
-    return Check(**base, max_abs=0.0, max_rel=0.0, ratio=0.0, passed=True)
+    return Comparison(**base, max_abs=0.0, max_rel=0.0, ratio=0.0, passed=True)

@@ -29,7 +29,7 @@ from .. import posterior, reverse
 from ..errors import InputError, UndefinedError
 from ..schedule import Schedule, respace
 from .cases import Case, Setting, expected, make_inputs, with_options
-from .comparison import Check
+from .comparison import Comparison
 from .tolerance import Tolerance, alpha_bar_tolerance, tolerance_array
 
 __all__ = [
@@ -651,7 +651,7 @@ def diagnose(case: Case, actual: np.ndarray, tol: Tolerance) -> str | None:
     return None
 
 
-def explained_by(check: Check, phrase: str) -> bool:
+def explained_by(check: Comparison, phrase: str) -> bool:
     """Does the known bug whose description contains ``phrase`` reproduce this failing
     check's output (within tolerance, or to 1% of the change it makes)?  Cheaper than
     :func:`diagnose` when the suspect is known."""
@@ -736,7 +736,7 @@ def alpha_bar_float16(s: Schedule) -> np.ndarray:
     return np.cumprod((1 - s.beta[1:]).astype(np.float16)).astype(np.float64)
 
 
-def diagnose_alpha_bar(check: Check) -> str | None:
+def diagnose_alpha_bar(check: Comparison) -> str | None:
     """The known ᾱ-table bug that reproduces a failing ``alpha_bar`` check, if any."""
     a = np.asarray(check.actual, dtype=np.float64).ravel()
     s = check.setting.base()
@@ -753,7 +753,7 @@ def diagnose_alpha_bar(check: Check) -> str | None:
     return None
 
 
-def diagnosis_for(check: Check) -> Check:
+def diagnosis_for(check: Comparison) -> Comparison:
     """``check`` with its ``diagnosis`` filled in (for a FAIL with a case and an output)."""
     if check.status != "FAIL" or check.diagnosis or check.actual is None:
         return check

@@ -47,7 +47,8 @@ class ProtocolTarget:
             raise InputError("index_base", f"must be 0 or 1; got {self.index_base!r}")
         self.dtype = getattr(obj, "dtype", "float64")
         self.conventions = dict(getattr(obj, "conventions", None) or {})
-        self.kinds = {k for k in ("ddpm", "ddim") if callable(getattr(obj, f"{k}_step", None))}
+        self.samplers = {k for k in ("ddpm", "ddim") if callable(getattr(obj, f"{k}_step", None))}
+        self.kinds = self.samplers  # the former name
 
     def _method(self, name: str) -> Callable:
         f = getattr(self.obj, name, None)

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from .. import reverse
+from .._check import renamed
 from ..errors import InputError, UndefinedError
 from ..respacing import SPACINGS
 from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler
 from .cases import Case, Setting, expected, make_inputs, options_label
-from .comparison import Check, compare, compare_alpha_bar, compare_timesteps
+from .comparison import Comparison, compare, compare_alpha_bar, compare_timesteps
 from .diagnoses import diagnosis_for
 from .protocol import CONVENTION_KEYS, ProtocolTarget
 from .tolerance import Tolerance
@@ -121,18 +122,24 @@ def step_settings(T: int = 1000, steps: int = 30) -> list[Setting]:
 
 
 def plan(
-    kinds: Iterable[str] = ("ddpm", "ddim"),
+    samplers: Iterable[str] | None = None,
     *,
     T: int = 1000,
     steps: int = 30,
     quick: bool = False,
     ops: Iterable[str] | None = None,
+    kinds: Iterable[str] | None = None,
 ) -> list[Item]:
-    """The default grid: schedules, spacings, and for each step kind every prediction type ×
-    variance type (DDPM) or η × final ᾱ (DDIM) × clipping/thresholding, at the first, middle
-    and last steps of six settings (all steps, and N = ``steps`` kept with each spacing)."""
+    """The default grid: schedules, spacings, and for each of ``samplers`` (default both
+    "ddpm" and "ddim"; ``kinds=``, the former keyword, works with a DeprecationWarning) every
+    prediction type × variance type (DDPM) or η × final ᾱ (DDIM) × clipping/thresholding, at
+    the first, middle and last steps of six settings (all steps, and N = ``steps`` kept with
+    each spacing)."""
     want = set(ops) if ops is not None else None
-    kinds = set(kinds)
+    chosen = renamed(
+        samplers, kinds, new_name="samplers", old_name="kinds", default=("ddpm", "ddim")
+    )
+    kinds = set(chosen)  # type: ignore[arg-type]
     N = min(steps, T)
     items: list[Item] = []
 
@@ -174,8 +181,10 @@ def _seed(*parts: object) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode())
 
 
-def _unsupported(item: Item, t: int, base_t: int, why: str, tol, ib, status="unsupported") -> Check:
-    return Check(
+def _unsupported(
+    item: Item, t: int, base_t: int, why: str, tol, ib, status="unsupported"
+) -> Comparison:
+    return Comparison(
         op=item.op,
         setting=item.setting,
         t=t,
@@ -206,7 +215,7 @@ def _reference_options(op: str, options: Mapping[str, object], conventions: Mapp
     return o
 
 
-def _run_item(target, item: Item, tol: Tolerance) -> list[Check]:
+def _run_item(target, item: Item, tol: Tolerance) -> list[Comparison]:
     ib = int(getattr(target, "index_base", 0))
     conv = getattr(target, "conventions", {}) or {}
     s = item.setting
@@ -224,7 +233,7 @@ def _run_item(target, item: Item, tol: Tolerance) -> list[Check]:
             st = "unsupported" if _is_unsupported(e) else "error"
             return [_unsupported(item, s.N, s.N, f"{type(e).__name__}: {e}", tol, ib, st)]
         return [replace(compare_timesteps(s, a), index_base=ib, tolerance=tol)]
-    out: list[Check] = []
+    out: list[Comparison] = []
     opts = _reference_options(item.op, item.options, conv)
     for t in item.times:
         ops = ("posterior_mean", "posterior_variance") if item.op == "posterior" else (item.op,)
@@ -278,10 +287,10 @@ class Report:
     tolerance: Tolerance
     index_base: int
     conventions: Mapping[str, object]
-    checks: list[Check]
+    checks: list[Comparison]
 
     @property
-    def failures(self) -> list[Check]:
+    def failures(self) -> list[Comparison]:
         """The checks that failed or raised."""
         return [c for c in self.checks if c.status in ("FAIL", "error")]
 
@@ -297,9 +306,9 @@ class Report:
             out[c.status] = out.get(c.status, 0) + 1
         return out
 
-    def groups(self) -> list[tuple[str, str, list[Check]]]:
+    def groups(self) -> list[tuple[str, str, list[Comparison]]]:
         """(op, label, checks) rows: per setting for alpha_bar/timesteps, else per option set."""
-        rows: dict[tuple[str, str], list[Check]] = {}
+        rows: dict[tuple[str, str], list[Comparison]] = {}
         for c in self.checks:
             label = (
                 c.setting.label() if c.op in ("alpha_bar", "timesteps") else short_label(c.options)
@@ -332,7 +341,7 @@ class Report:
     def failure_summary(self, limit: int = 30) -> list[str]:
         """One line per (op, setting, diagnosis): how many option sets fail that way, and the
         worst example's message."""
-        worst: dict[tuple[str, str, str], Check] = {}
+        worst: dict[tuple[str, str, str], Comparison] = {}
         for op, _lab, cs in self.groups():
             for setting_label in sorted({c.setting.label() for c in cs}):
                 bad = [
@@ -344,7 +353,7 @@ class Report:
                     continue
                 w = max(bad, key=lambda c: (c.status == "error", c.ratio))
                 worst[(op, _lab, setting_label)] = w
-        buckets: dict[tuple[str, str, str], list[Check]] = {}
+        buckets: dict[tuple[str, str, str], list[Comparison]] = {}
         for (op, _, sl), c in worst.items():
             d = diagnosis_for(c)
             key = (op, sl, d.diagnosis or d.problem or "")
@@ -406,7 +415,7 @@ def _fmt(x: float) -> str:
     return f"{x:9.2e}" if math.isfinite(x) else f"{'inf':>9}"
 
 
-def _row(op: str, label: str, cs: Sequence[Check]) -> str:
+def _row(op: str, label: str, cs: Sequence[Comparison]) -> str:
     done = [c for c in cs if c.status in ("ok", "FAIL")]
     bad = [c for c in cs if c.status in ("FAIL", "error")]
     uns = [c for c in cs if c.status == "unsupported"]
@@ -447,9 +456,9 @@ def run(
     tgt = as_target(target)
     tol = tolerance or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
     if items is None:
-        kinds = getattr(tgt, "kinds", None) or {getattr(tgt, "kind", "ddpm")}
-        items = plan(kinds, **plan_kw)
-    checks: list[Check] = []
+        samplers = getattr(tgt, "samplers", None) or getattr(tgt, "kinds", None)
+        items = plan(samplers or {getattr(tgt, "sampler", "ddpm")}, **plan_kw)
+    checks: list[Comparison] = []
     for it in items:
         checks += _run_item(tgt, it, tol)
     return Report(

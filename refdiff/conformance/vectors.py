@@ -41,7 +41,7 @@ from .._io import load_npz, save_npz, write_json
 from ..errors import FileFormatError, InputError, UndefinedError
 from ..reverse import VARIANCE_TYPES
 from .cases import Case, Setting, expected, make_inputs, options_label
-from .comparison import Check, compare, compare_alpha_bar
+from .comparison import Comparison, compare, compare_alpha_bar
 from .tolerance import Tolerance
 
 __all__ = [
@@ -454,7 +454,7 @@ class CaseResult:
     id: str
     sampler: str
     label: str
-    checks: list[Check]
+    checks: list[Comparison]
     problem: str | None = None
 
     @property
@@ -462,7 +462,7 @@ class CaseResult:
         """True when every array of the case is within tolerance."""
         return self.problem is None and all(c.passed for c in self.checks)
 
-    def worst(self) -> Check | None:
+    def worst(self) -> Comparison | None:
         """The largest error/tolerance ratio over the arrays."""
         done = [c for c in self.checks if c.status in ("ok", "FAIL")]
         return max(done, key=lambda c: c.ratio) if done else None
@@ -532,7 +532,7 @@ class _OnSchedule(Case):
 
 
 def check(directory: str | os.PathLike, tol: Tolerance | None = None) -> list[CaseResult]:
-    """Check every case of a vectors directory; see :func:`check_case`."""
+    """Comparison every case of a vectors directory; see :func:`check_case`."""
     tol = tol or Tolerance()
     manifest, cases = read(directory)
     out = []
