@@ -13,7 +13,7 @@ sampling loops of :mod:`refdiff.sampling` run.  It agrees with the step of
 :mod:`refdiff.reverse` up to rounding — the reference rounds x̂_0 = (…)/√ᾱ_t and
 ε̂ = (…)/√(1 − ᾱ_t) before combining them, the affine form regroups the products, so they
 differ by a few ulp of (|x_t| + |o| + |z|) times at most max(|a_t|, |b_t|, |s_t|, 1/√ᾱ_t,
-1/√(1 − ᾱ_t)) (tests/test_affine.py) — and draws the same noise from the same ``rng``.
+1/√(1 − ᾱ_t)) (tests/spec/test_affine.py) — and draws the same noise from the same ``rng``.
 
 Non-affine options — ``clip``, ``threshold_ratio`` and the learned variance types — are refused
 here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.

@@ -25,7 +25,8 @@ from refdiff.exact import Gaussian, GaussianMixture
 ALPHA = 1e-6
 #: The whole session's budget: Σα over every statistical assertion (DESIGN §3).
 BUDGET = 1e-4
-#: Lines the calibration run (tests/test_calibration.py) reports in the terminal summary.
+#: Lines the calibration run (tests/ground_truth/test_calibration.py) reports in the terminal
+#: summary.
 CALIBRATION_REPORT: list[str] = []
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import refdiff.export as ex
 from refdiff.export.cli import build_schedule, builtin_mixture
-from test_export_helpers import F32_TOL, rel_err, small_mlp
 
 from refdiff import exact
 from refdiff.cli import main
 from refdiff.mlp import save_mlp
 from refdiff.sampling import ddim_sample, ddpm_sample
+from tests.export.test_export_helpers import F32_TOL, rel_err, small_mlp
 
 
 @pytest.fixture(autouse=True)

@@ -802,7 +802,7 @@ def test_load_mlp_bad_contents_give_file_format_error(tmp_path_factory, arrays):
 
 
 def _onnx_bytes() -> bytes:
-    from tests.test_reliability import tiny_denoiser_model
+    from tests.reliability.test_reliability import tiny_denoiser_model
 
     return tiny_denoiser_model().SerializeToString()
 

@@ -17,11 +17,9 @@ from refdiff import _io, cli, vectors
 from refdiff.conformance import vectors as vectors_impl
 from refdiff.errors import FileFormatError, InputError
 from refdiff.testing import Tolerance
+from tests import golden_reader
 
-HERE = Path(__file__).resolve().parent
-READER = HERE / "golden_reader.py"
-sys.path.insert(0, str(HERE))
-import golden_reader  # noqa: E402
+READER = Path(golden_reader.__file__)
 
 
 def _reader(*args: str) -> subprocess.CompletedProcess:

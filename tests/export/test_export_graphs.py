@@ -16,13 +16,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import refdiff.export as ex
-from test_export_helpers import F16_TOL, F32_TOL, mixture2, np_mixture_denoiser, rel_err, small_mlp
 
 from refdiff import exact
 from refdiff.errors import InputError, OptionError, UndefinedError
 from refdiff.exact import GaussianMixture
 from refdiff.reverse import ddim_step, ddpm_step
 from refdiff.schedule import cosine, linear, make_schedule, respace
+from tests.export.test_export_helpers import (
+    F16_TOL,
+    F32_TOL,
+    mixture2,
+    np_mixture_denoiser,
+    rel_err,
+    small_mlp,
+)
 
 
 def _run(model, feeds):
@@ -244,7 +251,7 @@ def test_step_tables_refuse_what_onnx_does_not_support():
 @pytest.mark.parametrize("convention,time_shape", [("refdiff", "batch"), ("index", "scalar")])
 def test_step_graph_runs_the_tables(convention, time_shape):
     """One step graph call equals StepTables.x_next; it also emits the next model time."""
-    from test_export_helpers import torch_style_model
+    from tests.export.test_export_helpers import torch_style_model
 
     mlp = small_mlp()
     if convention == "refdiff":

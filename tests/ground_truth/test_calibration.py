@@ -9,9 +9,9 @@ rows), outside the suite's Σα budget: this is a separate session, and the chec
 go through refdiff.stats.check_* (never recorded).
 
 1. The statistical tests of refdiff.stats on samples drawn from their exact null.
-2. The suite's own properties (the ``*_check`` functions of tests/test_statistical_*.py) on
-   fixed representative configurations: a rate above α here would mean the ground truth
-   (refdiff.exact) is not exact.
+2. The suite's own properties (the ``*_check`` functions of
+   tests/ground_truth/test_statistical_*.py) on fixed representative configurations: a rate
+   above α here would mean the ground truth (refdiff.exact) is not exact.
 3. The tolerance of the 1000-step DDPM mixture test bounds its real discretisation bias.
 
 The terminal summary prints the table (rate, expected, 3-binomial-σ band).
@@ -31,10 +31,10 @@ from refdiff import exact as E
 from refdiff import respacing as R
 from refdiff import schedule as S
 from refdiff import stats
-from tests import test_statistical_forward as FWD
-from tests import test_statistical_reverse as REV
-from tests import test_statistical_samplers as SMP
 from tests._suite import CALIBRATION_REPORT, SALT
+from tests.ground_truth import test_statistical_forward as FWD
+from tests.ground_truth import test_statistical_reverse as REV
+from tests.ground_truth import test_statistical_samplers as SMP
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ final ᾱ, final-step noise and the seed.  One assertion per example at α = alp
 Two checks do not go through ddpm_law at all: where theory says the sampler is exact
 (Ho et al. 2020 §3.2, Song et al. 2021) its states must have the data's forward marginals;
 and with 1000 steps DDPM on Gaussian-mixture data lands within a stated KS tolerance of the
-data law (its discretisation bias, bounded in tests/test_calibration.py).
+data law (its discretisation bias, bounded in tests/ground_truth/test_calibration.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ N = 50_000
 #: reproduces the mixtures drawn below (component std ≥ 0.2, weights ≥ 0.1 before
 #: normalising, means in [−3, 3]): its discretisation bias.  Measured on 16 extreme members of
 #: the family at n = 2e5: KS ≤ 0.0064 (narrow, far apart, weights 0.09/0.91, linear,
-#: fixed_small); tests/test_calibration.py bounds it below this with confidence 1 − 1e-3.
+#: fixed_small); tests/ground_truth/test_calibration.py bounds it below this with
+#: confidence 1 − 1e-3.
 DDPM_MIXTURE_TOLERANCE = 0.02
 N_MIXTURE = 20_000
 

@@ -14,12 +14,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import refdiff.export as ex
-from test_export_helpers import F16_TOL, F32_TOL, mixture2, rel_err, small_mlp, torch_style_model
 
 from refdiff import exact
 from refdiff.errors import InputError
 from refdiff.sampling import ddim_sample, ddpm_sample, draw_noise
 from refdiff.schedule import linear
+from tests.export.test_export_helpers import (
+    F16_TOL,
+    F32_TOL,
+    mixture2,
+    rel_err,
+    small_mlp,
+    torch_style_model,
+)
 
 CUDA_OK, WHY = ex.cuda_status()
 

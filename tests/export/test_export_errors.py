@@ -14,10 +14,10 @@ import onnx
 import pytest
 import refdiff.export as ex
 from onnx import TensorProto, helper
-from test_export_helpers import small_mlp
 
 from refdiff.errors import FileFormatError, InputError, NonFiniteError, OptionError, ShapeError
 from refdiff.schedule import linear
+from tests.export.test_export_helpers import small_mlp
 
 BASE = linear(20)
 

@@ -32,7 +32,7 @@ from refdiff import _io
 from refdiff import mlp as M
 from refdiff.errors import NonFiniteError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIG = 32 * 2**20  # bytes a child writes: large enough to be caught mid-write
 
 
@@ -169,7 +169,7 @@ def _writers():
     def onnx_model(path):
         from refdiff.export import save_model
 
-        from tests.test_reliability import tiny_denoiser_model
+        from tests.reliability.test_reliability import tiny_denoiser_model
 
         save_model(tiny_denoiser_model(), path)
 

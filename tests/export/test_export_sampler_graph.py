@@ -19,10 +19,10 @@ import pytest
 import refdiff.export as ex
 import refdiff.export.sampler_graph as sg
 from onnx import TensorProto, helper
-from test_export_helpers import F32_TOL, rel_err, small_mlp
 
 from refdiff.sampling import ddpm_sample, draw_noise
 from refdiff.schedule import linear
+from tests.export.test_export_helpers import F32_TOL, rel_err, small_mlp
 
 BASE = linear(50)
 MLP = small_mlp(seed=3)

@@ -21,7 +21,7 @@ from refdiff import exact as E
 from refdiff import stats
 from refdiff.errors import InputError, ShapeError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 G2 = E.Gaussian([1.0, -0.5], [[1.0, 0.3], [0.3, 0.5]])
 MIX = E.GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.5, 1.0]], [np.eye(2) * 0.3, np.eye(2)])
 

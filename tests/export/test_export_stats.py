@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import refdiff.export as ex
-from test_export_helpers import mixture2
 
 from refdiff import exact, stats
 from refdiff.sampling import ddim_sample
 from refdiff.schedule import linear_iddpm, respace
+from tests.export.test_export_helpers import mixture2
 
 ALPHA = 1e-6
 N_SAMPLES = 20_000

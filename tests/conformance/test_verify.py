@@ -13,7 +13,7 @@ import pytest
 from refdiff import cli, verify
 from refdiff.testing import Setting, Tolerance
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
 import planted_bugs as bugs  # noqa: E402
 from numpy_scheduler import NumpyScheduler  # noqa: E402

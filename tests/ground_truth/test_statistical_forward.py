@@ -11,7 +11,7 @@ and covariance (refdiff.exact.marginal / forward_joint), and refdiff.stats' Gaus
 - posterior consistency: x_0 → x_t ~ q(x_t|x_0) → x_{t−1} ~ q(x_{t−1}|x_t, x_0) gives the
   triple (x_0, x_{t−1}, x_t) the joint law of the forward process.
 
-The ``*_check`` functions are the properties; tests/test_calibration.py reruns them at
+The ``*_check`` functions are the properties; tests/ground_truth/test_calibration.py reruns them at
 α = 0.05 to show their false-failure rates are what they claim.
 """
 

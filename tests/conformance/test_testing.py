@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from refdiff import testing as rt
 from refdiff.errors import InputError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from numpy_scheduler import NumpyScheduler  # noqa: E402
 from planted_bugs import BetaForBetaTilde, MissingSqrt  # noqa: E402
 

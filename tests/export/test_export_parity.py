@@ -11,13 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import refdiff.export as ex
-from test_export_helpers import F16_TOL, F32_TOL, mixture2, rel_err, small_mlp, torch_style_model
 
 from refdiff import exact
 from refdiff.errors import InputError
 from refdiff.respacing import space_timesteps
 from refdiff.sampling import ddim_sample, ddpm_sample, draw_noise
 from refdiff.schedule import linear, make_schedule, respace
+from tests.export.test_export_helpers import (
+    F16_TOL,
+    F32_TOL,
+    mixture2,
+    rel_err,
+    small_mlp,
+    torch_style_model,
+)
 
 BASE = linear(50)
 MLP = small_mlp(seed=4)
