@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refdiff.conformance import diagnoses as D
+from refdiff.conformance import diagnoses as DG
 from refdiff.testing import Setting, Tolerance, compare, compare_alpha_bar, expected
 from refdiff.verify import diagnosis_for
 
@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TOL = Tolerance("float32")
 
 
-@pytest.mark.parametrize("name", list(D.REGISTRY))
+@pytest.mark.parametrize("name", list(DG.REGISTRY))
 def test_every_known_bug_is_named_by_its_planted_reproduction(name: str) -> None:
-    bug = D.REGISTRY[name]
-    case = D.example_case(**bug.example)
+    bug = DG.REGISTRY[name]
+    case = DG.example_case(**bug.example)
     assert bug.at(case) is not None, f"{name}: its example is not a case where it can occur"
     planted = np.asarray(bug.output(case), dtype=np.float64)
     check = compare(case, planted, TOL)
@@ -34,9 +34,9 @@ def test_every_known_bug_is_named_by_its_planted_reproduction(name: str) -> None
     assert bug.reference.startswith("docs/"), f"{name}: reference {bug.reference!r}"
 
 
-@pytest.mark.parametrize("name", list(D.ALPHA_BAR_BUGS))
+@pytest.mark.parametrize("name", list(DG.ALPHA_BAR_BUGS))
 def test_every_known_alpha_bar_bug_is_named(name: str) -> None:
-    bug = D.ALPHA_BAR_BUGS[name]
+    bug = DG.ALPHA_BAR_BUGS[name]
     setting = Setting("linear", 1000)
     check = compare_alpha_bar(setting, bug.output(setting.base()), TOL)
     assert check.status == "FAIL"
@@ -44,9 +44,9 @@ def test_every_known_alpha_bar_bug_is_named(name: str) -> None:
 
 
 def test_the_reference_itself_is_no_known_bug() -> None:
-    for name, bug in D.REGISTRY.items():
-        case = D.example_case(**bug.example)
-        assert D.diagnose(case, expected(case), TOL) is None, name
+    for name, bug in DG.REGISTRY.items():
+        case = DG.example_case(**bug.example)
+        assert DG.diagnose(case, expected(case), TOL) is None, name
 
 
 def test_planted_implementations_exist() -> None:
@@ -55,6 +55,6 @@ def test_planted_implementations_exist() -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import planted_bugs
 
-    named = {b.planted for b in D.REGISTRY.values() if b.planted}
+    named = {b.planted for b in DG.REGISTRY.values() if b.planted}
     assert named, "no bug names its planted implementation"
     assert all(hasattr(planted_bugs, n) for n in named), sorted(named)

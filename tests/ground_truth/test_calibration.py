@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from refdiff import exact as E
-from refdiff import respacing as R
+from refdiff import exact as EX
+from refdiff import respacing as RS
 from refdiff import schedule as S
 from refdiff import stats
 from tests._suite import CALIBRATION_REPORT, SALT
@@ -43,14 +43,14 @@ ALPHA_CAL = 1e-3
 REPS_NULL = int(os.environ.get("REFDIFF_CALIBRATION_REPS", "1000"))
 REPS_SUITE = max(50, REPS_NULL // 5)
 
-G2 = E.Gaussian([1.0, -0.5], [[1.0, 0.3], [0.3, 0.5]])
-G3 = E.Gaussian([0.5, -1.0, 2.0], [[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.8]])
-MIX2 = E.GaussianMixture(
+G2 = EX.Gaussian([1.0, -0.5], [[1.0, 0.3], [0.3, 0.5]])
+G3 = EX.Gaussian([0.5, -1.0, 2.0], [[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 0.8]])
+MIX2 = EX.GaussianMixture(
     [0.2, 0.5, 0.3],
     [[-2.0, 1.0], [2.0, 0.0], [0.0, -2.0]],
     [np.eye(2) * 0.3, [[0.5, 0.2], [0.2, 0.4]], np.eye(2) * 0.8],
 )
-MIX1 = E.GaussianMixture([0.3, 0.7], [[-1.5], [1.0]], [[[0.2]], [[0.5]]])
+MIX1 = EX.GaussianMixture([0.3, 0.7], [[-1.5], [1.0]], [[[0.2]], [[0.5]]])
 
 
 def _rng(row: str, i: int) -> np.random.Generator:
@@ -153,8 +153,8 @@ def _suite_cases():
     short = S.from_betas([0.1, 0.3, 0.2, 0.5])
     cos = S.cosine(1000)
     lin = S.linear(1000)
-    trailing = S.respace(cos, R.spaced_times(1000, 6, "trailing"))
-    ddim5 = S.respace(lin, R.space_timesteps(1000, "ddim5"))
+    trailing = S.respace(cos, RS.spaced_times(1000, 6, "trailing"))
+    ddim5 = S.respace(lin, RS.space_timesteps(1000, "ddim5"))
     return {
         "forward.chain (cosine 20, t=12)": lambda r: FWD.chain_check(
             S.cosine(20), G2, 12, r, a, 5000
@@ -198,19 +198,19 @@ NARROW = [[0.04, 0.032], [0.032, 0.04]]
     "data, name, variance_type",
     [
         (
-            E.GaussianMixture(np.array([0.1, 1.0]) / 1.1, [[-3.0], [3.0]], [[[0.04]], [[0.04]]]),
+            EX.GaussianMixture(np.array([0.1, 1.0]) / 1.1, [[-3.0], [3.0]], [[[0.04]], [[0.04]]]),
             "linear",
             "fixed_small",
         ),
         (
-            E.GaussianMixture(
+            EX.GaussianMixture(
                 np.array([0.1, 1.0, 1.0]) / 2.1, [[-3.0], [0.0], [3.0]], [[[0.04]]] * 3
             ),
             "linear",
             "fixed_small",
         ),
         (
-            E.GaussianMixture(
+            EX.GaussianMixture(
                 np.ones(3) / 3,
                 [[-3.0, -3.0], [3.0, 3.0], [-3.0, 3.0]],
                 [np.eye(2) * 0.04, NARROW, np.eye(2) * 0.04],

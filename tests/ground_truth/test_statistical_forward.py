@@ -21,9 +21,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refdiff import exact as E
+from refdiff import exact as EX
 from refdiff import forward as F
-from refdiff import posterior as Post
+from refdiff import posterior as P
 from refdiff import stats
 from refdiff.schedule import Schedule
 from tests._suite import alpha, examples, forward_schedules, gaussians, rng_for, seeds
@@ -31,19 +31,19 @@ from tests._suite import alpha, examples, forward_schedules, gaussians, rng_for,
 N = 50_000
 
 
-def chain_check(sch: Schedule, data: E.Gaussian, t: int, rng, a: float, n: int = N):
+def chain_check(sch: Schedule, data: EX.Gaussian, t: int, rng, a: float, n: int = N):
     x = data.sample(rng, n)
     for s in range(1, t + 1):
         x = F.q_step_sample(sch, x, s, rng=rng)
-    law = E.marginal(data, sch, t)
+    law = EX.marginal(data, sch, t)
     return stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name="forward.chain")
 
 
-def transition_check(sch: Schedule, data: E.Gaussian, s: int, t: int, rng, a: float, n: int = N):
+def transition_check(sch: Schedule, data: EX.Gaussian, s: int, t: int, rng, a: float, n: int = N):
     x0 = data.sample(rng, n)
     x_s = F.q_sample(sch, x0, s, rng=rng)
     x_t = F.q_transition_sample(sch, x_s, t, s, rng=rng)
-    joint = E.forward_joint(data, [sch.alpha_bar[s], sch.alpha_bar[t]])
+    joint = EX.forward_joint(data, [sch.alpha_bar[s], sch.alpha_bar[t]])
     return stats.check_gaussian(
         np.hstack([x_s, x_t]),
         joint.mean,
@@ -53,15 +53,15 @@ def transition_check(sch: Schedule, data: E.Gaussian, s: int, t: int, rng, a: fl
     )
 
 
-def posterior_check(sch: Schedule, data: E.Gaussian, t: int, rng, a: float, n: int = N):
+def posterior_check(sch: Schedule, data: EX.Gaussian, t: int, rng, a: float, n: int = N):
     """None at t = 1 after checking exactly that the posterior returns x_0 itself."""
     x0 = data.sample(rng, n)
     x_t = F.q_sample(sch, x0, t, rng=rng)
-    x_prev = Post.posterior_sample(sch, x0, x_t, t, rng=rng)
+    x_prev = P.posterior_sample(sch, x0, x_t, t, rng=rng)
     if sch.alpha_bar[t - 1] == 1.0:  # t = 1: the posterior is the point mass at x_0
         np.testing.assert_allclose(x_prev, x0, rtol=1e-12, atol=1e-12)
         return None
-    joint = E.forward_joint(data, [1.0, sch.alpha_bar[t - 1], sch.alpha_bar[t]])
+    joint = EX.forward_joint(data, [1.0, sch.alpha_bar[t - 1], sch.alpha_bar[t]])
     return stats.check_gaussian(
         np.hstack([x0, x_prev, x_t]),
         joint.mean,

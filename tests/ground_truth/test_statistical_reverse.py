@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 
-from refdiff import exact as E
+from refdiff import exact as EX
 from refdiff import stats
 from refdiff.schedule import Schedule
 from tests._suite import alpha, examples, mixtures, rng_for, sampler_schedules, seeds
@@ -18,10 +18,10 @@ from tests._suite import alpha, examples, mixtures, rng_for, sampler_schedules, 
 N = 20_000
 
 
-def reverse_chain_check(data: E.GaussianMixture, sch: Schedule, rng, a: float, n: int = N):
-    _, traj = E.reverse_sample(data, sch, n, rng=rng, return_trajectory=True)
+def reverse_chain_check(data: EX.GaussianMixture, sch: Schedule, rng, a: float, n: int = N):
+    _, traj = EX.reverse_sample(data, sch, n, rng=rng, return_trajectory=True)
     checks = [
-        stats.check_mixture(traj[k], E.marginal(data, sch, sch.T - k), false_fail_rate=a / sch.T)
+        stats.check_mixture(traj[k], EX.marginal(data, sch, sch.T - k), false_fail_rate=a / sch.T)
         for k in range(1, sch.T + 1)
     ]
     return stats.combine(checks, name="exact.reverse_chain_marginals")

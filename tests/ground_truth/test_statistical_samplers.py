@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from refdiff import exact as E
+from refdiff import exact as EX
 from refdiff import sampling, stats
 from refdiff import schedule as S
 from refdiff.schedule import Schedule
@@ -46,20 +46,20 @@ N_MIXTURE = 20_000
 
 
 def ddpm_check(
-    base: Schedule, sch: Schedule, data: E.Gaussian, options: dict, rng, a: float, n: int = N
+    base: Schedule, sch: Schedule, data: EX.Gaussian, options: dict, rng, a: float, n: int = N
 ):
-    den = E.denoiser(data, base, options.get("prediction_type", "epsilon"))
+    den = EX.denoiser(data, base, options.get("prediction_type", "epsilon"))
     x = sampling.ddpm_sample(den, sch, (n, data.dim), rng=rng, **options)
-    law = E.ddpm_law(data, sch, **options)
+    law = EX.ddpm_law(data, sch, **options)
     return stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name="ddpm.exact_law")
 
 
 def ddim_check(
-    base: Schedule, sch: Schedule, data: E.Gaussian, options: dict, rng, a: float, n: int = N
+    base: Schedule, sch: Schedule, data: EX.Gaussian, options: dict, rng, a: float, n: int = N
 ):
-    den = E.denoiser(data, base, options.get("prediction_type", "epsilon"))
+    den = EX.denoiser(data, base, options.get("prediction_type", "epsilon"))
     x = sampling.ddim_sample(den, sch, (n, data.dim), rng=rng, **options)
-    law = E.ddim_law(data, sch, **options)
+    law = EX.ddim_law(data, sch, **options)
     return stats.check_gaussian(x, law.mean, law.cov, false_fail_rate=a, name="ddim.exact_law")
 
 
@@ -76,10 +76,10 @@ def exact_case_check(case: str, base: Schedule, sch: Schedule, m, rng, a: float,
     """Started from the exact marginal of x_T, the states x_{T−1}, …, x_1 follow the data's
     forward marginals (None when there are none, T = 1); x_0 of a point mass is the point."""
     kind, var, options, last_exact = CASES[case]
-    data = E.Gaussian(np.asarray(m, dtype=float), var * np.eye(len(m)))
-    x_T = E.marginal(data, sch, sch.T).sample(rng, n)
+    data = EX.Gaussian(np.asarray(m, dtype=float), var * np.eye(len(m)))
+    x_T = EX.marginal(data, sch, sch.T).sample(rng, n)
     pred = "v" if base.alpha_bar[-1] == 0.0 else "epsilon"
-    den = E.denoiser(data, base, pred)
+    den = EX.denoiser(data, base, pred)
     run = sampling.ddpm_sample if kind == "ddpm" else sampling.ddim_sample
     _, traj = run(
         den, sch, x_T=x_T, rng=rng, prediction_type=pred, return_trajectory=True, **options
@@ -90,7 +90,7 @@ def exact_case_check(case: str, base: Schedule, sch: Schedule, m, rng, a: float,
         return None
     checks = []
     for k in range(1, sch.T):  # the states x_{T−1}, …, x_1
-        law = E.marginal(data, sch, sch.T - k)
+        law = EX.marginal(data, sch, sch.T - k)
         checks.append(
             stats.check_gaussian(
                 traj[k], law.mean, law.cov, false_fail_rate=a / (sch.T - 1), name=case
@@ -100,7 +100,7 @@ def exact_case_check(case: str, base: Schedule, sch: Schedule, m, rng, a: float,
 
 
 def mixture_ddpm_check(
-    data: E.GaussianMixture,
+    data: EX.GaussianMixture,
     base: Schedule,
     variance_type: str,
     rng,
@@ -109,7 +109,7 @@ def mixture_ddpm_check(
     tolerance: float = DDPM_MIXTURE_TOLERANCE,
 ):
     x = sampling.ddpm_sample(
-        E.denoiser(data, base), base, (n, data.dim), rng=rng, variance_type=variance_type
+        EX.denoiser(data, base), base, (n, data.dim), rng=rng, variance_type=variance_type
     )
     return stats.check_mixture(
         x, data, false_fail_rate=a, tolerance=tolerance, name="ddpm.mixture_1000_steps"

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from refdiff import exact as E
+from refdiff import exact as EX
 from refdiff import stats
 from refdiff.errors import InputError, ShapeError
 
 ROOT = Path(__file__).resolve().parents[2]
-G2 = E.Gaussian([1.0, -0.5], [[1.0, 0.3], [0.3, 0.5]])
-MIX = E.GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.5, 1.0]], [np.eye(2) * 0.3, np.eye(2)])
+G2 = EX.Gaussian([1.0, -0.5], [[1.0, 0.3], [0.3, 0.5]])
+MIX = EX.GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [1.5, 1.0]], [np.eye(2) * 0.3, np.eye(2)])
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -127,7 +127,7 @@ def test_each_check_passes_on_its_own_law_and_fails_beyond_its_detectable_discre
     scaled[:, 1] = G2.mean[1] + (x[:, 1] - G2.mean[1]) * math.sqrt(1 + 2 * dv)
     assert not stats.check_covariance(scaled, G2.cov, mean=G2.mean, false_fail_rate=a).passed
     # a mixture with one weight moved: KS distance 0.1 along e_1
-    other = E.GaussianMixture([0.4, 0.6], MIX.means, MIX.covs)
+    other = EX.GaussianMixture([0.4, 0.6], MIX.means, MIX.covs)
     assert not stats.check_mixture(y, other, false_fail_rate=a).passed
     assert not stats.check_mvn(x * 1.1, G2.mean, G2.cov, false_fail_rate=a).passed
 

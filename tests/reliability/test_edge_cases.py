@@ -17,7 +17,7 @@ import pytest
 from refdiff import errors as E
 from refdiff import forward as F
 from refdiff import losses as L
-from refdiff import parameterization as PA
+from refdiff import parameterization as PZ
 from refdiff import posterior as P
 from refdiff import respacing as RS
 from refdiff import reverse as R
@@ -128,7 +128,7 @@ def test_zero_snr_v_and_x0_at_T_by_formula():
     s, x, v = SCHEDULES["zero_snr"], _z(16), _z(17)
     parts = R.ddim_parts(s, x, s.T, v, prediction_type="v", rederive_eps=False)
     assert np.array_equal(parts.x0, -v) and np.array_equal(parts.eps, x)
-    assert np.array_equal(PA.convert(s, x, s.T, v, "x0", "epsilon"), x)
+    assert np.array_equal(PZ.convert(s, x, s.T, v, "x0", "epsilon"), x)
 
 
 def test_zero_snr_samplers_run_end_to_end_with_v_prediction():

@@ -35,7 +35,7 @@ from refdiff import errors as E
 from refdiff import forward as F
 from refdiff import losses as L
 from refdiff import mlp as M
-from refdiff import parameterization as PA
+from refdiff import parameterization as PZ
 from refdiff import posterior as P
 from refdiff import respacing as RS
 from refdiff import reverse as R
@@ -151,11 +151,11 @@ def test_forward_and_posterior_finite(case, salt):
 
 
 @fuzz(60)
-@given(cases(), st.sampled_from(PA.PREDICTION_TYPES), st.sampled_from(PA.PREDICTION_TYPES))
+@given(cases(), st.sampled_from(PZ.PREDICTION_TYPES), st.sampled_from(PZ.PREDICTION_TYPES))
 def test_convert_finite(case, source, target):
     s, x, y, t, _ = case
     try:
-        out = PA.convert(s, x, t, y, source, target)
+        out = PZ.convert(s, x, t, y, source, target)
     except E.UndefinedError:
         assert source != target and (
             allowed_undefined(s, t, source) or allowed_undefined(s, t, target)
@@ -165,7 +165,7 @@ def test_convert_finite(case, source, target):
 
 
 def _step_kwargs(draw, s, x, t, seed):
-    pt = draw(st.sampled_from(PA.PREDICTION_TYPES))
+    pt = draw(st.sampled_from(PZ.PREDICTION_TYPES))
     kw = {"prediction_type": pt}
     post = draw(st.sampled_from(["none", "clip", "threshold"]))
     if post == "clip":
@@ -239,7 +239,7 @@ def test_ddim_step_finite(case, data):
 
 
 @fuzz(60)
-@given(cases(), st.sampled_from(PA.PREDICTION_TYPES))
+@given(cases(), st.sampled_from(PZ.PREDICTION_TYPES))
 def test_ddim_inverse_finite(case, prediction_type):
     s, x, y, t, _ = case
     if s.T < 2:
@@ -458,7 +458,7 @@ def _entry_points():
             {"schedule": s, "x0": x, "x_t": z, "t": 3, "noise": z},
         ),
         "convert": (
-            PA.convert,
+            PZ.convert,
             {"schedule": s, "x_t": x, "t": 3, "prediction": z, "source": "epsilon", "target": "v"},
         ),
         "ddpm_step": (
@@ -553,37 +553,37 @@ def _entry_points():
 
 def _more_entry_points(s, rng) -> dict:
     """exact ground truth, statistics, data sets, training configuration."""
-    from refdiff import data as D
-    from refdiff import exact as X
+    from refdiff import data as DA
+    from refdiff import exact as EX
     from refdiff import stats as ST
     from refdiff import train as TR
 
-    g = X.Gaussian(np.zeros(2), np.eye(2))
-    mix = X.GaussianMixture(
+    g = EX.Gaussian(np.zeros(2), np.eye(2))
+    mix = EX.GaussianMixture(
         np.array([0.5, 0.5]), np.array([[1.0, 0.0], [-1.0, 0.0]]), np.stack([np.eye(2)] * 2)
     )
-    den = X.denoiser(mix, s)
+    den = EX.denoiser(mix, s)
     smp = np.random.default_rng(1).standard_normal((200, 2))
     return {
-        "exact.Gaussian": (X.Gaussian, {"mean": np.zeros(2), "cov": np.eye(2)}),
+        "exact.Gaussian": (EX.Gaussian, {"mean": np.zeros(2), "cov": np.eye(2)}),
         "exact.GaussianMixture": (
-            X.GaussianMixture,
+            EX.GaussianMixture,
             {
                 "weights": np.array([0.5, 0.5]),
                 "means": np.zeros((2, 2)),
                 "covs": np.stack([np.eye(2)] * 2),
             },
         ),
-        "exact.marginal": (X.marginal, {"data": mix, "schedule_or_alpha_bar": s, "t": 3}),
-        "exact.denoiser": (X.denoiser, {"data": mix, "schedule": s, "prediction_type": "v"}),
+        "exact.marginal": (EX.marginal, {"data": mix, "schedule_or_alpha_bar": s, "t": 3}),
+        "exact.denoiser": (EX.denoiser, {"data": mix, "schedule": s, "prediction_type": "v"}),
         "exact.denoiser()": (den, {"x_t": np.zeros((3, 2)), "t": np.array([1, 2, 3])}),
         "exact.reverse_sample": (
-            X.reverse_sample,
+            EX.reverse_sample,
             {"data": mix, "schedule": s, "n": 5, "rng": rng},
         ),
-        "exact.ddpm_law": (X.ddpm_law, {"data": g, "schedule": s, "variance_type": "fixed_large"}),
-        "exact.ddim_law": (X.ddim_law, {"data": g, "schedule": s, "eta": 0.5}),
-        "exact.score": (X.score, {"data": mix, "x_t": np.zeros((3, 2)), "alpha_bar": 0.5}),
+        "exact.ddpm_law": (EX.ddpm_law, {"data": g, "schedule": s, "variance_type": "fixed_large"}),
+        "exact.ddim_law": (EX.ddim_law, {"data": g, "schedule": s, "eta": 0.5}),
+        "exact.score": (EX.score, {"data": mix, "x_t": np.zeros((3, 2)), "alpha_bar": 0.5}),
         "stats.check_mean": (
             ST.check_mean,
             {"samples": smp, "mean": np.zeros(2), "cov": np.eye(2), "false_fail_rate": 1e-6},
@@ -600,9 +600,9 @@ def _more_entry_points(s, rng) -> dict:
             ST.check_covariance,
             {"samples": smp, "cov": np.eye(2), "false_fail_rate": 1e-6},
         ),
-        "data.get_dataset": (D.get_dataset, {"name": "ring"}),
-        "data.sample_moons": (D.sample_moons, {"rng": rng, "n": 10, "noise": 0.1}),
-        "data.ring_mixture": (D.ring_mixture, {"k": 3, "radius": 1.0, "std": 0.1}),
+        "data.get_dataset": (DA.get_dataset, {"name": "ring"}),
+        "data.sample_moons": (DA.sample_moons, {"rng": rng, "n": 10, "noise": 0.1}),
+        "data.ring_mixture": (DA.ring_mixture, {"k": 3, "radius": 1.0, "std": 0.1}),
         "train.TrainConfig": (
             TR.TrainConfig,
             {

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from refdiff import respacing as RS
 from refdiff import reverse as R
-from refdiff import sampling as SM
+from refdiff import sampling as SA
 from refdiff import schedule as S
 from refdiff.errors import RandomnessError, ShapeError
 from tests.strategies import examples, normal, schedules, seeds, state_shapes
@@ -35,7 +35,7 @@ def test_ddpm_loop_by_hand():
     # step 0 (t = 2 → 1):  x_1 = 1/√0.8 + √(1/14)·0.5
     # step 1 (t = 1 → 0):  x_0 = x_1/√0.9, no noise
     x1 = 1 / SQ(0.8) + SQ(1 / 14) * 0.5
-    x, traj = SM.ddpm_sample(
+    x, traj = SA.ddpm_sample(
         zero_eps, s, x_T=[[1.0]], step_noise=[[[0.5]], [[0.3]]], return_trajectory=True
     )
     np.testing.assert_allclose(traj[:, 0, 0], [1.0, x1, x1 / SQ(0.9)], rtol=1e-14)
@@ -45,10 +45,10 @@ def test_ddpm_loop_by_hand():
 def test_ddim_loop_by_hand():
     s = S.from_betas([0.1, 0.2])
     # η = 0, ε̂ = 0: x_{t−1} = √ᾱ_{t−1}·x_t/√ᾱ_t; x_1 = √0.9/√0.72, x_0 = 1/√0.72
-    x = SM.ddim_sample(zero_eps, s, x_T=[[1.0]])
+    x = SA.ddim_sample(zero_eps, s, x_T=[[1.0]])
     assert x[0, 0] == pytest.approx(1 / SQ(0.72), rel=1e-14)
     # η = 1 at t = 2: σ² = (0.1/0.28)·(1 − 0.72/0.9) = 1/14; mean √0.9·x̂_0 + √(0.1 − 1/14)·0
-    x = SM.ddim_sample(zero_eps, s, x_T=[[1.0]], step_noise=[[[0.5]], [[9.0]]], eta=1.0)
+    x = SA.ddim_sample(zero_eps, s, x_T=[[1.0]], step_noise=[[[0.5]], [[9.0]]], eta=1.0)
     x1 = SQ(0.9) / SQ(0.72) + SQ(1 / 14) * 0.5
     assert x[0, 0] == pytest.approx(x1 / SQ(0.9), rel=1e-14)
 
@@ -56,13 +56,13 @@ def test_ddim_loop_by_hand():
 @given(schedules(max_T=12), state_shapes(), seeds)
 @settings(max_examples=examples(20), deadline=None)
 def test_loops_are_the_steps_in_order(sch, shape, seed):
-    x_T, step_noise = SM.draw_noise(np.random.default_rng(seed), sch.T, shape)
+    x_T, step_noise = SA.draw_noise(np.random.default_rng(seed), sch.T, shape)
     x = x_T.copy()
     for k in range(sch.T):
         t = sch.T - k
         out = linear_denoiser(x, np.full(shape[0], sch.timesteps[t]))
         x = R.ddpm_step(sch, x, t, out, noise=step_noise[k], clip=2.0)
-    got = SM.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise, clip=2.0)
+    got = SA.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise, clip=2.0)
     np.testing.assert_array_equal(got, x)
 
 
@@ -70,34 +70,34 @@ def test_loops_are_the_steps_in_order(sch, shape, seed):
 @given(schedules(max_T=10), state_shapes(), seeds)
 @settings(max_examples=examples(20), deadline=None)
 def test_rng_equals_draw_noise(sch, shape, seed):
-    x_T, step_noise = SM.draw_noise(np.random.default_rng(seed), sch.T, shape)
+    x_T, step_noise = SA.draw_noise(np.random.default_rng(seed), sch.T, shape)
     assert x_T.shape == shape and step_noise.shape == (sch.T, *shape)
-    a = SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
-    b = SM.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise)
+    a = SA.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
+    b = SA.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise)
     np.testing.assert_array_equal(a, b)
-    a = SM.ddim_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed), eta=0.7)
-    b = SM.ddim_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise, eta=0.7)
+    a = SA.ddim_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed), eta=0.7)
+    b = SA.ddim_sample(linear_denoiser, sch, x_T=x_T, step_noise=step_noise, eta=0.7)
     np.testing.assert_array_equal(a, b)
     # η = 0 draws only x_T
-    a = SM.ddim_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
-    np.testing.assert_array_equal(a, SM.ddim_sample(linear_denoiser, sch, x_T=x_T))
+    a = SA.ddim_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
+    np.testing.assert_array_equal(a, SA.ddim_sample(linear_denoiser, sch, x_T=x_T))
     # same seed, same bits
-    c = SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
+    c = SA.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
     np.testing.assert_array_equal(
-        c, SM.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
+        c, SA.ddpm_sample(linear_denoiser, sch, shape, rng=np.random.default_rng(seed))
     )
 
 
 def test_ddim_eta1_loop_equals_ddpm_loop():
     sch = S.respace(S.linear(100), RS.spaced_times(100, 7, "trailing"))
-    x_T, zs = SM.draw_noise(np.random.default_rng(3), sch.T, (4, 2))
-    a = SM.ddim_sample(linear_denoiser, sch, x_T=x_T, step_noise=zs, eta=1.0, clip=1.0)
-    b = SM.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=zs, clip=1.0)
+    x_T, zs = SA.draw_noise(np.random.default_rng(3), sch.T, (4, 2))
+    a = SA.ddim_sample(linear_denoiser, sch, x_T=x_T, step_noise=zs, eta=1.0, clip=1.0)
+    b = SA.ddpm_sample(linear_denoiser, sch, x_T=x_T, step_noise=zs, clip=1.0)
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
 # -- trajectory, callback, base timesteps ------------------------------------------------------
-@pytest.mark.parametrize("sampler", [SM.ddpm_sample, SM.ddim_sample])
+@pytest.mark.parametrize("sampler", [SA.ddpm_sample, SA.ddim_sample])
 def test_trajectory_and_callback(sampler):
     sch = S.linear(5)
     seen = []
@@ -122,7 +122,7 @@ def test_trajectory_and_callback(sampler):
     np.testing.assert_array_equal(traj[0], np.random.default_rng(0).standard_normal((3, 2)))
 
 
-@pytest.mark.parametrize("sampler", [SM.ddpm_sample, SM.ddim_sample])
+@pytest.mark.parametrize("sampler", [SA.ddpm_sample, SA.ddim_sample])
 def test_respaced_sampler_calls_denoiser_with_base_timesteps(sampler):
     base = S.linear(10)
     sch = S.respace(base, [2, 5, 9])
@@ -143,8 +143,8 @@ def test_learned_variance_output_is_split_on_axis_1():
     def den(x, t):
         return np.concatenate([0.1 * x, np.full_like(x, -0.5)], axis=1)
 
-    x_T, zs = SM.draw_noise(np.random.default_rng(5), sch.T, (2, 3))
-    got = SM.ddpm_sample(den, sch, x_T=x_T, step_noise=zs, variance_type="learned_range")
+    x_T, zs = SA.draw_noise(np.random.default_rng(5), sch.T, (2, 3))
+    got = SA.ddpm_sample(den, sch, x_T=x_T, step_noise=zs, variance_type="learned_range")
     x = x_T
     for k in range(sch.T):
         t = sch.T - k
@@ -159,26 +159,26 @@ def test_learned_variance_output_is_split_on_axis_1():
         )
     np.testing.assert_allclose(got, x, rtol=1e-15)
     with pytest.raises(ShapeError) as e:
-        SM.ddpm_sample(zero_eps, sch, x_T=x_T, step_noise=zs, variance_type="learned")
+        SA.ddpm_sample(zero_eps, sch, x_T=x_T, step_noise=zs, variance_type="learned")
     assert e.value.argument == "denoiser output"
 
 
 def test_missing_randomness_and_bad_noise_shapes():
     sch = S.linear(3)
     with pytest.raises(RandomnessError) as e:
-        SM.ddpm_sample(zero_eps, sch, (2, 2))
+        SA.ddpm_sample(zero_eps, sch, (2, 2))
     assert e.value.argument == "rng"
     with pytest.raises(RandomnessError) as e:  # x_T but no step noise for a random sampler
-        SM.ddpm_sample(zero_eps, sch, x_T=np.zeros((2, 2)))
+        SA.ddpm_sample(zero_eps, sch, x_T=np.zeros((2, 2)))
     assert e.value.argument == "rng"
     with pytest.raises(RandomnessError) as e:
-        SM.ddim_sample(zero_eps, sch, x_T=np.zeros((2, 2)), eta=0.5)
+        SA.ddim_sample(zero_eps, sch, x_T=np.zeros((2, 2)), eta=0.5)
     assert e.value.argument == "rng"
     with pytest.raises(ShapeError) as e:
-        SM.ddpm_sample(zero_eps, sch, x_T=np.zeros((2, 2)), step_noise=np.zeros((2, 2, 2)))
+        SA.ddpm_sample(zero_eps, sch, x_T=np.zeros((2, 2)), step_noise=np.zeros((2, 2, 2)))
     assert e.value.argument == "step_noise"
     with pytest.raises(ShapeError) as e:
-        SM.ddpm_sample(zero_eps, sch, (3, 2), x_T=np.zeros((2, 2)), rng=np.random.default_rng(0))
+        SA.ddpm_sample(zero_eps, sch, (3, 2), x_T=np.zeros((2, 2)), rng=np.random.default_rng(0))
     assert e.value.argument == "shape"
 
 
@@ -186,8 +186,8 @@ def test_missing_randomness_and_bad_noise_shapes():
 @settings(max_examples=examples(5), deadline=None)
 def test_sample_is_float64_of_the_state_shape(B, seed):
     sch = S.linear(6)
-    x = SM.ddpm_sample(linear_denoiser, sch, (B, 2, 2), rng=np.random.default_rng(seed))
+    x = SA.ddpm_sample(linear_denoiser, sch, (B, 2, 2), rng=np.random.default_rng(seed))
     assert x.shape == (B, 2, 2) and x.dtype == np.float64 and np.isfinite(x).all()
     (x_T,) = normal(seed, (B, 2, 2))
-    x = SM.ddim_sample(linear_denoiser, sch, x_T=x_T.astype(np.float32))
+    x = SA.ddim_sample(linear_denoiser, sch, x_T=x_T.astype(np.float32))
     assert x.dtype == np.float64
