@@ -8,9 +8,10 @@ Sections (``--only`` picks some):
 - ``scaling``  time against steps and batch, peak memory;
 - ``stats``    seconds per statistical assertion of the statistical test suite.
 
-Prints a table per section and a summary of issue 7's targets, and writes every number as
-JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that keeps every
-section; ``--smoke`` checks the harness at toy sizes in seconds (its numbers mean nothing).
+Prints a table per section and a summary of the targets of docs/benchmarks.md, and writes
+every number as JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that
+keeps every section; ``--smoke`` checks the harness at toy sizes in seconds (its numbers mean
+nothing).
 Standalone: ``python -m benchmarks.run [options]`` from the repository root, with refdiff
 installed (``make install`` or ``pip install -e '.[deploy]'``): the benchmarks import the
 installed package.
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result["targets"] = report.collect_targets(result["sections"])
     result["wall_s"] = time.perf_counter() - t_start
-    print("\n== targets (issue 7) ==")
+    print("\n== targets (docs/benchmarks.md) ==")
     print(report.targets_table(result["targets"]))
     write_json(out_path, _clean(result))
     print(f"\nwrote {out_path} ({result['wall_s']:.0f} s)")

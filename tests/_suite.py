@@ -23,7 +23,7 @@ from refdiff.exact import Gaussian, GaussianMixture
 
 #: Per-assertion false-failure rate of the suite at example scale 1.
 ALPHA = 1e-6
-#: The whole session's budget: Σα over every statistical assertion (DESIGN §3).
+#: The whole session's budget: Σα over every statistical assertion (docs/stats.md).
 BUDGET = 1e-4
 #: Lines the calibration run (tests/ground_truth/test_calibration.py) reports in the terminal
 #: summary.

@@ -1,4 +1,4 @@
-"""Bad model files and bad arguments get clear, typed errors (DESIGN §6; docs/deploy.md).
+"""Bad model files and bad arguments get clear, typed errors (docs/reliability.md, docs/deploy.md).
 
 Wrong signature → SignatureError; too-new IR/opset → UnsupportedVersionError; truncated or
 corrupted → CorruptModelError; external data outside the model's folder → ExternalDataError

@@ -57,7 +57,7 @@ def test_cpu_is_cpu_and_silent():
 
 
 def test_available_providers_is_not_the_truth():
-    """The GPU build lists CUDA as available whether or not it can run (DESIGN §4)."""
+    """The GPU build lists CUDA as available whether or not it can run (docs/deploy.md)."""
     listed = "CUDAExecutionProvider" in ort.get_available_providers()
     if listed and not CUDA_OK:
         assert WHY  # and cuda_status says why it does not run

@@ -8,7 +8,7 @@
   (checked by feeding exactly those draws to the noise-as-input graph: same bits).
 - The Scan body holds only the embedded denoiser and the update's Mul/Mul/Sum (no Gather,
   Shape, Expand or noise node): onnxruntime charges ~1 µs per node per step at batch 1, which
-  is what the 2× target of issue 7 rests on (benchmarks/RESULTS.md).
+  is what the 2× target of docs/benchmarks.md rests on (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

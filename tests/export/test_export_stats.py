@@ -1,7 +1,7 @@
 """Samplers on ORT with in-graph noise (RandomNormalLike) follow the right law.
 
 In-graph noise cannot be compared draw by draw with the reference (onnxruntime's stream is
-its own), so its output is tested statistically (DESIGN §3), two assertions, α = 1e-6 each:
+its own), so its output is tested statistically (docs/stats.md), two assertions, α = 1e-6 each:
 
 1. Gaussian data, the exported exact denoiser, DDPM as one Loop graph with x_T and every z
    drawn in-graph: the output is exactly Gaussian with the mean and covariance of

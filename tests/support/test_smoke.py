@@ -1,4 +1,4 @@
-"""Import hygiene: the spec package loads numpy and scipy only (DESIGN §1, issue 2 acceptance)."""
+"""Import hygiene: the spec package loads numpy and scipy only (docs/core-tests.md)."""
 
 import importlib
 import json
