@@ -8,7 +8,7 @@ conformance code moved into :mod:`refdiff.conformance`; a module may export more
 from __future__ import annotations
 
 import importlib
-import os
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -119,11 +119,9 @@ def _help_argvs() -> list[tuple[str, ...]]:
 def test_every_command_help_runs(argv: tuple[str, ...]) -> None:
     if argv[0] in NEEDS_DEPLOY and not (_has("onnx") and _has("onnxruntime")):
         pytest.skip("needs the deploy extra")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "refdiff.cli", *argv],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=120,
