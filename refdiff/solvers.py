@@ -160,8 +160,18 @@ def euler(
     """
     option(churn_model_input, "churn_model_input", ("churned", "unchurned"))
     s_churn, s_noise = _real(s_churn, "s_churn"), _real(s_noise, "s_noise")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, s_churn > 0, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser,
+        sigmas,
+        shape,
+        x_T,
+        step_noise,
+        rng,
+        s_churn > 0,
+        callback,
+        return_trajectory,
+        False,
+    )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
         s, s_next = sig[i], sig[i + 1]
@@ -199,8 +209,9 @@ def euler_ancestral(
     η = 1 is diffusers' EulerAncestralDiscrete.  Noise: one slice per step iff η > 0.
     """
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
         s, s_next = sig[i], sig[i + 1]
@@ -236,8 +247,18 @@ def heun(
     2n − 1 denoiser calls when σ_n = 0.  Noise: one slice per step iff s_churn > 0.
     """
     s_churn, s_noise = _real(s_churn, "s_churn"), _real(s_noise, "s_noise")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, s_churn > 0, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser,
+        sigmas,
+        shape,
+        x_T,
+        step_noise,
+        rng,
+        s_churn > 0,
+        callback,
+        return_trajectory,
+        False,
+    )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
         s, s_next = sig[i], sig[i + 1]
@@ -292,8 +313,9 @@ def lms(
     ``scipy.integrate.quad``; here exactly)."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise InputError("order", f"must be an int >= 1; got {order!r}")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, False, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, False, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     ds: list[np.ndarray] = []
     for i in range(loop.n):
@@ -324,8 +346,9 @@ def dpmpp_2m(
     r = h_{i−1}/h_i; D̄ = D_i on the first step, on a step to σ = 0 (x_{i+1} = D_i), and with
     ``lower_order_final`` (diffusers' default) on the last step when n < 15.
     """
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, False, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, False, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     old, h_last = None, None
     for i in range(loop.n):
@@ -369,8 +392,9 @@ def dpmpp_2m_sde(
     """
     option(solver_type, "solver_type", ("midpoint", "heun"))
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     old, h_last = None, None
     for i in range(loop.n):
@@ -425,8 +449,9 @@ def dpmpp_3m_sde(
     eq. 19.7 and the note under it).
     """
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     ms: list[np.ndarray] = []  # D_{i−1}, D_{i−2}
     hs: list[float] = []  # h_{i−1}, h_{i−2}
@@ -515,8 +540,9 @@ def unipc(
     option(solver_type, "solver_type", ("bh1", "bh2"))
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise InputError("order", f"must be 1, 2 or 3; got {order!r}")
-    loop = _Loop(denoiser, sigmas, shape, x_T, step_noise, rng, False, callback,
-                 return_trajectory, False)  # fmt: skip
+    loop = _Loop(
+        denoiser, sigmas, shape, x_T, step_noise, rng, False, callback, return_trajectory, False
+    )
     x, sig = loop.x0, loop.sigmas
     ms: list[np.ndarray] = []  # D_{i−1}, D_{i−2}, … newest first
     x_prev, p_prev = None, 0
@@ -524,8 +550,17 @@ def unipc(
         s, s_next = sig[i], sig[i + 1]
         m = loop.D(x, s)
         if i > 0 and corrector and (i - 1) not in disable_corrector:
-            x = _unipc(x_prev, ms[0], ms[1:], sig[i - 2 :: -1] if i >= 2 else [],
-                       sig[i - 1], s, p_prev, solver_type, m_t=m)  # fmt: skip
+            x = _unipc(
+                x_prev,
+                ms[0],
+                ms[1:],
+                sig[i - 2 :: -1] if i >= 2 else [],
+                sig[i - 1],
+                s,
+                p_prev,
+                solver_type,
+                m_t=m,
+            )
         ms = [m, *ms][:order]
         p = min(order, i + 1)
         if lower_order_final:
@@ -534,8 +569,7 @@ def unipc(
         if s_next == 0:
             x = m
         else:
-            x = _unipc(x, m, ms[1:], sig[i - 1 :: -1] if i >= 1 else [], s, s_next, p,
-                       solver_type)  # fmt: skip
+            x = _unipc(x, m, ms[1:], sig[i - 1 :: -1] if i >= 1 else [], s, s_next, p, solver_type)
         loop.done(i, x)
     return loop.result(x)
 
@@ -557,8 +591,18 @@ def flow_euler(
     x_{i+1} = x_i + (σ_{i+1} − σ_i) u(x_i, σ_i).  ``stochastic`` (diffusers'
     ``stochastic_sampling``): x̂_0 = x_i − σ_i u, x_{i+1} = (1 − σ_{i+1}) x̂_0 + σ_{i+1} z_i
     (one noise slice per step).  With ``rng``, x_T = z (unscaled)."""
-    loop = _Loop(velocity, sigmas, shape, x_T, step_noise, rng, bool(stochastic), callback,
-                 return_trajectory, True)  # fmt: skip
+    loop = _Loop(
+        velocity,
+        sigmas,
+        shape,
+        x_T,
+        step_noise,
+        rng,
+        bool(stochastic),
+        callback,
+        return_trajectory,
+        True,
+    )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
         s, s_next = sig[i], sig[i + 1]
@@ -638,8 +682,17 @@ def sample(
     """
     fn = SAMPLERS[option(sampler, "sampler", list(SAMPLERS))]
     try:
-        return fn(model, sigmas, shape, x_T=x_T, step_noise=step_noise, rng=rng,
-                  return_trajectory=return_trajectory, callback=callback, **options)  # fmt: skip
+        return fn(
+            model,
+            sigmas,
+            shape,
+            x_T=x_T,
+            step_noise=step_noise,
+            rng=rng,
+            return_trajectory=return_trajectory,
+            callback=callback,
+            **options,
+        )
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise InputError("options", f"{sampler}: {e}") from None
