@@ -125,6 +125,9 @@ def test_dpmpp_2m_by_hand():
     assert run("dpmpp_2m", [2, 1, 0.5], lower_order_final=False) == pytest.approx(
         x2 / a2, rel=1e-14
     )
+    # uneven λ steps, σ = 2, 1, 1/4: h₀ = log 2, h₁ = log 4, r = 1/2, e^{−h₁} = 1/4;
+    # D̄ = (1 + 1/(2r)) (3/10) − (1/5)/(2r) = 3/5 − 1/5 = 2/5, x = (1/4)(3/5) + (3/4)(2/5) = 9/20
+    assert run("dpmpp_2m", [2, 1, 0.25], lower_order_final=False) == pytest.approx(0.45, abs=1e-15)
     # into σ = 0 the step is x̂_0 itself: 3/10
     assert run("dpmpp_2m", [2, 1, 0], lower_order_final=False) == pytest.approx(3 / 10, abs=1e-15)
 
