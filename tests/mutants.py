@@ -509,6 +509,13 @@ SCOPES = {
     "all": ["tests"],
 }
 EXCLUDE = ["tests/test_mutants_fast.py", "tests/test_calibration.py"]
+# i14spec: the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
+SCOPES["spec"] += [
+    "tests/spec/test_solvers_*.py",
+    "tests/spec/test_sigma.py",
+    "tests/spec/test_flow.py",
+    "tests/ground_truth/test_solvers_*.py",
+]
 
 
 def _paths(scope: str) -> list[str]:

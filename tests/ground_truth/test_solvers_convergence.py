@@ -4,7 +4,7 @@ Gaussian data, the exact denoiser, Karras σ from σ_max = 80 to σ_min = 0.02 (
 every step is a regular step; ``lower_order_final=False``, which is moot at these n ≥ 32).
 
 - ODE samplers (strong error): the max-abs error of x(σ_min) against the closed-form PF-ODE
-  solution (eq. 19.22) from the same x_T, as n doubles.  The measured order
+  solution (eq. 19.12) from the same x_T, as n doubles.  The measured order
   log₂(e(n)/e(2n)) at the stated n must be within ±0.3 of the theoretical order:
   Euler 1, flow Euler 1, Heun 2, DPM-Solver++(2M) 2 (both 2M-SDE forms at η = 0), UniPC-p
   p + 1 with its corrector (UniC raises the order by one; p without), LMS 4 (the first-order
@@ -12,7 +12,7 @@ every step is a regular step; ``lower_order_final=False``, which is moot at thes
   Taylor coefficient and 2 with the published one (its d₂ term is half the Taylor term,
   eq. 19.7 note; the test that the published form is *not* third order is part of the spec).
 - SDE samplers (weak error): the max-abs error of the exact output law's mean and covariance
-  (exact_sigma.sampler_law, eq. 19.24), started from the exact marginal N(m, S + σ_max² I),
+  (exact_sigma.sampler_law, eq. 19.14), started from the exact marginal N(m, S + σ_max² I),
   against the exact marginal N(m, S + σ_min² I) that the reverse SDE preserves: Euler-churn 1,
   Euler ancestral 1, Heun-churn 2, DPM-Solver++(2M) SDE (midpoint and Heun) 2,
   DPM-Solver++(3M) SDE 2.

@@ -1,7 +1,7 @@
 """Every σ-view sampler, two or three steps, against numbers worked out by hand.
 
 Data N(0, 1) in one dimension: the exact denoiser is D(x; σ) = x/(1+σ²) (docs/math.md
-eq. 19.21 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
+eq. 19.11 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
 step, so h = log 2 and e^{−h} = 1/2: the exponential-integrator coefficients are rational and
 the expected values are exact fractions (comments show the arithmetic).  DPM-Solver++ and
 UniPC are checked in diffusers' VP notation (α_t, s_t, λ = log α − log s) where the samplers
