@@ -1,4 +1,4 @@
-"""Exact ground truth for the σ-view and flow samplers (docs/math.md §19.4).
+"""Exact ground truth for the σ-view and flow samplers (docs/math.md §19.5).
 
 For data x_0 ~ N(m, S), S = U diag(s) Uᵀ, the VE marginal at σ is N(m, S + σ² I) and the
 exact denoiser is affine, D(x; σ) = m + U diag(s/(s+σ²)) Uᵀ (x − m) (eq. 19.11).  Then:

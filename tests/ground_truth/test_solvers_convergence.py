@@ -1,4 +1,4 @@
-"""Convergence orders of the σ-view samplers against the exact solution (docs/math.md §19.4).
+"""Convergence orders of the σ-view samplers against the exact solution (docs/math.md §19.5).
 
 Gaussian data, the exact denoiser, Karras σ from σ_max = 80 to σ_min = 0.02 (no final 0, so
 every step is a regular step; ``lower_order_final=False``, which is moot at these n ≥ 32).

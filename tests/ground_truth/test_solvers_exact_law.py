@@ -1,4 +1,4 @@
-"""The σ-view samplers against exact laws (docs/math.md §19.4).
+"""The σ-view samplers against exact laws (docs/math.md §19.5).
 
 - Small step counts, Gaussian data: with the exact denoiser every sampler is affine in
   (x_T, z_0, …, z_{n−1}), so its output law is exactly Gaussian (exact_sigma.sampler_law,

@@ -214,7 +214,7 @@ def test_unipc_by_hand():
 
 
 def _exact_step(x, s0, t, prim):
-    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.8):
+    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.7):
     x_t = (t/s0) x + t (P(λ_t) − P(λ_s0)) with P a primitive of e^u m(u)."""
     return (t / s0) * x + t * (prim(-math.log(t)) - prim(-math.log(s0)))
 
