@@ -151,6 +151,9 @@ def test_from_schedule_grids():
     # trailing: t = 1000, 900, …, 100
     s = S.from_schedule(sch, 10, spacing="trailing", final_sigma="none")
     np.testing.assert_allclose(s, sch.sigma[np.arange(1000, 0, -100)], rtol=1e-12)
+    # leading with steps_offset 1 (Stable Diffusion): 0-based 900, 800, …, 0 → +1 +1
+    s = S.from_schedule(sch, 10, spacing="leading", steps_offset=1, final_sigma="none")
+    np.testing.assert_allclose(s, sch.sigma[np.arange(902, 0, -100)], rtol=1e-12)
     # final σ_min appends the smallest training σ
     s = S.from_schedule(sch, 4, spacing="trailing", final_sigma="sigma_min")
     assert s[-1] == sch.sigma[1]
