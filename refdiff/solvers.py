@@ -435,6 +435,7 @@ def dpmpp_3m_sde(
     s_noise: float = 1.0,
     lower_order_final: bool = True,
     taylor_d2: bool = False,
+    diffusers_sde_d2: bool = False,
 ):
     """DPM-Solver++(3M) SDE (eq. 19.7), h = log(σ_i/σ_{i+1}), ĥ = (1+η)h,
     φ₂ = (e^{−ĥ} − 1)/ĥ + 1, φ₃ = φ₂/ĥ − ½:
@@ -448,8 +449,13 @@ def dpmpp_3m_sde(
     d₂ ≈ h²D''/2, and the Taylor term of the exponential integral is −2φ₃ d₂: the published
     −φ₃ d₂ (Lu et al.'s code, k-diffusion, diffusers; the default) leaves an O(h³) local error,
     so the solver is globally second order; ``taylor_d2=True`` uses −2φ₃ d₂ (third order;
-    eq. 19.7 and the note under it).
+    eq. 19.7 and the note under it).  ``diffusers_sde_d2=True`` reproduces diffusers'
+    third-order ``sde-dpmsolver++`` step, whose d₂ coefficient (1 − e^{−2h} − 2h)/(2h)² − ½ is
+    −φ₃ − 1 at η = 1: one d₂ more than the published form, an O(h²) local error (weak order 1,
+    measured; a peer bug).
     """
+    if taylor_d2 and diffusers_sde_d2:
+        raise InputError("diffusers_sde_d2", "cannot be combined with taylor_d2")
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
     loop = _Loop(
         denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
@@ -474,7 +480,8 @@ def dpmpp_3m_sde(
                 d10, d11 = (m - ms[0]) / r0, (ms[0] - ms[1]) / r1
                 d1 = d10 + (d10 - d11) * r0 / (r0 + r1)
                 d2 = (d10 - d11) / (r0 + r1)
-                x = x + phi2 * d1 - (2.0 if taylor_d2 else 1.0) * (phi2 / hh - 0.5) * d2
+                k = 2.0 if taylor_d2 else 1.0
+                x = x + phi2 * d1 - k * (phi2 / hh - 0.5) * d2 - (d2 if diffusers_sde_d2 else 0.0)
             elif p == 2:
                 x = x + phi2 * (m - ms[0]) / (hs[0] / h)
             if eta > 0:

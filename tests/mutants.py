@@ -339,8 +339,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "dpmpp_3m_d2_taylor_ignored",
         "refdiff.solvers",
-        "(2.0 if taylor_d2 else 1.0)",
-        "(1.0 if taylor_d2 else 1.0)",
+        "k = 2.0 if taylor_d2 else 1.0",
+        "k = 1.0 if taylor_d2 else 1.0",
         "DPM-Solver++(3M) taylor_d2=True still uses the published −φ₃ d₂ (second order)",
         (_HAND + "test_dpmpp_3m_sde_by_hand", _CONV + "test_orders_of_the_multistep_solvers"),
     ),

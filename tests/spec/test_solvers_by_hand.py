@@ -185,6 +185,31 @@ def test_dpmpp_3m_sde_by_hand():
     want = (x + m2) / 2
     got = run("dpmpp_3m_sde", [4, 2, 1, 0.5], eta=0.0)
     assert got == pytest.approx(want, abs=1e-14)
+    # η = 1, z = 0, the same grid: ĥ = 2h, e^{−ĥ} = 1/4, e^{−ηh} = 1/2, φ₂(ĥ), φ₃(ĥ).
+    # step 0: x = (1/2)(1/2)·1 + (3/4)(1/17);  step 1: x = x/4 + (3/4) D₁ + φ₂(ĥ)(D₁ − D₀)
+    # step 2, published (k-diffusion):  x/4 + (3/4) D₂ + φ₂(ĥ) d₁ − φ₃(ĥ) d₂;
+    # diffusers' sde-dpmsolver++ order 3, in VE terms (÷ α_t):
+    #   x/4 + (1 − e^{−2h}) D₂ + ((1 − e^{−2h})/(−2h) + 1) d₁ + ((1 − e^{−2h} − 2h)/(2h)² − ½) d₂
+    q2 = -0.75 / (2 * h) + 1
+    q3 = q2 / (2 * h) - 0.5
+    x = 0.25 + 0.75 / 17
+    m1 = x / 5
+    x = x / 4 + 0.75 * m1 + q2 * (m1 - m0)
+    m2 = x / 2
+    d10, d11 = m2 - m1, m1 - m0
+    d1, d2 = d10 + (d10 - d11) / 2, (d10 - d11) / 2
+    zero = [0.0, 0.0, 0.0]
+    published = x / 4 + 0.75 * m2 + q2 * d1 - q3 * d2
+    got = run("dpmpp_3m_sde", [4, 2, 1, 0.5], noise=zero, lower_order_final=False)
+    assert got == pytest.approx(published, abs=1e-14)
+    diffusers = (
+        x / 4 + 0.75 * m2 + (0.75 / (-2 * h) + 1) * d1 + ((0.75 - 2 * h) / (2 * h) ** 2 - 0.5) * d2
+    )
+    got = run(
+        "dpmpp_3m_sde", [4, 2, 1, 0.5], noise=zero, lower_order_final=False, diffusers_sde_d2=True
+    )
+    assert got == pytest.approx(diffusers, abs=1e-14)
+    assert diffusers - published == pytest.approx(-d2, abs=1e-14)
     # η = 1, first step: e^{−ĥ} = 1/4, x = 1/4 + (3/4)(1/17) + 2·√(3/4)·z₀
     got = run("dpmpp_3m_sde", [4, 2], noise=[1.0])
     assert got == pytest.approx(0.25 + 0.75 / 17 + math.sqrt(3), abs=1e-14)
