@@ -119,7 +119,6 @@ def test_dpmpp_2m_by_hand():
     x1 = (s1 / s0) * (a0 * 1.0) - a1 * (math.exp(-(l1 - l0)) - 1) * m0
     m1 = (x1 / a1) / 2
     h, h0 = l2 - l1, l1 - l0
-    dbar = (1 + h0 / (2 * h)) * m1 - (h0 / (2 * h)) * m0  # r = h0/h ... D̄ = (1 + 1/(2r))…
     dbar = (1 + 1 / (2 * (h0 / h))) * m1 - m0 / (2 * (h0 / h))
     x2 = (s2 / s1) * x1 - a2 * (math.exp(-h) - 1) * dbar
     assert run("dpmpp_2m", [2, 1, 0.5], lower_order_final=False) == pytest.approx(
@@ -331,9 +330,9 @@ def test_flow_euler_by_hand():
     # t = 1: x̂_0 = 0, u = x = 1, x = 1 + (1/2 − 1)·1 = 1/2
     # t = 1/2: x̂_0 = (1/2)(1/2)/(1/4 + 1/4) = 1/2, u = (1/2 − 1/2)/(1/2) = 0, x = 1/2
     assert run("flow_euler", [1, 0.5, 0]) == pytest.approx(0.5, abs=1e-15)
-    # stochastic: x = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z: step 0: (1/2)(1 − 1) + z₀/2 = 1
-    # (z₀ = 2); step 1: u = 0 at x = 1/2·…: x̂_0 = (1/2)·1/(1/2) = 1, u = (1 − 1)/(1/2) = 0,
-    # x = (1 − 0)(1 − 0) + 0 = 1
+    # stochastic: x = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z.  Step 0 (t = 1, x = 1, u = 1):
+    # x̂_0 = 0, x = (1/2)·0 + (1/2)·2 = 1 (z₀ = 2).  Step 1 (t = 1/2, x = 1): x̂_0 =
+    # (1/2)/(1/4 + 1/4) = 1, u = 0, x = (1 − 0)·1 + 0·z₁ = 1
     assert run("flow_euler", [1, 0.5, 0], noise=[2, 5], stochastic=True) == pytest.approx(1.0)
 
 
