@@ -44,7 +44,7 @@ import numpy as np
 from . import forward, posterior, respacing, reverse
 from ._check import is_real
 from .adapters import to_numpy
-from .errors import InputError, UndefinedError
+from .errors import InputError, OptionError, UndefinedError
 from .parameterization import from_x0_eps
 from .schedule import Schedule, make_schedule, respace
 
@@ -130,7 +130,10 @@ class Tolerance:
         """The preset for an implementation computing in ``dtype`` (a name or NumPy dtype)."""
         if isinstance(dtype, Tolerance):
             return dtype
-        name = str(np.dtype(dtype)) if not isinstance(dtype, str) or dtype != "bfloat16" else dtype
+        try:
+            name = str(np.dtype(dtype)) if dtype != "bfloat16" else dtype
+        except TypeError:  # "float8", a typo: a typed error listing the precisions
+            raise OptionError("dtype", dtype, list(UNIT_ROUNDOFF)) from None
         return cls(state=name, **kw)
 
     @property

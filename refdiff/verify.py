@@ -33,10 +33,11 @@ import numpy as np
 
 from . import posterior, reverse
 from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler, to_numpy
-from .errors import InputError, UndefinedError
+from .errors import InputError, OptionError, UndefinedError
 from .respacing import SPACINGS
 from .schedule import Schedule, respace
 from .testing import (
+    UNIT_ROUNDOFF,
     Case,
     Check,
     Setting,
@@ -245,6 +246,9 @@ def step_settings(T: int = 1000, steps: int = 30) -> list[Setting]:
     ]
 
 
+PLAN_OPS = ("alpha_bar", "timesteps", "q_sample", "posterior", "ddpm_step", "ddim_step")
+
+
 def plan(
     kinds: Iterable[str] = ("ddpm", "ddim"),
     *,
@@ -257,6 +261,9 @@ def plan(
     variance type (DDPM) or η × final ᾱ (DDIM) × clipping/thresholding, at the first, middle
     and last steps of six settings (all steps, and N = ``steps`` kept with each spacing)."""
     want = set(ops) if ops is not None else None
+    for op in sorted(want or ()):
+        if op not in PLAN_OPS:
+            raise OptionError("ops", op, list(PLAN_OPS))
     kinds = set(kinds)
     N = min(steps, T)
     items: list[Item] = []
@@ -1076,6 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
     a = p.parse_args(argv)
     spec = a.diffusers or a.target
+    bad = [op for op in (a.ops.split(",") if a.ops else []) if op not in PLAN_OPS]
+    if bad or (a.dtype is not None and a.dtype not in UNIT_ROUNDOFF):
+        flag, value, valid = (
+            ("--ops", bad[0], PLAN_OPS) if bad else ("--dtype", a.dtype, UNIT_ROUNDOFF)
+        )
+        print(f"refdiff verify: {OptionError(flag, value, list(valid))}", file=sys.stderr)
+        return 2
     if not spec:
         p.print_usage(sys.stderr)
         print(
