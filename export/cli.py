@@ -484,10 +484,11 @@ def _cli_message(e: Exception) -> str:
         text = f"{_FLAG_OF[arg]}: {text[len(arg) + 2 :]}"
 
     def flag(m: re.Match) -> str:
-        return _FLAG_OF[m.group(1)] + " "
+        return _FLAG_OF[m.group(1)]
 
+    # "pass num_steps=" -> "pass --steps"; a value such as "T=50" is left alone
     keys = "|".join(sorted(map(re.escape, _FLAG_OF), key=len, reverse=True))
-    return re.sub(rf"\b({keys})=(?=\W|$)", flag, text)
+    return re.sub(rf"\b({keys})=(?=[\s).,;]|$)", flag, text)
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     mod_name, func = target.split(":")
     try:
         mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        hint = f" (pip install 'refdiff[{extra}]')" if extra else ""
-        print(f"refdiff {name}: missing module {e.name!r}{hint}", file=sys.stderr)
+    except ImportError as e:
+        if "pip install" in str(e):  # refdiff's own message names the extra
+            print(f"refdiff {name}: {e}", file=sys.stderr)
+        else:
+            hint = f': pip install "refdiff[{extra}]"' if extra else ""
+            print(f"refdiff {name}: missing module {e.name!r}{hint}", file=sys.stderr)
         return 2
     return int(getattr(mod, func)(rest) or 0)
 

@@ -1,0 +1,310 @@
+"""The honest command line and the fast start of ``refdiff sample`` / ``refdiff export``.
+
+The bad-input cases each have a row in tests/test_reliability.py (docs/reliability.md); these
+tests show that the accepted spellings take effect (peers' aliases, ``--override-metadata``),
+that errors list every missing option with flag names, that nothing heavy is imported before
+the arguments are checked, and that the provider fallback is one short line, printed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refdiff import exact
+from refdiff.cli import main
+from refdiff.errors import InputError
+from refdiff.sampling import ddpm_sample
+from refdiff.schedule import cosine, linear
+
+ROOT = Path(__file__).resolve().parents[2]
+F32_TOL = 2e-5  # float32 sampler vs float64 reference, relative to the sample scale
+
+
+def _run(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def _ring(tmp: Path, T: int = 50) -> Path:
+    from refdiff.export import builtin_mixture, mixture_denoiser_model, save_model
+
+    return save_model(mixture_denoiser_model(builtin_mixture("ring8"), linear(T)), tmp / "d.onnx")
+
+
+def _foreign(tmp: Path) -> Path:
+    """f(x, t) = x·W with no metadata at all (prediction type, convention, schedule unknown)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[0.5, 0.1], [-0.2, 0.4]], np.float32), "W")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["out"])],
+        "foreign",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 2]),
+            helper.make_tensor_value_info("t", TensorProto.INT64, ["B"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 2])],
+        initializer=[w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    onnx.checker.check_model(m)
+    p = tmp / "foreign.onnx"
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(b))))
+
+
+# -- flags take effect ------------------------------------------------------------------------
+def test_peer_schedule_alias_takes_effect(tmp_path):
+    """``--schedule squaredcos_cap_v2`` (diffusers) samples exactly as ``--schedule cosine``,
+    and differs from linear: the alias is not silently ignored."""
+    model = _foreign(tmp_path)
+    flags = ["--prediction-type", "epsilon", "--timestep-convention", "index", "--T", "40"]
+    outs = {}
+    for name in ("squaredcos_cap_v2", "cosine", "linear"):
+        out = tmp_path / f"{name}.npy"
+        code, _, err = _run(
+            ["sample", "--model", model, "--schedule", name, "--provider", "cpu"]
+            + [*flags, "--batch", "6", "--seed", "2", "--quiet", "-o", out]
+        )
+        assert code == 0, err
+        outs[name] = np.load(out)
+    assert np.array_equal(outs["squaredcos_cap_v2"], outs["cosine"])
+    assert _rel(outs["cosine"], outs["linear"]) > 1e-3
+
+
+def test_override_metadata_samples_with_the_given_schedule(tmp_path):
+    """With ``--override-metadata`` the sampler walks the command line's schedule: the
+    reference is the same denoiser (built for linear) driven along cosine."""
+    from refdiff.export import builtin_mixture
+
+    model = _ring(tmp_path)
+    out = tmp_path / "x.npy"
+    code, _, err = _run(
+        ["sample", "--model", model, "--schedule", "cosine", "--override-metadata"]
+        + ["--provider", "cpu", "--batch", "8", "--seed", "5", "--quiet", "-o", out]
+    )
+    assert code == 0, err
+    mix = builtin_mixture("ring8")
+    ref = ddpm_sample(
+        exact.denoiser(mix, linear(50)), cosine(50), (8, 2), rng=np.random.default_rng(5)
+    )
+    assert _rel(np.load(out), ref) < F32_TOL
+
+
+def test_flags_that_agree_with_the_metadata_are_accepted(tmp_path):
+    model = _ring(tmp_path)
+    code, _, err = _run(
+        ["sample", "--model", model, "--schedule", "linear", "--T", "50", "--prediction-type"]
+        + ["epsilon", "--provider", "cpu", "--batch", "2", "--quiet", "-o", tmp_path / "x.npy"]
+    )
+    assert code == 0, err
+
+
+def test_graph_noise_sampler_file_accepts_its_own_seed(tmp_path):
+    s = tmp_path / "s.onnx"
+    code, _, err = _run(
+        ["export", "--mixture", "ring8", "--kind", "sampler", "--T", "20", "--noise", "graph"]
+        + ["--seed", "4", "--quiet", "-o", s]
+    )
+    assert code == 0, err
+    base = ["sample", "--model", s, "--provider", "cpu", "--batch", "3", "--quiet", "-o"]
+    assert _run([*base, tmp_path / "a.npy", "--seed", "4"])[0] == 0
+    code, _, err = _run([*base, tmp_path / "b.npy", "--seed", "5"])
+    assert code == 2 and "--seed" in err and not (tmp_path / "b.npy").exists()
+
+
+# -- errors speak CLI -------------------------------------------------------------------------
+def test_every_missing_option_at_once_with_choices(tmp_path):
+    code, _, err = _run(["sample", "--model", _foreign(tmp_path), "-o", tmp_path / "x.npy"])
+    assert code == 2
+    for flag, choice in (
+        ("--prediction-type", "epsilon, x0, v, score"),
+        ("--timestep-convention", "refdiff, index"),
+        ("--schedule", "cosine"),
+    ):
+        assert f"{flag}: missing" in err and choice in err, err
+    assert "prediction_type" not in err and "Traceback" not in err
+
+
+def test_api_errors_are_reworded_with_flag_names():
+    from refdiff.export.cli import _cli_message
+
+    e = InputError("num_steps", "must be an int in [1, T=50]; pass num_steps= or use the default")
+    assert (
+        _cli_message(e) == "--steps: must be an int in [1, T=50]; pass --steps or use the default"
+    )
+    assert _cli_message(InputError("other", "x")) == "other: x"
+
+
+def test_problems_found_before_any_work_are_reported_together(tmp_path):
+    code, _, err = _run(
+        ["sample", "--model", tmp_path / "missing.onnx", "--shape", "4,x", "-o", tmp_path]
+    )
+    assert code == 2
+    assert "3 problems" in err and "--shape" in err and "--output" in err and "--model" in err
+
+
+# -- fast start -------------------------------------------------------------------------------
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_sample_help_imports_neither_onnx_nor_onnxruntime():
+    proc = _python(
+        """
+        import sys
+        from refdiff.cli import main
+        try:
+            main(["sample", "--help"])
+        except SystemExit:
+            pass
+        print("LOADED", sorted(m for m in ("onnx", "onnxruntime", "ml_dtypes") if m in sys.modules))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--model" in proc.stdout and "LOADED []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_import_refdiff_export_without_onnx_names_the_extra():
+    """A ``sys.meta_path`` finder hides onnx, as if it were not installed."""
+    proc = _python(
+        """
+        import sys
+
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "onnx":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Hide())
+        try:
+            import refdiff.export
+        except ImportError as e:
+            print("IMPORTERROR", type(e).__name__, e)
+        import refdiff  # the NumPy half still imports
+        print("REFDIFF OK", refdiff.__version__)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "IMPORTERROR ImportError refdiff.export needs onnx" in proc.stdout, proc.stdout
+    assert 'pip install "refdiff[deploy]"' in proc.stdout and "REFDIFF OK" in proc.stdout
+
+
+def test_refdiff_cli_names_the_extra_when_onnxruntime_is_missing():
+    proc = _python(
+        """
+        import sys
+
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "onnxruntime":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Hide())
+        from refdiff.cli import main
+        sys.exit(main(["sample", "--model", "m.onnx"]))
+        """
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "onnxruntime" in proc.stderr and "refdiff[deploy]" in proc.stderr
+
+
+def test_peek_metadata_reads_what_onnx_reads(tmp_path):
+    from refdiff.export import load_model, read_metadata
+    from refdiff.export.metadata import peek_metadata
+
+    path = _ring(tmp_path)
+    data = path.read_bytes()
+    assert peek_metadata(data) == read_metadata(load_model(path)[0])
+    assert peek_metadata(data)["refdiff.kind"] == "denoiser"
+    for bad in (b"not a model", data[: len(data) // 2]):
+        assert peek_metadata(bad) is None
+
+
+# -- provider messages ------------------------------------------------------------------------
+def test_no_cuda_session_is_probed_without_a_visible_gpu(monkeypatch):
+    import onnxruntime as ort
+    from refdiff.export import providers as P
+
+    def no_session(*a, **k):
+        raise AssertionError("a session was created to probe CUDA")
+
+    monkeypatch.setattr(P, "nvidia_visible", lambda: False)
+    monkeypatch.setattr(ort, "InferenceSession", no_session)
+    P._probe.cache_clear()
+    P.cuda_details.cache_clear()
+    try:
+        with pytest.warns(P.ProviderFallbackWarning) as rec:
+            assert P.resolve_provider("auto") == "cpu"
+        msg = str(rec[0].message)
+        assert msg in (
+            "running on CPU: no NVIDIA GPU visible",
+            "running on CPU: this onnxruntime is the CPU build",
+        )
+        assert rec[0].message.details and "pip" in rec[0].message.details
+        with pytest.raises(P.ProviderError) as e:
+            P.resolve_provider("cuda")
+        assert "\n" not in str(e.value) and e.value.details
+    finally:
+        P._probe.cache_clear()
+        P.cuda_details.cache_clear()
+
+
+def test_cli_prints_the_fallback_once_in_one_line_and_details_on_request(tmp_path, monkeypatch):
+    from refdiff.export import providers as P
+
+    monkeypatch.setattr(P, "nvidia_visible", lambda: False)
+    P._probe.cache_clear()
+    P.cuda_details.cache_clear()
+    try:
+        argv = ["sample", "--model", _ring(tmp_path), "--batch", "2", "--quiet"]
+        for mode in ("steps", "fused", "graph"):
+            code, _, err = _run([*argv, "--mode", mode, "-o", tmp_path / f"{mode}.npy"])
+            assert code == 0, err
+            lines = [ln for ln in err.splitlines() if "running on CPU" in ln]
+            assert len(lines) == 1, err
+            assert len(lines[0]) < 80 and "pip" not in lines[0] and "(" not in lines[0]
+            assert "details" not in err
+        code, _, err = _run([*argv, "--verbose", "-o", tmp_path / "v.npy"])
+        assert code == 0 and "details:" in err and "pip install" in err, err
+    finally:
+        P._probe.cache_clear()
+        P.cuda_details.cache_clear()
+
+
+def test_auto_warning_is_filterable_and_explicit_cpu_is_silent(tmp_path):
+    from refdiff.export import OrtSampler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OrtSampler(_ring(tmp_path), provider="cpu")
