@@ -54,12 +54,14 @@ import onnx
 from refdiff.errors import InputError
 
 from ._graph import GraphBuilder, tensor_info
+from .conditioning import Guidance, conditioning_inputs
 from .model_io import DenoiserModel
 from .steps import (
     _finish,
     check_noise,
     check_seed,
-    emit_denoiser_call,
+    emit_guided_call,
+    emit_stacked,
     model_time_table,
     sampler_metadata,
     state_dims,
@@ -81,6 +83,7 @@ def sampler_model(
     batch: int | None = None,
     state_shape=None,
     trajectory: bool = False,
+    guidance: Guidance | None = None,
 ) -> onnx.ModelProto:
     """The whole DDPM/DDIM sampler over ``tables`` with the denoiser ``den`` embedded.
 
@@ -93,6 +96,8 @@ def sampler_model(
         state_shape: the full state shape, needed with ``noise="graph"`` when the model leaves
             data dims unspecified
         trajectory: also output every intermediate state
+        guidance: classifier-free guidance (:mod:`refdiff.export.conditioning`); the model's
+            conditioning inputs are graph inputs either way
     Returns: ``onnx.ModelProto`` (IR 10, opset 21), checked, with refdiff metadata.
     """
     check_noise(noise)
@@ -104,13 +109,23 @@ def sampler_model(
         )
     b = GraphBuilder()
     inputs, meaning_in = [], {}
+    chunked = noise == "input" and tables.noisy and not trajectory
     if noise == "input":
         x_T = "x_T"
         inputs.append(tensor_info("x_T", np.float32, dims))
-        meaning_in["x_T"] = "initial state x_T ~ N(0, I), (B, *S) float32"
+        meaning_in["x_T"] = "the state before step step_start (x_T when 0), (B, *S) float32"
         if tables.noisy:
-            inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
-            meaning_in["step_noise"] = "(N, B, *S) standard normal; step_noise[k] is used by step k"
+            n_dim = "K" if chunked else tables.N
+            inputs.append(tensor_info("step_noise", np.float32, [n_dim, *dims]))
+            meaning_in["step_noise"] = (
+                "(K, B, *S) standard normal; step_noise[j] is used by step step_start + j"
+                if chunked
+                else "(N, B, *S) standard normal; step_noise[k] is used by step k"
+            )
+        if chunked:  # an input with a default: runs the steps [step_start, step_start + K)
+            inputs.append(tensor_info("step_start", np.int64, []))
+            b.initializers.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "step_start"))
+            meaning_in["step_start"] = "first step to run (int64 scalar, default 0)"
         shape = b.op("Shape", x_T)
     else:
         inputs.append(tensor_info("batch_size", np.int64, []))
@@ -118,7 +133,14 @@ def sampler_model(
         bs = b.op("Unsqueeze", "batch_size", _i64(b, [0], "axes"))
         shape = b.op("Concat", bs, _i64(b, dims[1:], "data_dims"), axis=0)
         x_T = b.op("RandomNormalLike", _zeros(b, shape), dtype=_F32, seed=float(2 * seed))
-    plan = _Plan(b, den, tables, noise, seed, dims, shape)
+    cinfo, cmeaning, cnames, unames = conditioning_inputs(den, guidance, dims[0])
+    inputs += cinfo
+    meaning_in.update(cmeaning)
+    stacked = None
+    if guidance is not None and guidance.mode == "batched":
+        stacked = emit_stacked(b, den, cnames, unames)
+    plan = _Plan(b, den, tables, noise, seed, dims, shape, chunked)
+    plan.call = (guidance, cnames, unames, stacked)
     if trajectory:  # one chunk: all N steps, the Scan's own scan output is the trajectory
         scan_inputs = plan.chunk_inputs(b, x_T)
         b.op("Scan", *scan_inputs, outputs=["x_0", "trajectory"], **plan.scan_attrs(True))
@@ -132,7 +154,9 @@ def sampler_model(
     if trajectory:
         outputs.append(tensor_info("trajectory", np.float32, [tables.N, *out_dims]))
         meaning_out["trajectory"] = "(N, B, *S): the state after each step"
-    meta = sampler_metadata("sampler", den, tables, noise, seed, (meaning_in, meaning_out))
+    meta = sampler_metadata(
+        "sampler", den, tables, noise, seed, (meaning_in, meaning_out), guidance
+    )
     doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, Loop over chunks of a Scan"
     return _finish(b, "refdiff_sampler", inputs, outputs, meta, doc)
 
@@ -165,8 +189,9 @@ class _Plan:
     reserves about twice the peak memory at large batch (arena; measured at batch 65536).
     """
 
-    def __init__(self, b, den, tables, noise, seed, dims, shape):
+    def __init__(self, b, den, tables, noise, seed, dims, shape, chunked=False):
         self._b_root = b
+        self.chunked = chunked
         self.den, self.tables, self.noise, self.seed = den, tables, noise, seed
         self.dims, self.shape, self.N = dims, shape, tables.N
         N = tables.N
@@ -192,12 +217,17 @@ class _Plan:
         per_sample = np.dtype(sig.time_dtype).itemsize if self.time_kind == "batch" else 0
         self.per_elem, self.per_sample = per_elem, per_sample
         self.batch1 = b.op("Slice", shape, _i64(b, [0], "zero1"), _i64(b, [1], "one1"))
+        if chunked:  # the steps run: [step_start, step_start + K), K = len(step_noise)
+            self.n_run = b.op("Shape", "step_noise", start=0, end=1)
+            self.start = b.op("Unsqueeze", "step_start", _i64(b, [0], "axes"))
+        else:
+            self.n_run, self.start = _i64(b, [N], "n_steps"), None
 
     # -- the chunk Loop ----------------------------------------------------------------------
     def trip_count(self):
         """() int64 number of chunks ⌈N / K⌉; K (1,) int64 is kept in ``self.K``."""
         b, N = self._b_root, self.N
-        if self.per_elem == 0 and self.per_sample == 0:
+        if self.per_elem == 0 and self.per_sample == 0 and not self.chunked:
             self.K = _i64(b, [N], "chunk_all")
             return b.const(np.int64(1), hint="one_chunk")
         cost = None
@@ -208,14 +238,15 @@ class _Plan:
             c2 = b.op("Mul", self.batch1, _i64(b, [self.per_sample], "bytes_per_sample"))
             cost = c2 if cost is None else b.op("Add", cost, c2)
         k = b.op("Div", _i64(b, [CHUNK_BYTES], "chunk_bytes"), cost)
-        self.K = b.op("Max", b.op("Min", k, _i64(b, [N], "n_steps")), _i64(b, [1], "one1"))
-        count = b.op("Div", b.op("Add", self.K, _i64(b, [N - 1], "n_minus_1")), self.K)
+        self.K = b.op("Max", b.op("Min", k, self.n_run), _i64(b, [1], "one1"))
+        last = b.op("Sub", b.op("Add", self.n_run, self.K), _i64(b, [1], "one1"))
+        count = b.op("Div", last, self.K)
         return b.op("Squeeze", count, _i64(b, [0], "axes"))
 
     def chunk_loop_body(self) -> onnx.GraphProto:
         g = self._b_root.child()
         lo = g.op("Mul", g.op("Unsqueeze", "chunk", _i64(g, [0], "axes")), self.K)
-        hi = g.op("Min", g.op("Add", lo, self.K), _i64(g, [self.N], "n_steps"))
+        hi = g.op("Min", g.op("Add", lo, self.K), self.n_run)
         ins = self.chunk_inputs(g, "x_c", lo, hi)
         g.op("Scan", *ins, outputs=["x_c_next"], **self.scan_attrs(False))
         body = g.graph(
@@ -234,8 +265,10 @@ class _Plan:
     def chunk_inputs(self, g: GraphBuilder, x: str, lo: str | None = None, hi: str | None = None):
         """Scan inputs for steps [lo, hi) (None: all N): state, times, coefficients, noise."""
 
-        def rows(table):
-            return table if lo is None else g.op("Slice", table, lo, hi)
+        shift = (lambda i: i) if self.start is None else (lambda i: g.op("Add", i, self.start))
+
+        def rows(table):  # the tables' rows of steps [lo, hi) (+ step_start)
+            return table if lo is None else g.op("Slice", table, shift(lo), shift(hi))
 
         n = _i64(g, [self.N], "n_steps") if lo is None else g.op("Sub", hi, lo)
         t = rows(self.time_table)
@@ -244,7 +277,7 @@ class _Plan:
         ins = [x, t] + [rows(table) for _, table in self.cols]
         if self.S is not None:
             if self.noise == "input":
-                z = rows("step_noise")
+                z = "step_noise" if lo is None else g.op("Slice", "step_noise", lo, hi)
             else:
                 z_shape = g.op("Concat", n, self.shape, axis=0)
                 z = g.op(
@@ -267,7 +300,10 @@ class _Plan:
         ``self.den_inits``: the caller puts them in the graph right above this body."""
         g = self._b_root.child()
         x = "x_k"
-        out = emit_denoiser_call(g, self.den, x, "t_k", prefix=_DEN)
+        guidance, cnames, unames, stacked = self.call
+        out = emit_guided_call(
+            g, self.den, x, "t_k", guidance, cnames, unames, stacked, len(self.dims), _DEN
+        )
         shared = g.initializers
         self.den_inits = [t for t in shared if t.name.startswith(_DEN)]
         shared[:] = [t for t in shared if not t.name.startswith(_DEN)]

@@ -267,7 +267,7 @@ def test_step_graph_runs_the_tables(convention, time_shape):
     for k in range(tb.N):
         xn, tm, kn = s.run(
             ["x_next", "t_model", "k_next"],
-            {"x": x, "model_output": o, "step_noise": zz, "k": np.array(k)},
+            {"x": x, "model_output": o, "z": zz[k], "k": np.array(k)},
         )
         np.testing.assert_allclose(xn, tb.x_next(k, x, o, zz[k]), rtol=2e-6, atol=2e-6)
         assert kn == k + 1
