@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import stat
 import sys
 import time
@@ -88,6 +89,12 @@ _FLAG_OF = {
     "kind": "--kind",
     "trajectory": "--trajectory",
     "model": "--model",
+    "cond": "--cond",
+    "uncond": "--uncond",
+    "guidance_scale": "--guidance-scale",
+    "guidance_rescale": "--guidance-rescale",
+    "guidance": "--guidance-mode",
+    "guidance_mode": "--guidance-mode",
 }
 
 
@@ -476,12 +483,13 @@ def _run(fn, argv, prog: str) -> int:
 
 def _cli_message(e: Exception) -> str:
     """The error's message with Python keywords replaced by the flags that set them."""
-    import re
-
     text = str(e)
     arg = getattr(e, "argument", None)
     if isinstance(e, InputError) and arg in _FLAG_OF and text.startswith(f"{arg}: "):
         text = f"{_FLAG_OF[arg]}: {text[len(arg) + 2 :]}"
+    elif isinstance(arg, str) and re.match(r"^(un)?cond\[", arg) and text.startswith(arg):
+        name = arg[arg.index("[") + 1 : -1].strip("'\"")
+        text = f"--{arg[: arg.index('[')]} {name}: {text[len(arg) + 2 :]}"
 
     def flag(m: re.Match) -> str:
         return _FLAG_OF[m.group(1)]
@@ -732,6 +740,36 @@ def _sample_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verbose", action="store_true", help="say why the provider was chosen, in full"
     )
+    p.add_argument(
+        "--png",
+        action="store_true",
+        help="also write a PNG grid of image-shaped samples beside the .npy (same name, .png)",
+    )
+    g = p.add_argument_group("conditioning and guidance")
+    g.add_argument(
+        "--cond",
+        action="append",
+        default=None,
+        metavar="NAME=FILE.npy",
+        help="a conditioning input of the model (repeat for each), batch 1 or B",
+    )
+    g.add_argument(
+        "--uncond",
+        action="append",
+        default=None,
+        metavar="NAME=FILE.npy",
+        help="with --guidance-scale: the unconditional value of an input (default: its --cond)",
+    )
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance s")
+    g.add_argument(
+        "--guidance-rescale", type=float, default=None, help="guidance rescale φ in [0, 1]"
+    )
+    g.add_argument(
+        "--guidance-mode",
+        choices=("batched", "two_pass"),
+        default=None,
+        help="one 2B call per step (default) or two calls",
+    )
     _common_schedule_args(p)
     _sampler_args(p)
     return p
@@ -764,6 +802,27 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
                 pb.add(flag, "applies to CUDA only; this is --provider cpu")
     if a.cuda_graph and a.mode == "graph":
         pb.add("--cuda-graph", "CUDA graphs cannot hold the sampler's Loop; use --mode steps|fused")
+    if a.guidance_scale is not None and not a.uncond:
+        pb.add(
+            "--guidance-scale",
+            "needs --uncond NAME=FILE.npy, the unconditional value of at least one input "
+            "(e.g. the empty-prompt embedding): with equal inputs guidance changes nothing",
+        )
+    if a.guidance_scale is None:
+        for flag, given in (
+            ("--uncond", a.uncond),
+            ("--guidance-rescale", a.guidance_rescale is not None),
+            ("--guidance-mode", a.guidance_mode),
+        ):
+            if given:
+                pb.add(flag, "applies to classifier-free guidance: add --guidance-scale")
+    a.cond_files = _named_files(a.cond, "--cond", pb)
+    a.uncond_files = _named_files(a.uncond, "--uncond", pb)
+    if a.png:
+        try:
+            check_output_path(str(Path(a.output).with_suffix(".png")), "--png")
+        except InputError as e:
+            pb.add("--png", str(e).split(": ", 1)[1])
     out = model = None
     try:
         out = check_output_path(a.output, "--output")
@@ -775,6 +834,61 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
         pb.add("--model", str(e).split(": ", 1)[1])
     pb.raise_any()
     return shape, out, model
+
+
+def _named_files(items: list[str] | None, flag: str, pb: _Problems) -> dict[str, Path]:
+    """``NAME=FILE.npy`` items → {name: path}, each file checked (not loaded yet)."""
+    out: dict[str, Path] = {}
+    for item in items or ():
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            pb.add(flag, f"{item!r} is not NAME=FILE.npy")
+        elif name in out:
+            pb.add(flag, f"{name!r} is given twice")
+        else:
+            try:
+                out[name] = check_model_path(file, flag)
+            except InputError as e:
+                pb.add(flag, f"{name}: {str(e).split(': ', 1)[1].replace('ONNX', '.npy')}")
+    return out
+
+
+def _check_cond_names(s, a: argparse.Namespace) -> None:
+    """Every conditioning input of the model given once with ``--cond``, and no other."""
+    if getattr(s, "denoiser", None) is None:  # a sampler file: its graph inputs say
+        known = ("x_T", "step_noise", "step_start", "batch_size")
+        names = [n for n in s._graph_inputs if n not in known and "/" not in n]
+    else:
+        names = [e.name for e in s.extras]
+    pb = _Problems()
+    for flag, files in (("--cond", a.cond_files), ("--uncond", a.uncond_files)):
+        unknown = [n for n in files if n not in names]
+        if unknown:
+            pb.add(
+                flag,
+                f"{', '.join(unknown)}: not an input of the model; its conditioning inputs: "
+                f"{', '.join(names) if names else 'none'}",
+            )
+    missing = [n for n in names if n not in a.cond_files]
+    if missing:
+        pb.add(
+            "--cond",
+            f"the model needs its conditioning inputs {', '.join(missing)}: "
+            "give --cond NAME=FILE.npy for each",
+        )
+    pb.raise_any()
+
+
+def _load_arrays(files: dict[str, Path], flag: str) -> dict[str, np.ndarray]:
+    from refdiff.errors import FileFormatError
+
+    out = {}
+    for name, path in files.items():
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FileFormatError(path, f"{flag} {name}: not a .npy array ({e})") from None
+    return out
 
 
 def _sample(argv: list[str]) -> int:
@@ -803,14 +917,31 @@ def _sample(argv: list[str]) -> int:
         raise InputError("--device-id", "applies to CUDA only; this run uses the CPU")
     batch = a.batch if a.batch is not None else 16
     seed = a.seed if a.seed is not None else 0
+    target = s._shape(shape if shape is not None else batch, None)
+    if a.png:
+        from .png import is_image_batch
+
+        if not is_image_batch(target):
+            raise InputError(
+                "--png", f"samples of shape {target} are not images (B, 1|3, H, W) or (B, H, W)"
+            )
+    _check_cond_names(s, a)
+    cond = _load_arrays(a.cond_files, "--cond") or None
+    uncond = _load_arrays(a.uncond_files, "--uncond") if a.guidance_scale is not None else None
     t0 = time.perf_counter()
-    x = s.sample(shape=shape if shape is not None else batch, seed=seed, progress=not a.quiet)
+    x = s.sample(shape=target, seed=seed, cond=cond, uncond=uncond, progress=not a.quiet)
     dt = time.perf_counter() - t0
     _write_output(out, lambda f: np.save(f, x, allow_pickle=False))
+    png = None
+    if a.png:
+        from .png import image_grid, png_bytes
+
+        png = out.with_suffix(".png")
+        _write_output(png, lambda f: f.write(png_bytes(image_grid(x))), "--png")
     if not a.quiet:
         print(
-            f"wrote {out}: {x.shape} {x.dtype}, {s.num_steps} steps ({s.mode}) "
-            f"on {s.provider} in {dt:.3f} s"
+            f"wrote {out}{f' and {png}' if png else ''}: {x.shape} {x.dtype}, "
+            f"{s.num_steps} steps ({s.mode}) on {s.provider} in {dt:.3f} s"
         )
     return 0
 
@@ -837,6 +968,9 @@ def _sampler_file(a: argparse.Namespace, path: Path, data: bytes, meta: dict, pr
         + ["--prediction-type"] * (a.prediction_type is not None)
         + ["--timestep-convention"] * (a.timestep_convention is not None)
         + [OVERRIDE] * a.override_metadata
+        + ["--guidance-scale"] * (a.guidance_scale is not None)
+        + ["--guidance-rescale"] * (a.guidance_rescale is not None)
+        + ["--guidance-mode"] * (a.guidance_mode is not None)
     ):
         if flag == "--sampler" and a.sampler == info.get("name"):
             continue  # agrees with the file
@@ -896,6 +1030,9 @@ def _denoiser_sampler(a: argparse.Namespace, path: Path, meta: dict, shape, prov
         cuda_graph=a.cuda_graph,
         batch=(shape[0] if shape else batch) if a.cuda_graph else None,
         state_shape=shape,
+        guidance_scale=a.guidance_scale,
+        guidance_rescale=a.guidance_rescale if a.guidance_rescale is not None else 0.0,
+        guidance_mode=a.guidance_mode or "batched",
         **provider_kw,
         **_options(a, sampler),
     )

@@ -105,10 +105,11 @@ def test_override_metadata_samples_with_the_given_schedule(tmp_path):
         + ["--provider", "cpu", "--batch", "8", "--seed", "5", "--quiet", "-o", out]
     )
     assert code == 0, err
+    from refdiff.export.noise import host_noise
+
+    x_T, z = host_noise(5, 50, (8, 2))  # the samplers' seeded host-noise layout
     mix = builtin_mixture("ring8")
-    ref = ddpm_sample(
-        exact.denoiser(mix, linear(50)), cosine(50), (8, 2), rng=np.random.default_rng(5)
-    )
+    ref = ddpm_sample(exact.denoiser(mix, linear(50)), cosine(50), x_T=x_T, step_noise=z)
     assert _rel(np.load(out), ref) < F32_TOL
 
 
@@ -308,3 +309,98 @@ def test_auto_warning_is_filterable_and_explicit_cpu_is_silent(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         OrtSampler(_ring(tmp_path), provider="cpu")
+
+
+# -- conditioning, guidance and the PNG grid on the command line ------------------------------
+def test_cli_cond_and_guidance_sample_what_the_api_samples(tmp_path):
+    """``--cond``/``--uncond``/``--guidance-*`` reach the sampler: the CLI's samples equal
+    :class:`OrtSampler`'s with the same arrays and seed, and guidance changes them."""
+    from refdiff.export import OrtSampler
+
+    from tests.export.test_export_guidance import SCHED, _conds, cond_model
+
+    model = tmp_path / "cond.onnx"
+    model.write_bytes(cond_model().SerializeToString())
+    c, u = _conds(4)
+    files = []
+    for kind, arrays in (("cond", c), ("uncond", u)):
+        for name, value in arrays.items():
+            np.save(tmp_path / f"{kind}-{name}.npy", value)
+            files += [f"--{kind}", f"{name}={tmp_path / f'{kind}-{name}.npy'}"]
+    argv = ["sample", "--model", model, "--prediction-type", "epsilon"]
+    argv += ["--timestep-convention", "refdiff", "--schedule", "linear", "--T", str(SCHED.T)]
+    argv += ["--provider", "cpu", "--batch", "4", "--seed", "3", "--quiet"]
+    guide = ["--guidance-scale", "3.5", "--guidance-rescale", "0.7", "--guidance-mode", "two_pass"]
+    code, _, err = _run([*argv, *files, *guide, "-o", tmp_path / "g.npy"])
+    assert code == 0, err
+    api = OrtSampler(
+        cond_model(),
+        SCHED,
+        provider="cpu",
+        prediction_type="epsilon",
+        timestep_convention="refdiff",
+        guidance_scale=3.5,
+        guidance_rescale=0.7,
+        guidance_mode="two_pass",
+    ).sample(shape=(4, 2), seed=3, cond=c, uncond=u)
+    assert np.array_equal(np.load(tmp_path / "g.npy"), api)
+    cond_only = files[: 2 * len(c)]  # the same --cond, no guidance
+    code, _, err = _run([*argv, *cond_only, "-o", tmp_path / "p.npy"])
+    assert code == 0, err
+    assert _rel(np.load(tmp_path / "p.npy"), api) > 1e-2
+
+
+def test_cli_guidance_without_uncond_and_missing_cond_are_refused(tmp_path):
+    from tests.export.test_export_guidance import cond_model
+
+    model = tmp_path / "cond.onnx"
+    model.write_bytes(cond_model().SerializeToString())
+    np.save(tmp_path / "c.npy", np.zeros((1, 4)))
+    argv = ["sample", "--model", model, "--prediction-type", "epsilon", "--timestep-convention"]
+    argv += ["refdiff", "--schedule", "linear", "--T", "12", "--provider", "cpu", "--quiet"]
+    code, _, err = _run([*argv, "--cond", f"cond={tmp_path / 'c.npy'}", "--guidance-scale", "2"])
+    assert code == 2 and "--guidance-scale: needs --uncond" in err, err
+    code, _, err = _run([*argv, "--cond", f"cond={tmp_path / 'c.npy'}", "-o", tmp_path / "x.npy"])
+    assert code == 2 and "--cond" in err and "label" in err and "cond=" not in err, err
+    code, _, err = _run([*argv, "--cond", "cond", "--guidance-rescale", "0.5"])
+    assert code == 2 and "is not NAME=FILE.npy" in err and "add --guidance-scale" in err, err
+    assert not (tmp_path / "x.npy").exists()
+
+
+def _image_model(tmp: Path) -> Path:
+    """f(x, t) = 0.5·x on (B, 3, 4, 4) images, with metadata-free prediction/time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "half"], ["out"])],
+        "img",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 4, 4]),
+            helper.make_tensor_value_info("t", TensorProto.INT64, ["B"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 3, 4, 4])],
+        initializer=[numpy_helper.from_array(np.array(0.5, np.float32), "half")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    p = tmp / "img.onnx"
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+def test_cli_png_grid_beside_the_npy(tmp_path):
+    from refdiff.export.png import image_grid, png_bytes
+
+    argv = ["sample", "--model", _image_model(tmp_path), "--prediction-type", "epsilon"]
+    argv += ["--timestep-convention", "refdiff", "--schedule", "linear", "--T", "10"]
+    argv += ["--provider", "cpu", "--batch", "5", "--quiet", "--png"]
+    code, _, err = _run([*argv, "-o", tmp_path / "imgs.npy"])
+    assert code == 0, err
+    x = np.load(tmp_path / "imgs.npy")
+    assert x.shape == (5, 3, 4, 4)
+    assert (tmp_path / "imgs.png").read_bytes() == png_bytes(image_grid(x))
+    # 2-D samples are not images: refused before sampling, nothing written
+    ring = _ring(tmp_path)
+    code, _, err = _run(["sample", "--model", ring, "--png", "--quiet", "-o", tmp_path / "r.npy"])
+    assert code == 2 and "--png" in err and "not images" in err
+    assert not (tmp_path / "r.npy").exists() and not (tmp_path / "r.png").exists()
