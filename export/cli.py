@@ -998,9 +998,19 @@ def _sampler_file(a: argparse.Namespace, path: Path, data: bytes, meta: dict, pr
                 "re-export it with `refdiff export --noise graph --seed N`",
             )
     pb.raise_any()
+    from .metadata import ModelBytes
+    from .model_io import CorruptModelError
     from .runtime import OrtSampler
 
-    return OrtSampler(path, mode="graph", **provider_kw)
+    mb = ModelBytes(data, path, meta)
+    if not mb.is_sampler_file:  # truncated metadata: the full check names the problem
+        return OrtSampler(path, mode="graph", **provider_kw)
+    try:  # from the bytes already read: onnxruntime parses and checks them, no onnx import
+        return OrtSampler(mb, mode="graph", **provider_kw)
+    except CorruptModelError as e:
+        if "external" not in str(e).lower():
+            raise
+    return OrtSampler(path, mode="graph", **provider_kw)  # external data: load from the file
 
 
 def _denoiser_sampler(a: argparse.Namespace, path: Path, meta: dict, shape, provider_kw):

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +42,7 @@ __all__ = [
     "schedule_from_json",
     "read_metadata",
     "peek_metadata",
+    "ModelBytes",
     "base_metadata",
 ]
 
@@ -136,6 +139,32 @@ def peek_metadata(data: bytes) -> dict[str, str] | None:
     except (ValueError, IndexError, UnicodeDecodeError):
         return None
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class ModelBytes:
+    """A model file read once: its bytes, its path and its ``metadata_props``
+    (:func:`peek_metadata`).  :class:`~refdiff.export.OrtSampler` runs a refdiff sampler file
+    given this way straight from the bytes (onnxruntime parses and checks it; onnx is not
+    imported); anything else is loaded and checked from ``path`` as usual."""
+
+    data: bytes
+    path: Path | None
+    metadata: dict
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelBytes | None:
+        """The file's bytes and metadata, or None when its metadata cannot be read this way."""
+        data = Path(path).read_bytes()
+        meta = peek_metadata(data)
+        return None if meta is None else cls(data, Path(path), meta)
+
+    @property
+    def is_sampler_file(self) -> bool:
+        """A complete, untruncated refdiff sampler file (its closing metadata key present)."""
+        from ._graph import END_KEY
+
+        return self.metadata.get(PREFIX + "kind") == "sampler" and END_KEY in self.metadata
 
 
 def base_metadata(kind: str, **fields: object) -> dict[str, str]:

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from google.protobuf.message import DecodeError
 
 from refdiff._io import write_bytes
 from refdiff.errors import FileFormatError, OptionError
 from refdiff.parameterization import PREDICTION_TYPES
 
 from ._graph import END_KEY, numpy_dtype
+from ._lazy import onnx
 from .metadata import PREFIX, read_metadata
 
 __all__ = [
@@ -234,13 +233,19 @@ def load_model(
     return model, path
 
 
+def _decode_error() -> type:
+    from google.protobuf.message import DecodeError
+
+    return DecodeError
+
+
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
     if not data:
         raise CorruptModelError(label, "the file is empty")
     m = onnx.ModelProto()
     try:
         m.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
+    except (_decode_error(), RuntimeError, ValueError) as e:
         raise CorruptModelError(
             label, f"cannot be parsed as ONNX (truncated or corrupted): {e}"
         ) from None

@@ -53,7 +53,7 @@ from .conditioning import (
     stack_conditioning,
 )
 from .memory import check_memory
-from .metadata import PREFIX, schedule_from_json
+from .metadata import PREFIX, ModelBytes, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
 from .noise import NoiseStream, fill_noise
 from .providers import make_session, session_provider
@@ -201,7 +201,15 @@ class OrtSampler:
         guidance_mode: ``"batched"`` (one 2B call per step) or ``"two_pass"``
         memory_limit: bytes a run may take (default: the memory available; refusals are
             :class:`~refdiff.export.memory.MemoryLimitError`)
+        num_inference_steps: walk only this many steps of ``schedule`` (or of the metadata's
+            schedule), respaced as diffusers' ``set_timesteps`` does (docs/math.md eq. 2.9)
+        spacing: with ``num_inference_steps``: ``leading`` (default) | ``trailing`` |
+            ``linspace`` | an improved-diffusion section string (``ddim50``, ``10,15``)
+        steps_offset: with ``num_inference_steps`` and ``leading``: diffusers' steps_offset
         options: sampler options (``eta``, ``clip``, ``variance_type``, …; tables module)
+
+    ``model`` may also be a :class:`~refdiff.export.metadata.ModelBytes` (a file read once by
+    the caller): a refdiff sampler file is then run from those bytes without importing onnx.
     """
 
     def __init__(
@@ -229,6 +237,9 @@ class OrtSampler:
         guidance_rescale: float = 0.0,
         guidance_mode: str = "batched",
         memory_limit: int | None = None,
+        num_inference_steps: int | None = None,
+        spacing: str | None = None,
+        steps_offset: int = 0,
         **options,
     ):
         if mode not in MODES:
@@ -242,6 +253,24 @@ class OrtSampler:
         self.memory_limit = memory_limit
         self.guidance = make_guidance(guidance_scale, guidance_rescale, guidance_mode)
         sess_kw = dict(device_id=device_id, use_tf32=use_tf32, threads=threads)
+        walk = (num_inference_steps, spacing, steps_offset)
+        if isinstance(model, ModelBytes):  # a file read once by the caller (refdiff sample)
+            if model.is_sampler_file:
+                if self.guidance is not None:
+                    raise InputError("guidance_scale", "a sampler file has its guidance baked in")
+                self._init_sampler_model(
+                    model.data,
+                    model.path,
+                    model.metadata,
+                    schedule,
+                    sampler,
+                    mode,
+                    {**options, **_walk_options(*walk)},
+                    provider,
+                    sess_kw,
+                )
+                return
+            model = model.path if model.path is not None else model.data
         if not isinstance(model, DenoiserModel):
             proto, path = load_model(model)
             meta = {p.key: p.value for p in proto.metadata_props}
@@ -249,7 +278,15 @@ class OrtSampler:
                 if self.guidance is not None:
                     raise InputError("guidance_scale", "a sampler file has its guidance baked in")
                 self._init_sampler_model(
-                    proto, path, meta, schedule, sampler, mode, options, provider, sess_kw
+                    proto,
+                    path,
+                    meta,
+                    schedule,
+                    sampler,
+                    mode,
+                    {**options, **_walk_options(*walk)},
+                    provider,
+                    sess_kw,
                 )
                 return
             model = proto if path is None else path
@@ -264,7 +301,7 @@ class OrtSampler:
         self.extras = self.denoiser.signature.extra_inputs
         if schedule is None:
             schedule = _schedule_of(self.denoiser.signature.metadata, self.denoiser.label)
-        self.schedule = schedule
+        self.schedule = schedule = _walked(schedule, *walk)
         self.tables = step_tables(
             schedule, sampler, prediction_type=self.denoiser.prediction_type, **options
         )
@@ -408,7 +445,8 @@ class OrtSampler:
         else:
             states = 2 + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
         model = self.graph_model if self.denoiser is None else self.denoiser.model
-        return int(states * state + 2 * model.ByteSize())
+        size = len(model) if isinstance(model, bytes) else model.ByteSize()
+        return int(states * state + 2 * size)
 
     # -- sampling ---------------------------------------------------------------------------
     def sample(
@@ -734,6 +772,28 @@ def _interruptible_run(session, outputs: list, feeds: dict):
     if "err" in box:
         raise box["err"]
     return box["out"]
+
+
+def _walk_options(num_inference_steps, spacing, steps_offset) -> dict:
+    """The respacing arguments that were given (a sampler file refuses them)."""
+    given = dict(
+        num_inference_steps=num_inference_steps, spacing=spacing, steps_offset=steps_offset
+    )
+    return {k: v for k, v in given.items() if v not in (None, 0)}
+
+
+def _walked(schedule: Schedule, num_inference_steps, spacing, steps_offset) -> Schedule:
+    """``schedule`` respaced to ``num_inference_steps`` (docs/math.md eq. 2.9), as diffusers'
+    ``set_timesteps``: ``spacing`` leading (default) | trailing | linspace | sections."""
+    if num_inference_steps is None:
+        if spacing is not None or steps_offset:
+            arg = "spacing" if spacing is not None else "steps_offset"
+            raise InputError(arg, "has no effect without num_inference_steps")
+        return schedule
+    from .schedules import respaced
+
+    names = {"steps": "num_inference_steps"}
+    return respaced(schedule, num_inference_steps, spacing or "leading", steps_offset, names=names)
 
 
 def _raise_ort_failure(e: Exception, label: str, what: str):

@@ -49,11 +49,11 @@ seed, batch size and run history.  CPU and CUDA draw different streams.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from refdiff.errors import InputError
 
 from ._graph import GraphBuilder, tensor_info
+from ._lazy import onnx
 from .conditioning import Guidance, conditioning_inputs
 from .model_io import DenoiserModel
 from .steps import (
@@ -161,7 +161,7 @@ def sampler_model(
     return _finish(b, "refdiff_sampler", inputs, outputs, meta, doc)
 
 
-_F32 = onnx.TensorProto.FLOAT
+_F32 = 1  # onnx.TensorProto.FLOAT (onnx.proto's DataType)
 _DEN = "den/"  # prefix of every name of the embedded denoiser
 
 

@@ -32,11 +32,11 @@ import copy
 import json
 
 import numpy as np
-import onnx
 
 from refdiff.errors import InputError, OptionError
 
 from ._graph import OPSET, GraphBuilder, finish_model, onnx_dtype, tensor_info
+from ._lazy import onnx
 from .conditioning import Guidance, conditioning_inputs, emit_guide
 from .metadata import base_metadata
 from .model_io import DenoiserModel, SignatureError

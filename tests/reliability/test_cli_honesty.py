@@ -404,3 +404,49 @@ def test_cli_png_grid_beside_the_npy(tmp_path):
     code, _, err = _run(["sample", "--model", ring, "--png", "--quiet", "-o", tmp_path / "r.npy"])
     assert code == 2 and "--png" in err and "not images" in err
     assert not (tmp_path / "r.npy").exists() and not (tmp_path / "r.png").exists()
+
+
+# -- OrtSampler(num_inference_steps=, spacing=) and the onnx-free sampler-file path ------------
+def test_ortsampler_num_inference_steps_equals_the_respaced_schedule(tmp_path):
+    from refdiff.export import OrtSampler, build_schedule
+
+    model = _ring(tmp_path, T=100)
+    for spacing in ("leading", "trailing", "linspace", "ddim10"):
+        s = OrtSampler(model, num_inference_steps=10, spacing=spacing, provider="cpu")
+        _, walk = build_schedule("linear", 100, steps=10, spacing=spacing)
+        ref = OrtSampler(model, walk, provider="cpu")
+        assert np.array_equal(s.schedule.timesteps, walk.timesteps) and s.num_steps == 10
+        assert np.array_equal(s.sample(shape=3, seed=1), ref.sample(shape=3, seed=1))
+    with pytest.raises(InputError) as e:
+        OrtSampler(model, spacing="trailing", provider="cpu")
+    assert e.value.argument == "spacing" and "num_inference_steps" in str(e.value)
+    with pytest.raises(InputError) as e:
+        OrtSampler(model, num_inference_steps=0, provider="cpu")
+    assert e.value.argument == "num_inference_steps"
+
+
+def test_sampler_file_runs_from_bytes_without_onnx(tmp_path):
+    """``refdiff sample`` on a sampler file never imports onnx, and the bytes path samples
+    exactly what loading the file with onnx samples."""
+    from refdiff.export import OrtSampler
+    from refdiff.export.metadata import ModelBytes
+
+    s = tmp_path / "s.onnx"
+    assert _run(["export", "--mixture", "ring8", "--kind", "sampler", "--T", "20", "--quiet"]
+                + ["-o", s])[0] == 0  # fmt: skip
+    mb = ModelBytes.read(s)
+    assert mb is not None and mb.is_sampler_file
+    a = OrtSampler(mb, provider="cpu").sample(shape=4, seed=2)
+    b = OrtSampler(s, provider="cpu").sample(shape=4, seed=2)
+    assert np.array_equal(a, b)
+    proc = _python(
+        f"""
+        import sys
+        from refdiff.cli import main
+        code = main(["sample", "--model", {str(s)!r}, "--provider", "cpu", "--batch", "4",
+                     "--seed", "2", "--quiet", "-o", {str(tmp_path / "x.npy")!r}])
+        print("CODE", code, "LOADED", [m for m in ("onnx", "ml_dtypes") if m in sys.modules])
+        """
+    )
+    assert "CODE 0 LOADED []" in proc.stdout, proc.stdout + proc.stderr
+    assert np.array_equal(np.load(tmp_path / "x.npy"), a)
