@@ -95,6 +95,7 @@ _FLAG_OF = {
     "guidance_rescale": "--guidance-rescale",
     "guidance": "--guidance-mode",
     "guidance_mode": "--guidance-mode",
+    "memory_limit": "--memory-limit",
 }
 
 
@@ -153,6 +154,8 @@ def _check_numbers(a: argparse.Namespace, pb: _Problems) -> None:
     ):
         if value is not None and value < low:
             pb.add(flag, f"must be >= {low}; got {value}")
+    if getattr(a, "memory_limit", None) is not None and not a.memory_limit > 0:
+        pb.add("--memory-limit", f"must be > 0 GiB; got {a.memory_limit}")
     if a.eta is not None and not (0.0 <= a.eta <= 1.0):
         pb.add("--eta", f"must be in [0, 1]; got {a.eta}")
     if a.clip is not None and not (a.clip > 0 and np.isfinite(a.clip)):
@@ -478,6 +481,9 @@ def _run(fn, argv, prog: str) -> int:
         return fn(argv)
     except RefdiffError as e:
         print(f"refdiff {prog}: error: {_cli_message(e)}", file=sys.stderr)
+        details = getattr(e, "details", "")
+        if details and "--verbose" in argv:
+            print(f"refdiff {prog}:   details: {details}", file=sys.stderr)
         return 2
 
 
@@ -745,6 +751,13 @@ def _sample_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write a PNG grid of image-shaped samples beside the .npy (same name, .png)",
     )
+    p.add_argument(
+        "--memory-limit",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="GiB a run may take (default: the memory available; larger runs are refused)",
+    )
     g = p.add_argument_group("conditioning and guidance")
     g.add_argument(
         "--cond",
@@ -902,6 +915,7 @@ def _sample(argv: list[str]) -> int:
         provider=a.provider,
         device_id=a.device_id if a.device_id is not None else 0,
         use_tf32=a.tf32,
+        memory_limit=None if a.memory_limit is None else int(a.memory_limit * 2**30),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -929,7 +943,12 @@ def _sample(argv: list[str]) -> int:
     cond = _load_arrays(a.cond_files, "--cond") or None
     uncond = _load_arrays(a.uncond_files, "--uncond") if a.guidance_scale is not None else None
     t0 = time.perf_counter()
-    x = s.sample(shape=target, seed=seed, cond=cond, uncond=uncond, progress=not a.quiet)
+    try:
+        x = s.sample(shape=target, seed=seed, cond=cond, uncond=uncond, progress=not a.quiet)
+    except InputError as e:  # the memory check names the shape; the user gave --batch
+        if e.argument == "shape" and a.shape is None:
+            raise InputError("--batch", _cli_message(e).split(": ", 1)[1]) from None
+        raise
     dt = time.perf_counter() - t0
     _write_output(out, lambda f: np.save(f, x, allow_pickle=False))
     png = None

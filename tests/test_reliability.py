@@ -1560,6 +1560,28 @@ def _(tmp):
 
 
 @row(
+    "cli-sample-batch-too-large",
+    "CLI",
+    "`refdiff sample`",
+    "`--batch 4000000000` (refused with the size before allocating, naming `--batch`)",
+    Exits(2, "--batch: sampling (4000000000, 2) needs about"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--batch", "4000000000", "--provider", "cpu")
+
+
+@row(
+    "cli-sample-memory-limit",
+    "CLI",
+    "`refdiff sample`",
+    "`--memory-limit 0.001` (GiB) for a batch that needs more",
+    Exits(2, "more than the 1.0 MiB available"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--batch", "100000", "--memory-limit", "0.0009765625")
+
+
+@row(
     "cli-export-sampler-batch-negative",
     "CLI",
     "`refdiff export`",
