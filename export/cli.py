@@ -470,10 +470,20 @@ _SAMPLER_FLAGS = (
     ("--noise", "noise"),
 )
 _WALK_FLAGS = (("--steps", "steps"), ("--spacing", "spacing"), ("--steps-offset", "steps_offset"))
+_GUIDE_FLAGS = (
+    ("--guidance-scale", "guidance_scale"),
+    ("--guidance-rescale", "guidance_rescale"),
+    ("--guidance-mode", "guidance_mode"),
+)
 
 
 def _given(a: argparse.Namespace, flags) -> list[str]:
-    return [flag for flag, attr in flags if getattr(a, attr, None) not in (None, False)]
+    out = []
+    for flag, attr in flags:  # identity: --eta 0 is given, though 0 == False
+        value = getattr(a, attr, None)
+        if value is not None and value is not False:
+            out.append(flag)
+    return out
 
 
 def _run(fn, argv, prog: str) -> int:
@@ -540,9 +550,31 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--trajectory", action="store_true", help="sampler: also output every state")
     p.add_argument("--quiet", action="store_true")
+    _guidance_args(p)
     _common_schedule_args(p)
     _sampler_args(p)
     return p
+
+
+def _guidance_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classifier-free guidance (conditioned denoisers)")
+    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance s")
+    g.add_argument(
+        "--guidance-rescale", type=float, default=None, help="guidance rescale φ in [0, 1]"
+    )
+    g.add_argument(
+        "--guidance-mode",
+        choices=("batched", "two_pass"),
+        default=None,
+        help="one 2B call per step (default) or two calls",
+    )
+
+
+def _guidance(a: argparse.Namespace):
+    from .conditioning import make_guidance
+
+    rescale = a.guidance_rescale if a.guidance_rescale is not None else 0.0
+    return make_guidance(a.guidance_scale, rescale, a.guidance_mode or "batched")
 
 
 def export_main(argv: list[str]) -> int:
@@ -559,7 +591,7 @@ def _check_export(a: argparse.Namespace) -> None:
     if kind == "denoiser":
         if a.denoiser is not None:
             pb.add("--kind", "--denoiser is already a denoiser; export a step, fused or sampler")
-        stray = _given(a, _SAMPLER_FLAGS) + _given(a, _WALK_FLAGS)
+        stray = _given(a, _SAMPLER_FLAGS) + _given(a, _WALK_FLAGS) + _given(a, _GUIDE_FLAGS)
         stray += ["--seed"] * (a.seed is not None) + ["--trajectory"] * a.trajectory
         if stray:
             pb.add(
@@ -568,6 +600,9 @@ def _check_export(a: argparse.Namespace) -> None:
             )
     else:
         _check_sampler_options(a, sampler, pb)
+        if a.guidance_scale is None:
+            for flag in _given(a, _GUIDE_FLAGS[1:]):
+                pb.add(flag, "applies to classifier-free guidance: add --guidance-scale")
         if a.seed is not None and a.noise != "graph":
             pb.add("--seed", "seeds the in-graph noise: add --noise graph, or drop --seed")
         if a.trajectory and kind != "sampler":
@@ -644,7 +679,9 @@ def _export(argv: list[str]) -> int:
     tables = step_tables(
         sched, sampler, prediction_type=den.prediction_type, **_options(a, sampler)
     )
-    build = dict(noise=noise, seed=a.seed if a.seed is not None else 0, batch=a.batch)
+    build = dict(
+        noise=noise, seed=a.seed if a.seed is not None else 0, batch=a.batch, guidance=_guidance(a)
+    )
     if a.kind == "step":
         model = step_model(den, tables, **build)
     elif a.kind == "fused":
@@ -758,7 +795,7 @@ def _sample_parser() -> argparse.ArgumentParser:
         metavar="GIB",
         help="GiB a run may take (default: the memory available; larger runs are refused)",
     )
-    g = p.add_argument_group("conditioning and guidance")
+    g = p.add_argument_group("conditioning")
     g.add_argument(
         "--cond",
         action="append",
@@ -773,16 +810,7 @@ def _sample_parser() -> argparse.ArgumentParser:
         metavar="NAME=FILE.npy",
         help="with --guidance-scale: the unconditional value of an input (default: its --cond)",
     )
-    g.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance s")
-    g.add_argument(
-        "--guidance-rescale", type=float, default=None, help="guidance rescale φ in [0, 1]"
-    )
-    g.add_argument(
-        "--guidance-mode",
-        choices=("batched", "two_pass"),
-        default=None,
-        help="one 2B call per step (default) or two calls",
-    )
+    _guidance_args(p)
     _common_schedule_args(p)
     _sampler_args(p)
     return p
@@ -823,7 +851,6 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
         )
     if a.guidance_scale is None:
         for flag, given in (
-            ("--uncond", a.uncond),
             ("--guidance-rescale", a.guidance_rescale is not None),
             ("--guidance-mode", a.guidance_mode),
         ):
@@ -941,7 +968,7 @@ def _sample(argv: list[str]) -> int:
             )
     _check_cond_names(s, a)
     cond = _load_arrays(a.cond_files, "--cond") or None
-    uncond = _load_arrays(a.uncond_files, "--uncond") if a.guidance_scale is not None else None
+    uncond = _load_arrays(a.uncond_files, "--uncond") or None  # checked per model kind above
     t0 = time.perf_counter()
     try:
         x = s.sample(shape=target, seed=seed, cond=cond, uncond=uncond, progress=not a.quiet)
@@ -987,9 +1014,7 @@ def _sampler_file(a: argparse.Namespace, path: Path, data: bytes, meta: dict, pr
         + ["--prediction-type"] * (a.prediction_type is not None)
         + ["--timestep-convention"] * (a.timestep_convention is not None)
         + [OVERRIDE] * a.override_metadata
-        + ["--guidance-scale"] * (a.guidance_scale is not None)
-        + ["--guidance-rescale"] * (a.guidance_rescale is not None)
-        + ["--guidance-mode"] * (a.guidance_mode is not None)
+        + _given(a, _GUIDE_FLAGS)
     ):
         if flag == "--sampler" and a.sampler == info.get("name"):
             continue  # agrees with the file
@@ -1043,6 +1068,8 @@ def _denoiser_sampler(a: argparse.Namespace, path: Path, meta: dict, shape, prov
         )
     pb = _Problems()
     _check_sampler_options(a, a.sampler or "ddpm", pb)
+    if a.uncond and a.guidance_scale is None:
+        pb.add("--uncond", "applies to classifier-free guidance: add --guidance-scale")
     pb.raise_any()
     den = _open_for_cli(a, path)
     base = _base_schedule(a, den.signature.metadata.get(PREFIX + "schedule"), den.label)

@@ -48,6 +48,7 @@ from refdiff.schedule import Schedule
 
 from .conditioning import (
     UNCOND_PREFIX,
+    _cast,
     make_guidance,
     prepare_conditioning,
     stack_conditioning,
@@ -71,6 +72,12 @@ from .tables import step_tables
 __all__ = ["MODES", "OnnxDenoiser", "OrtSampler", "sample", "HOST_CHUNK_BYTES"]
 
 MODES = ("steps", "fused", "graph")
+# onnxruntime's input type names -> NumPy dtypes (the conditioning inputs of sampler files)
+_ORT_TYPES = {
+    f"tensor({k})": np.dtype(v)
+    for k, v in (("float", "float32"), ("float16", "float16"), ("double", "float64"))
+    + (("int64", "int64"), ("int32", "int32"), ("bool", "bool"))
+}
 
 #: Bytes of host noise one ``"graph"``-mode run takes at most (at least one step's worth).
 HOST_CHUNK_BYTES = 8 * 2**20
@@ -500,7 +507,11 @@ class OrtSampler:
                 key = name[len(UNCOND_PREFIX) :] if name.startswith(UNCOND_PREFIX) else name
                 if not src or key not in src:
                     raise InputError("cond", f"this sampler file needs the input {name!r}")
-                feeds[name] = np.asarray(src[key])
+                feeds[name] = _cast(  # to the graph input's type, with the typed errors
+                    f"{'uncond' if src is uncond else 'cond'}[{key!r}]",
+                    src[key],
+                    _ORT_TYPES.get(self._graph_inputs[name].type, np.dtype(np.float32)),
+                )
             return feeds
         c, u = prepare_conditioning(self.extras, cond, uncond, self.guidance, batch)
         feeds = dict(c)

@@ -450,3 +450,46 @@ def test_sampler_file_runs_from_bytes_without_onnx(tmp_path):
     )
     assert "CODE 0 LOADED []" in proc.stdout, proc.stdout + proc.stderr
     assert np.array_equal(np.load(tmp_path / "x.npy"), a)
+
+
+def test_zero_valued_options_count_as_given(tmp_path):
+    """``--eta 0`` or ``--steps-offset 0`` for a sampler file are refused like any other
+    value (0 is a value, not "not given")."""
+    s = tmp_path / "s.onnx"
+    assert _run(["export", "--mixture", "ring8", "--kind", "sampler", "--T", "20", "--quiet"]
+                + ["--sampler", "ddim", "-o", s])[0] == 0  # fmt: skip
+    code, _, err = _run(["sample", "--model", s, "--eta", "0", "-o", tmp_path / "x.npy"])
+    assert code == 2 and "--eta" in err and "complete sampler" in err, err
+
+
+def test_export_guidance_flags_reach_the_graph(tmp_path):
+    from refdiff.export import load_model
+
+    from tests.export.test_export_guidance import cond_model
+
+    den = tmp_path / "cond.onnx"
+    den.write_bytes(cond_model().SerializeToString())
+    argv = ["export", "--denoiser", den, "--kind", "sampler", "--prediction-type", "epsilon"]
+    argv += ["--timestep-convention", "refdiff", "--schedule", "linear", "--T", "12", "--quiet"]
+    code, _, err = _run([*argv, "--guidance-scale", "2", "-o", tmp_path / "g.onnx"])
+    assert code == 0, err
+    names = [i.name for i in load_model(tmp_path / "g.onnx")[0].graph.input]
+    assert "uncond/cond" in names and "uncond/label" in names
+    code, _, err = _run([*argv, "--guidance-rescale", "0.5", "-o", tmp_path / "h.onnx"])
+    assert code == 2 and "add --guidance-scale" in err
+    # the guided sampler file samples with --cond/--uncond (guidance baked in)
+    np.save(tmp_path / "c.npy", np.ones((1, 4)))
+    np.save(tmp_path / "l.npy", np.array([1]))
+    np.save(tmp_path / "u.npy", np.zeros((1, 4)))
+    conds = ["--cond", f"cond={tmp_path / 'c.npy'}", "--cond", f"label={tmp_path / 'l.npy'}"]
+    conds += ["--uncond", f"cond={tmp_path / 'u.npy'}", "--uncond", f"label={tmp_path / 'l.npy'}"]
+    code, _, err = _run(
+        ["sample", "--model", tmp_path / "g.onnx", "--batch", "1", "--provider", "cpu"]
+        + [*conds, "--quiet", "-o", tmp_path / "x.npy"]
+    )
+    assert code == 0, err
+    code, _, err = _run(
+        ["sample", "--model", tmp_path / "g.onnx", "--guidance-scale", "3", *conds]
+        + ["-o", tmp_path / "y.npy"]
+    )
+    assert code == 2 and "--guidance-scale" in err and "complete sampler" in err, err
