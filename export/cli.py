@@ -125,6 +125,14 @@ class _Problems:
         if self.items:
             raise UsageError(self.items)
 
+    def attempt(self, flag: str, fn, *args):
+        """``fn(*args)``, or None with its InputError recorded against ``flag``."""
+        try:
+            return fn(*args)
+        except InputError as e:
+            self.add(flag, str(e).split(": ", 1)[1])
+            return None
+
 
 # -- values ---------------------------------------------------------------------------------
 def parse_shape(text: str, flag: str = "--shape") -> tuple[int, ...]:
@@ -175,15 +183,9 @@ def _check_numbers(a: argparse.Namespace, pb: _Problems) -> None:
         if value is not None and value not in valid:
             pb.add(flag, f"{value!r}; valid: {', '.join(valid)}")
     if a.schedule is not None:
-        try:
-            a.schedule = schedule_name(a.schedule, "--schedule")
-        except InputError as e:
-            pb.add("--schedule", str(e).split(": ", 1)[1])
+        a.schedule = pb.attempt("--schedule", schedule_name, a.schedule, "--schedule")
     if a.spacing is not None:
-        try:
-            check_spacing(a.spacing, "--spacing")
-        except InputError as e:
-            pb.add("--spacing", str(e).split(": ", 1)[1])
+        pb.attempt("--spacing", check_spacing, a.spacing, "--spacing")
         if a.steps is None:
             pb.add("--spacing", "has no effect without --steps (which steps to keep)")
     if a.steps_offset is not None and a.steps is None:
@@ -618,15 +620,9 @@ def _check_export(a: argparse.Namespace) -> None:
             )
         if a.override_metadata:
             pb.add(OVERRIDE, "only for --denoiser files (no metadata to override)")
-    try:
-        check_output_path(a.output, "--output")
-    except InputError as e:
-        pb.add("--output", str(e).split(": ", 1)[1])
+    pb.attempt("--output", check_output_path, a.output, "--output")
     if a.denoiser is not None:
-        try:
-            check_model_path(a.denoiser, "--denoiser")
-        except InputError as e:
-            pb.add("--denoiser", str(e).split(": ", 1)[1])
+        pb.attempt("--denoiser", check_model_path, a.denoiser, "--denoiser")
     pb.raise_any()
 
 
@@ -827,10 +823,7 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
     _check_numbers(a, pb)
     shape = None
     if a.shape is not None:
-        try:
-            shape = parse_shape(a.shape)
-        except InputError as e:
-            pb.add("--shape", str(e).split(": ", 1)[1])
+        shape = pb.attempt("--shape", parse_shape, a.shape)
     if shape is not None and a.batch is not None and a.batch != shape[0]:
         pb.add("--batch", f"{a.batch} contradicts --shape {a.shape} (batch {shape[0]}); give one")
     if a.provider == "cpu":
@@ -859,19 +852,9 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
     a.cond_files = _named_files(a.cond, "--cond", pb)
     a.uncond_files = _named_files(a.uncond, "--uncond", pb)
     if a.png:
-        try:
-            check_output_path(str(Path(a.output).with_suffix(".png")), "--png")
-        except InputError as e:
-            pb.add("--png", str(e).split(": ", 1)[1])
-    out = model = None
-    try:
-        out = check_output_path(a.output, "--output")
-    except InputError as e:
-        pb.add("--output", str(e).split(": ", 1)[1])
-    try:
-        model = check_model_path(a.model, "--model")
-    except InputError as e:
-        pb.add("--model", str(e).split(": ", 1)[1])
+        pb.attempt("--png", check_output_path, str(Path(a.output).with_suffix(".png")), "--png")
+    out = pb.attempt("--output", check_output_path, a.output, "--output")
+    model = pb.attempt("--model", check_model_path, a.model, "--model")
     pb.raise_any()
     return shape, out, model
 

@@ -261,42 +261,27 @@ class OrtSampler:
         self.guidance = make_guidance(guidance_scale, guidance_rescale, guidance_mode)
         sess_kw = dict(device_id=device_id, use_tf32=use_tf32, threads=threads)
         walk = (num_inference_steps, spacing, steps_offset)
+        sampler_file = None  # (model, path, metadata) of a complete refdiff sampler file
         if isinstance(model, ModelBytes):  # a file read once by the caller (refdiff sample)
             if model.is_sampler_file:
-                if self.guidance is not None:
-                    raise InputError("guidance_scale", "a sampler file has its guidance baked in")
-                self._init_sampler_model(
-                    model.data,
-                    model.path,
-                    model.metadata,
-                    schedule,
-                    sampler,
-                    mode,
-                    {**options, **_walk_options(*walk)},
-                    provider,
-                    sess_kw,
-                )
-                return
-            model = model.path if model.path is not None else model.data
-        if not isinstance(model, DenoiserModel):
+                sampler_file = (model.data, model.path, model.metadata)
+            else:
+                model = model.path if model.path is not None else model.data
+        if sampler_file is None and not isinstance(model, DenoiserModel):
             proto, path = load_model(model)
             meta = {p.key: p.value for p in proto.metadata_props}
             if meta.get(PREFIX + "kind") == "sampler":
-                if self.guidance is not None:
-                    raise InputError("guidance_scale", "a sampler file has its guidance baked in")
-                self._init_sampler_model(
-                    proto,
-                    path,
-                    meta,
-                    schedule,
-                    sampler,
-                    mode,
-                    {**options, **_walk_options(*walk)},
-                    provider,
-                    sess_kw,
-                )
-                return
-            model = proto if path is None else path
+                sampler_file = (proto, path, meta)
+            else:
+                model = proto if path is None else path
+        if sampler_file is not None:
+            if self.guidance is not None:
+                raise InputError("guidance_scale", "a sampler file has its guidance baked in")
+            opts = {**options, **_walk_options(*walk)}
+            self._init_sampler_model(
+                *sampler_file, schedule, sampler, mode, opts, provider, sess_kw
+            )
+            return
         self.denoiser = open_denoiser(
             model,
             prediction_type=prediction_type,
