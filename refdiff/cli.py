@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             hint = f': pip install "refdiff[{extra}]"' if extra else ""
             print(f"refdiff {name}: missing module {e.name!r}{hint}", file=sys.stderr)
-        return 2
+        return 3  # a missing extra: neither 1 (a check failed) nor 2 (bad input)
     return int(getattr(mod, func)(rest) or 0)
 
 

@@ -236,7 +236,7 @@ def test_refdiff_cli_names_the_extra_when_onnxruntime_is_missing():
         sys.exit(main(["sample", "--model", "m.onnx"]))
         """
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr  # extra missing
     assert "onnxruntime" in proc.stderr and "refdiff[deploy]" in proc.stderr
 
 
@@ -493,3 +493,37 @@ def test_export_guidance_flags_reach_the_graph(tmp_path):
         + ["-o", tmp_path / "y.npy"]
     )
     assert code == 2 and "--guidance-scale" in err and "complete sampler" in err, err
+
+
+def test_sample_loads_and_checks_a_denoiser_file_once(tmp_path, monkeypatch):
+    """The CLI parses and checks the user's file once (main read it three times: the CLI,
+    open_denoiser and onnxruntime; the checker ran twice)."""
+    import onnx
+    from refdiff.export import model_io
+
+    model = _ring(tmp_path)
+    loads, checks = [], []
+    real_load, real_check = model_io.load_model, onnx.checker.check_model
+
+    def load(src, **kw):
+        loads.append(src)
+        return real_load(src, **kw)
+
+    def check(m, *a, **kw):
+        if (
+            not isinstance(m, str)
+            and dict((p.key, p.value) for p in m.metadata_props).get("refdiff.kind") == "denoiser"
+        ):
+            checks.append(m)
+        return real_check(m, *a, **kw)
+
+    monkeypatch.setattr(model_io, "load_model", load)
+    monkeypatch.setattr(onnx.checker, "check_model", check)
+    for mode in ("steps", "fused", "graph"):
+        loads.clear(), checks.clear()
+        code, _, err = _run(
+            ["sample", "--model", model, "--mode", mode, "--provider", "cpu", "--batch", "2"]
+            + ["--steps", "5", "--quiet", "-o", tmp_path / "x.npy"]
+        )
+        assert code == 0, err
+        assert len(loads) == 1 and len(checks) == 1, (mode, loads, len(checks))
