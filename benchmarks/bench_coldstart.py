@@ -13,7 +13,8 @@ same work (docs/benchmarks.md).  Measured:
 - ``sampler``: the same sampler exported whole (``refdiff export --kind sampler``), batch 1:
   ``refdiff sample --model sampler.onnx`` against a script that feeds it x_T and the noise;
 - ``--help``: ``refdiff sample --help``;
-- floors: ``python -c pass`` and ``python -c "import numpy, onnxruntime"``.
+- floors: ``python -c pass``, ``import numpy, onnxruntime``, ``import refdiff`` (the NumPy
+  half, which every ``refdiff`` command imports first) and ``import onnx``.
 
 ``--checkout DIR`` (repeatable) measures other source trees too (e.g. an export of ``main``:
 ``git archive main | tar -x -C /tmp/main``), each run through the same small launcher that
@@ -120,9 +121,14 @@ def _prepare(tmp: Path) -> tuple[Path, Path]:
     den = save_model(mixture_denoiser_model(builtin_mixture("ring8"), base), tmp / "den.onnx")
     tables = step_tables(walk, "ddpm", prediction_type="epsilon")
     samp = save_model(sampler_model(open_denoiser(den), tables), tmp / "sampler.onnx")
-    (tmp / "launch.py").write_text(LAUNCHER)
-    (tmp / "hand_denoiser.py").write_text(HAND_DENOISER)
-    (tmp / "hand_sampler.py").write_text(HAND_SAMPLER)
+    from refdiff._io import write_text
+
+    for name, text in (
+        ("launch.py", LAUNCHER),
+        ("hand_denoiser.py", HAND_DENOISER),
+        ("hand_sampler.py", HAND_SAMPLER),
+    ):
+        write_text(tmp / name, text)
     return den, samp
 
 
@@ -132,6 +138,8 @@ def _commands(tmp: Path, den: Path, samp: Path, checkouts: list[Path]) -> dict[s
     cmds = {
         "python -c pass": [py, "-c", "pass"],
         "import numpy, onnxruntime": [py, "-c", "import numpy, onnxruntime"],
+        "import refdiff": [py, "-c", "import refdiff"],
+        "import onnx": [py, "-c", "import onnx"],
         "hand-written ORT, denoiser": [py, str(tmp / "hand_denoiser.py"), str(den), out],
         "hand-written ORT, sampler file": [py, str(tmp / "hand_sampler.py"), str(samp), out],
     }

@@ -428,8 +428,8 @@ def _common_schedule_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME",
         help="base (training) schedule: linear | linear_iddpm | scaled_linear | cosine | "
-        "sigmoid; diffusers' squaredcos_cap_v2 = cosine (default: the model's metadata; "
-        "export: linear)",
+        "sigmoid; diffusers' squaredcos_cap_v2 = cosine, improved-diffusion's linear = "
+        "linear_iddpm (default: the model's metadata; export: linear)",
     )
     g.add_argument("--T", type=int, default=None, help="base schedule length (default 1000)")
     g.add_argument("--zero-terminal-snr", action="store_true", help="rescale to zero terminal SNR")
@@ -754,7 +754,7 @@ def _sample_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=None,
-        help="noise seed (default 0; host noise: numpy default_rng(seed))",
+        help="noise seed (default 0; host noise in the layout of docs/deploy.md, Noise layout)",
     )
     p.add_argument(
         "--mode", choices=("steps", "fused", "graph"), default=None, help="default steps"

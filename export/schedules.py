@@ -25,7 +25,10 @@ __all__ = [
     "build_schedule",
 ]
 
-# peers' name -> refdiff's name (diffusers' beta_schedule; refdiff's own names are not listed)
+# peers' name -> refdiff's name (diffusers' beta_schedule; refdiff's own names are not listed).
+# Names peers share with refdiff mean the same schedule (diffusers' linear, scaled_linear,
+# sigmoid; improved-diffusion's cosine), except improved-diffusion's "linear", which scales
+# its range by 1000/T: that is refdiff's linear_iddpm (the same as linear at T = 1000).
 SCHEDULE_ALIASES = {
     "squaredcos_cap_v2": "cosine",  # diffusers: betas_for_alpha_bar(cosine), max_beta 0.999
     "squaredcos": "cosine",
