@@ -147,7 +147,8 @@ class OnnxDenoiser:
     def _call(self, x, t, cond) -> np.ndarray:
         sig = self.denoiser.signature
         xa = as_float_array(x, "x")
-        ta = np.broadcast_to(np.asarray(t, dtype=np.int64), (xa.shape[0],))
+        ta = np.asarray(t)
+        ta = np.broadcast_to(ta if ta.dtype.kind == "f" else ta.astype(np.int64), (xa.shape[0],))
         tm = self.denoiser.model_time(ta)
         if sig.time_shape != "batch":
             if np.any(ta != ta[0]):
@@ -175,6 +176,7 @@ class _Buffers:
     tm: list  # the denoiser's time input
     outs: list  # the denoiser's outputs: [conditional] or [conditional, unconditional]
     extras: dict  # conditioning OrtValues: {"cond": {...}, "uncond": {...}}
+    m: list | None = None  # the previous step's x̂_0 (multistep σ-view samplers)
 
 
 class OrtSampler:
@@ -261,8 +263,9 @@ class OrtSampler:
             output=output,
         )
         self.extras = self.denoiser.signature.extra_inputs
-        if schedule is None:
-            schedule = _schedule_of(self.denoiser.signature.metadata, self.denoiser.label)
+        meta = self.denoiser.signature.metadata
+        if schedule is None and (sampler != "flow_euler" or PREFIX + "schedule" in meta):
+            schedule = _schedule_of(meta, self.denoiser.label)
         self.schedule = schedule
         self.tables = step_tables(
             schedule, sampler, prediction_type=self.denoiser.prediction_type, **options
@@ -348,7 +351,7 @@ class OrtSampler:
 
     @property
     def num_steps(self) -> int:
-        return self.schedule.T
+        return self.tables.N if self.tables is not None else self.schedule.T
 
     @property
     def noisy(self) -> bool:
@@ -406,6 +409,8 @@ class OrtSampler:
             states = 4 + 2 * chunk + (2 * wide + outs if g is not None else 1)
         else:
             states = 2 + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
+        if self.tables is not None and self.tables.multistep:
+            states += 2  # m, ping-pong
         model = self.graph_model if self.denoiser is None else self.denoiser.model
         return int(states * state + 2 * model.ByteSize())
 
@@ -479,6 +484,9 @@ class OrtSampler:
                 seed = int(np.random.SeedSequence().entropy)
             stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
             x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
+            scale = 1.0 if self.tables is None else self.tables.x_T_scale
+            if scale != 1.0:  # σ-view samplers: x_T = σ_0 z
+                x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
             if not needs:
                 return x_T, None
             return x_T, lambda k, out: fill_noise(out, stream.seed, k + 1)
@@ -565,6 +573,9 @@ class OrtSampler:
 
         x = [value(x_T), empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
+        m = None
+        if self.tables.multistep:
+            m = [value(np.zeros_like(x_T)), empty(x_T.shape, np.float32)]
         z = z_host = None
         if noisy:
             z_host = np.zeros(x_T.shape, np.float32)
@@ -573,7 +584,7 @@ class OrtSampler:
                 z_host = _Upload(z, z_host)  # a host buffer copied to the device each step
         if self.mode == "fused":
             extras = {"step": {n: value(a) for n, a in conds.items()}}
-            return _Buffers(x, k, z, z_host, [], [], [], extras)
+            return _Buffers(x, k, z, z_host, [], [], [], extras, m)
         den, g = self.denoiser, self.guidance
         sig = den.signature
         B = x_T.shape[0]
@@ -585,8 +596,11 @@ class OrtSampler:
             sig.time_shape
         ]
         tm = [value(t0.astype(sig.time_dtype)), empty(t0.shape, sig.time_dtype)]
-        if sig.state_dtype != np.float32 or batched:
-            xm0 = np.concatenate([x_T, x_T]) if batched else x_T
+        if sig.state_dtype != np.float32 or batched or self.tables.c_in is not None:
+            xm0 = x_T
+            if self.tables.c_in is not None:  # σ-view: the model sees c_in,0 · x_T
+                xm0 = (np.float32(self.tables.c_in[0]) * x_T).astype(np.float32)
+            xm0 = np.concatenate([xm0, xm0]) if batched else xm0
             xm = [value(xm0.astype(sig.state_dtype)), empty(mshape, sig.state_dtype)]
         else:
             xm = x
@@ -605,7 +619,7 @@ class OrtSampler:
                 "cond": {n: value(a) for n, a in c.items()},
                 "uncond": {n: value(a) for n, a in u.items()},
             }
-        return _Buffers(x, k, z, z_host, xm, tm, outs, extras)
+        return _Buffers(x, k, z, z_host, xm, tm, outs, extras, m)
 
     def _bindings(self, buf: _Buffers) -> list:
         """Stage 2: per parity p, the (session, io_binding) runs of one step."""
@@ -619,6 +633,9 @@ class OrtSampler:
             sio.bind_ortvalue_input("k", buf.k[p])
             sio.bind_ortvalue_output("x_next", buf.x[1 - p])
             sio.bind_ortvalue_output("k_next", buf.k[1 - p])
+            if buf.m is not None:
+                sio.bind_ortvalue_input("m", buf.m[p])
+                sio.bind_ortvalue_output("m_next", buf.m[1 - p])
             if self.mode == "fused":
                 for n, v in buf.extras["step"].items():
                     sio.bind_ortvalue_input(n, v)
