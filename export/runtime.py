@@ -571,7 +571,8 @@ class OrtSampler:
         def empty(shape, dtype):
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, dev, did)
 
-        x = [value(x_T), empty(x_T.shape, np.float32)]
+        x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
+        x = [x0, empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
         m = None
         if self.tables.multistep:
@@ -706,7 +707,10 @@ class OrtSampler:
         finally:
             if bar is not None:
                 bar.close()
-        return _finite(np.array(buf.x[N % 2].numpy(), copy=True), label)  # .numpy() may alias
+        out = buf.x[N % 2].numpy()
+        if not out.flags.owndata:  # a view of onnxruntime's buffer: copy it out once
+            out = out.copy()
+        return _finite(out, label)
 
 
 class _Upload:
@@ -771,7 +775,9 @@ def _raise_ort_failure(e: Exception, label: str, what: str):
 
 def _finite(out: np.ndarray, label: str) -> np.ndarray:
     """The sample, or NonFiniteError when the model produced NaN/Inf (every mode alike)."""
-    if not np.isfinite(out).all():
+    from refdiff._check import _all_finite
+
+    if not _all_finite(out):  # a sum first: no boolean temporary of the sample's size
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise NonFiniteError("model", f"{label} returned NaN or Inf ({bad} of {out.size} values)")
     return out
