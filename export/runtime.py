@@ -745,6 +745,7 @@ def _interruptible_run(session, outputs: list, feeds: dict):
     if _WORKER is None:
         _WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="refdiff-ort")
     ro = ort.RunOptions()
+    ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
     fut = _WORKER.submit(session.run, outputs, feeds, ro)
     try:
         while True:
