@@ -23,6 +23,8 @@ import numpy as np
 
 from refdiff.errors import InputError, OptionError
 from refdiff.schedule import Schedule
+from refdiff.solvers import _order_here, _real
+from refdiff.solvers import _sigmas as _check_sigmas
 
 __all__ = ["SIGMA_SAMPLERS", "sigma_step_tables"]
 
@@ -35,21 +37,11 @@ _OPTIONS = {
 }
 
 
-def _real(v, name, lo=0.0, hi=math.inf) -> float:
-    from refdiff._check import is_real
-
-    if not (is_real(v) and lo <= v <= hi) or math.isnan(v):
-        raise InputError(name, f"must be a float in [{lo}, {hi}]; got {v!r}")
-    return float(v)
-
-
 def _sigmas(options: dict, flow: bool) -> np.ndarray:
-    from refdiff.solvers import _sigmas as check
-
     if options.get("sigmas") is None:
         how = "flow.flow_sigmas(n)" if flow else "sigma.from_schedule(schedule, n) or sigma.karras"
         raise InputError("sigmas", f"the σ-view samplers need the σ grid: pass sigmas= ({how})")
-    return check(options["sigmas"], flow)
+    return _check_sigmas(options["sigmas"], flow)
 
 
 def _conversion(schedule: Schedule, sig: np.ndarray, prediction_type: str, timestep: str):
@@ -126,8 +118,6 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
             lof = options.get("lower_order_final", True)
             if not isinstance(lof, bool | np.bool_):
                 raise InputError("lower_order_final", f"must be a bool; got {lof!r}")
-            from refdiff.solvers import _order_here
-
             A, B, H = np.empty(n), np.empty(n), np.zeros(n)
             h_last, have_old = None, False
             for i in range(n):
