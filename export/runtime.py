@@ -54,7 +54,7 @@ from .conditioning import (
 from .memory import check_memory
 from .metadata import PREFIX, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
-from .noise import NoiseStream, fill_noise
+from .noise import NoiseStream, fill_noise, new_seed
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
 from .steps import (
@@ -481,7 +481,7 @@ class OrtSampler:
             if step_noise is not None:
                 raise InputError("x_T", "step_noise was given without x_T")
             if seed is None:
-                seed = int(np.random.SeedSequence().entropy)
+                seed = new_seed()
             stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
             x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
             scale = 1.0 if self.tables is None else self.tables.x_T_scale

@@ -333,7 +333,7 @@ def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, 
 
 NOISE_LAYOUT = (
     "host noise: stream 0 is x_T, stream k+1 the z of step k; rows in blocks of 16, block r of "
-    "stream s is Generator(PCG64(SeedSequence(seed, spawn_key=(s, r)))).standard_normal("
+    "stream s is Generator(Philox(key=[seed, s*2**32 + r])).standard_normal("
     "(rows, *S), dtype=float32) (docs/deploy.md, Noise layout)"
 )
 
