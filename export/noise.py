@@ -16,8 +16,9 @@ and the (stream, block) pair, counter from 0::
 
 in C order (seed < 2**64, s and r < 2**32).  ``standard_normal`` fills its output value by
 value, so a block cut short by the end of the batch holds the first values of the full
-block: the noise of sample i never depends on the batch size.  The values are float32 (exact in float64, so the float64
-reference fed the same arrays sees the same noise, not a rounded copy).
+block: the noise of sample i never depends on the batch size.  The values are float32
+(exact in float64, so the float64 reference fed the same arrays sees the same noise, not a
+rounded copy).
 
 :func:`refdiff.sampling.ddpm_sample` with ``rng=`` keeps its own layout (one stream, x_T then
 step after step); :func:`host_noise` gives this layout's arrays to inject into it.
