@@ -534,10 +534,21 @@ class DenoiserModel:
         return str(self.path) if self.path is not None else "<model>"
 
     def model_time(self, base_t: np.ndarray) -> np.ndarray:
-        """Base times (refdiff, 1-based) → the values fed to the model, in its time dtype."""
-        t = np.asarray(base_t, dtype=np.int64)
+        """Base times (refdiff, 1-based; int, or float for the σ-view samplers' fractional
+        times) → the values fed to the model, in its time dtype."""
+        t = np.asarray(base_t)
+        if t.dtype.kind != "f":
+            t = t.astype(np.int64)
         if self.timestep_convention == "index":
             t = t - 1
+        if self.signature.time_dtype.kind in "iu" and t.dtype.kind == "f":
+            if not np.all(t == np.round(t)):
+                from refdiff.errors import InputError
+
+                raise InputError(
+                    "timestep",
+                    "the model takes integer times; use timestep='round' or 'nearest'",
+                )
         return t.astype(self.signature.time_dtype)
 
 

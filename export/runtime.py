@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -56,7 +55,7 @@ from .conditioning import (
 from .memory import check_memory
 from .metadata import PREFIX, ModelBytes, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
-from .noise import NoiseStream, fill_noise
+from .noise import NoiseStream, fill_noise, new_seed
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
 from .steps import (
@@ -155,7 +154,8 @@ class OnnxDenoiser:
     def _call(self, x, t, cond) -> np.ndarray:
         sig = self.denoiser.signature
         xa = as_float_array(x, "x")
-        ta = np.broadcast_to(np.asarray(t, dtype=np.int64), (xa.shape[0],))
+        ta = np.asarray(t)
+        ta = np.broadcast_to(ta if ta.dtype.kind == "f" else ta.astype(np.int64), (xa.shape[0],))
         tm = self.denoiser.model_time(ta)
         if sig.time_shape != "batch":
             if np.any(ta != ta[0]):
@@ -183,6 +183,7 @@ class _Buffers:
     tm: list  # the denoiser's time input
     outs: list  # the denoiser's outputs: [conditional] or [conditional, unconditional]
     extras: dict  # conditioning OrtValues: {"cond": {...}, "uncond": {...}}
+    m: list | None = None  # the previous step's x̂_0 (multistep σ-view samplers)
 
 
 class OrtSampler:
@@ -291,9 +292,12 @@ class OrtSampler:
             output=output,
         )
         self.extras = self.denoiser.signature.extra_inputs
-        if schedule is None:
-            schedule = _schedule_of(self.denoiser.signature.metadata, self.denoiser.label)
-        self.schedule = schedule = _walked(schedule, *walk)
+        meta = self.denoiser.signature.metadata
+        if schedule is None and (sampler != "flow_euler" or PREFIX + "schedule" in meta):
+            schedule = _schedule_of(meta, self.denoiser.label)
+        if schedule is not None or any(v not in (None, 0) for v in walk):
+            schedule = _walked(schedule, *walk)
+        self.schedule = schedule
         self.tables = step_tables(
             schedule, sampler, prediction_type=self.denoiser.prediction_type, **options
         )
@@ -378,7 +382,7 @@ class OrtSampler:
 
     @property
     def num_steps(self) -> int:
-        return self.schedule.T
+        return self.tables.N if self.tables is not None else self.schedule.T
 
     @property
     def noisy(self) -> bool:
@@ -436,6 +440,8 @@ class OrtSampler:
             states = 4 + 2 * chunk + (2 * wide + outs if g is not None else 1)
         else:
             states = 2 + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
+        if self.tables is not None and self.tables.multistep:
+            states += 2  # m, ping-pong
         model = self.graph_model if self.denoiser is None else self.denoiser.model
         size = len(model) if isinstance(model, bytes) else model.ByteSize()
         return int(states * state + 2 * size)
@@ -511,9 +517,12 @@ class OrtSampler:
             if step_noise is not None:
                 raise InputError("x_T", "step_noise was given without x_T")
             if seed is None:
-                seed = int(np.random.SeedSequence().entropy)
+                seed = new_seed()
             stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
             x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
+            scale = 1.0 if self.tables is None else self.tables.x_T_scale
+            if scale != 1.0:  # σ-view samplers: x_T = σ_0 z
+                x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
             if not needs:
                 return x_T, None
             return x_T, lambda k, out: fill_noise(out, stream.seed, k + 1)
@@ -542,7 +551,7 @@ class OrtSampler:
     # -- the whole-sampler graph ------------------------------------------------------------
     def _run_graph_chunks(self, x_T: np.ndarray, fill, conds: dict) -> np.ndarray:
         """Run the sampler graph on chunks of steps with a bounded host-noise chunk each."""
-        ins = self._graph_inputs
+        ins = {i.name for i in self.graph_model.graph.input}  # step_start has a default
         if fill is None:
             return self._run_graph({"x_T": x_T, **conds})
         N = self.num_steps
@@ -598,8 +607,12 @@ class OrtSampler:
         def empty(shape, dtype):
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, dev, did)
 
-        x = [value(x_T), empty(x_T.shape, np.float32)]
+        x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
+        x = [x0, empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
+        m = None
+        if self.tables.multistep:
+            m = [value(np.zeros_like(x_T)), empty(x_T.shape, np.float32)]
         z = z_host = None
         if noisy:
             z_host = np.zeros(x_T.shape, np.float32)
@@ -608,7 +621,7 @@ class OrtSampler:
                 z_host = _Upload(z, z_host)  # a host buffer copied to the device each step
         if self.mode == "fused":
             extras = {"step": {n: value(a) for n, a in conds.items()}}
-            return _Buffers(x, k, z, z_host, [], [], [], extras)
+            return _Buffers(x, k, z, z_host, [], [], [], extras, m)
         den, g = self.denoiser, self.guidance
         sig = den.signature
         B = x_T.shape[0]
@@ -620,8 +633,11 @@ class OrtSampler:
             sig.time_shape
         ]
         tm = [value(t0.astype(sig.time_dtype)), empty(t0.shape, sig.time_dtype)]
-        if sig.state_dtype != np.float32 or batched:
-            xm0 = np.concatenate([x_T, x_T]) if batched else x_T
+        if sig.state_dtype != np.float32 or batched or self.tables.c_in is not None:
+            xm0 = x_T
+            if self.tables.c_in is not None:  # σ-view: the model sees c_in,0 · x_T
+                xm0 = (np.float32(self.tables.c_in[0]) * x_T).astype(np.float32)
+            xm0 = np.concatenate([xm0, xm0]) if batched else xm0
             xm = [value(xm0.astype(sig.state_dtype)), empty(mshape, sig.state_dtype)]
         else:
             xm = x
@@ -640,7 +656,7 @@ class OrtSampler:
                 "cond": {n: value(a) for n, a in c.items()},
                 "uncond": {n: value(a) for n, a in u.items()},
             }
-        return _Buffers(x, k, z, z_host, xm, tm, outs, extras)
+        return _Buffers(x, k, z, z_host, xm, tm, outs, extras, m)
 
     def _bindings(self, buf: _Buffers) -> list:
         """Stage 2: per parity p, the (session, io_binding) runs of one step."""
@@ -654,6 +670,9 @@ class OrtSampler:
             sio.bind_ortvalue_input("k", buf.k[p])
             sio.bind_ortvalue_output("x_next", buf.x[1 - p])
             sio.bind_ortvalue_output("k_next", buf.k[1 - p])
+            if buf.m is not None:
+                sio.bind_ortvalue_input("m", buf.m[p])
+                sio.bind_ortvalue_output("m_next", buf.m[1 - p])
             if self.mode == "fused":
                 for n, v in buf.extras["step"].items():
                     sio.bind_ortvalue_input(n, v)
@@ -724,7 +743,10 @@ class OrtSampler:
         finally:
             if bar is not None:
                 bar.close()
-        return _finite(np.array(buf.x[N % 2].numpy(), copy=True), label)  # .numpy() may alias
+        out = buf.x[N % 2].numpy()
+        if not out.flags.owndata:  # a view of onnxruntime's buffer: copy it out once
+            out = out.copy()
+        return _finite(out, label)
 
 
 class _Upload:
@@ -742,32 +764,35 @@ def _fill_step(target, fill, k: int) -> None:
         fill(k, target)
 
 
+_WORKER = None  # one long-lived thread for whole-graph runs (module doc, Ctrl-C)
+
+
 def _interruptible_run(session, outputs: list, feeds: dict):
     """``session.run`` in a worker thread, so Ctrl-C in the main thread cancels it
-    (``RunOptions.terminate``) instead of waiting for the whole sampler."""
+    (``RunOptions.terminate``) instead of waiting for the whole sampler.
+
+    The thread is reused: a fresh thread per run would get a fresh malloc arena each time,
+    and the memory freed in it is not returned (measured: RSS grew with every run)."""
+    global _WORKER
+    import concurrent.futures
+
     import onnxruntime as ort
 
+    if _WORKER is None:
+        _WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="refdiff-ort")
     ro = ort.RunOptions()
-    box: dict = {}
-
-    def work():
-        try:
-            box["out"] = session.run(outputs, feeds, ro)[0]
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            box["err"] = e
-
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
+    ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
+    fut = _WORKER.submit(session.run, outputs, feeds, ro)
     try:
-        while th.is_alive():
-            th.join(0.05)
+        while True:
+            try:
+                return fut.result(timeout=0.05)[0]
+            except concurrent.futures.TimeoutError:
+                continue
     except KeyboardInterrupt:
         ro.terminate = True
-        th.join()
+        concurrent.futures.wait([fut])
         raise
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
 
 
 def _walk_options(num_inference_steps, spacing, steps_offset) -> dict:
@@ -809,7 +834,9 @@ def _raise_ort_failure(e: Exception, label: str, what: str):
 
 def _finite(out: np.ndarray, label: str) -> np.ndarray:
     """The sample, or NonFiniteError when the model produced NaN/Inf (every mode alike)."""
-    if not np.isfinite(out).all():
+    from refdiff._check import _all_finite
+
+    if not _all_finite(out):  # a sum first: no boolean temporary of the sample's size
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise NonFiniteError("model", f"{label} returned NaN or Inf ({bad} of {out.size} values)")
     return out

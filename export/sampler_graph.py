@@ -2,8 +2,18 @@
 
 ``noise="input"`` (parity with the reference; the noise layout of :mod:`refdiff.sampling`):
 
-    inputs   x_T (B, *S) float32, [step_noise (N, B, *S) float32 — only when the sampler adds noise]
+    inputs   x_T (B, *S) float32, [step_noise (K, B, *S) float32 and step_start () int64 —
+             only when the sampler adds noise]
     outputs  x_0 (B, *S) float32, [trajectory (N, B, *S) float32: the state after each step]
+
+A run takes the steps step_start … step_start + K − 1 (``step_start`` is an input with the
+default 0, so feeding the whole (N, B, *S) noise runs the whole sampler): x_T is the state
+before step ``step_start``.  The runtime feeds bounded chunks of host noise this way, so no
+(N, B, *S) array exists (docs/deploy.md, "Memory").  With ``trajectory`` the noise is the
+whole (N, B, *S) and there is no ``step_start``.  Conditioning inputs (and their
+``uncond/`` values with guidance) follow (:mod:`refdiff.export.conditioning`).  Multistep
+σ-view samplers (``dpmpp_2m``) carry m, the previous step's x̂_0, beside x in the Loop and
+the Scan (:mod:`refdiff.export.sigma_tables`).
 
 ``noise="graph"`` (speed; checked statistically): x_T and every step's z are drawn in-graph
 by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:
@@ -133,6 +143,8 @@ def sampler_model(
         bs = b.op("Unsqueeze", "batch_size", _i64(b, [0], "axes"))
         shape = b.op("Concat", bs, _i64(b, dims[1:], "data_dims"), axis=0)
         x_T = b.op("RandomNormalLike", _zeros(b, shape), dtype=_F32, seed=float(2 * seed))
+        if tables.x_T_scale != 1.0:  # σ-view samplers start at x_T = σ_0 z
+            x_T = b.op("Mul", x_T, b.const(np.float32(tables.x_T_scale), hint="x_T_scale"))
     cinfo, cmeaning, cnames, unames = conditioning_inputs(den, guidance, dims[0])
     inputs += cinfo
     meaning_in.update(cmeaning)
@@ -143,11 +155,18 @@ def sampler_model(
     plan.call = (guidance, cnames, unames, stacked)
     if trajectory:  # one chunk: all N steps, the Scan's own scan output is the trajectory
         scan_inputs = plan.chunk_inputs(b, x_T)
-        b.op("Scan", *scan_inputs, outputs=["x_0", "trajectory"], **plan.scan_attrs(True))
+        if tables.multistep:
+            scan_inputs.insert(1, b.op("Mul", x_T, b.const(np.float32(0.0))))
+        outs = ["x_0", "m_0", "trajectory"] if tables.multistep else ["x_0", "trajectory"]
+        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(True))
         b.initializers.extend(plan.den_inits)
     else:
         count = plan.trip_count()  # sets the chunk size the Loop body reads
-        b.op("Loop", count, "", x_T, outputs=["x_0"], body=plan.chunk_loop_body())
+        if tables.multistep:  # the loop also carries m, the previous step's x̂_0 (zeros first)
+            m0 = b.op("Mul", x_T, b.const(np.float32(0.0)))
+            b.op("Loop", count, "", x_T, m0, outputs=["x_0", "m_0"], body=plan.chunk_loop_body())
+        else:
+            b.op("Loop", count, "", x_T, outputs=["x_0"], body=plan.chunk_loop_body())
     out_dims = dims if noise == "input" else ["B", *dims[1:]]
     outputs = [tensor_info("x_0", np.float32, out_dims)]
     meaning_out = {"x_0": "the sample, (B, *S) float32"}
@@ -209,6 +228,11 @@ class _Plan:
         if tables.clip is not None:
             for name, col in (("ax_k", tables.ax), ("ao_k", tables.ao), ("C_k", tables.C)):
                 self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
+        if tables.multistep:
+            for name, col in (("H_k", tables.H), ("Dx_k", tables.Dx), ("Do_k", tables.Do)):
+                self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
+        if tables.c_in is not None:
+            self.cols.append(("cin_k", b.const(tables.c_in, np.float32, hint="coef_c_in")))
         self.S = None
         if tables.noisy:  # (N, 1, …, 1): broadcasts over a (K, B, *S) chunk of z
             self.S = b.const(tables.S.reshape(N, *[1] * len(dims)), np.float32, hint="coef_S")
@@ -247,16 +271,25 @@ class _Plan:
         g = self._b_root.child()
         lo = g.op("Mul", g.op("Unsqueeze", "chunk", _i64(g, [0], "axes")), self.K)
         hi = g.op("Min", g.op("Add", lo, self.K), self.n_run)
+        ms = self.tables.multistep
         ins = self.chunk_inputs(g, "x_c", lo, hi)
-        g.op("Scan", *ins, outputs=["x_c_next"], **self.scan_attrs(False))
+        if ms:
+            ins.insert(1, "m_c")
+        outs = ["x_c_next", "m_c_next"] if ms else ["x_c_next"]
+        g.op("Scan", *ins, outputs=outs, **self.scan_attrs(False))
+        carried_in = [tensor_info("x_c", np.float32, self.dims)]
+        carried_out = [tensor_info("x_c_next", np.float32, self.dims)]
+        if ms:
+            carried_in.append(tensor_info("m_c", np.float32, self.dims))
+            carried_out.append(tensor_info("m_c_next", np.float32, self.dims))
         body = g.graph(
             "sampler_chunk",
             [
                 tensor_info("chunk", np.int64, []),
                 tensor_info("cond_c", np.bool_, []),
-                tensor_info("x_c", np.float32, self.dims),
+                *carried_in,
             ],
-            [tensor_info("cond_c", np.bool_, []), tensor_info("x_c_next", np.float32, self.dims)],
+            [tensor_info("cond_c", np.bool_, []), *carried_out],
             with_initializers=False,
         )
         body.initializer.extend(self.den_inits)  # see _Plan: weights one level above the Scan
@@ -301,13 +334,14 @@ class _Plan:
         g = self._b_root.child()
         x = "x_k"
         guidance, cnames, unames, stacked = self.call
+        names = [c for c, _ in self.cols]
+        x_in = g.op("Mul", "cin_k", x) if "cin_k" in names else x
         out = emit_guided_call(
-            g, self.den, x, "t_k", guidance, cnames, unames, stacked, len(self.dims), _DEN
+            g, self.den, x_in, "t_k", guidance, cnames, unames, stacked, len(self.dims), _DEN
         )
         shared = g.initializers
         self.den_inits = [t for t in shared if t.name.startswith(_DEN)]
         shared[:] = [t for t in shared if not t.name.startswith(_DEN)]
-        names = [c for c, _ in self.cols]
         terms = [g.op("Mul", "A_k", x)]
         if "B_k" in names:
             terms.append(g.op("Mul", "B_k", out))
@@ -316,6 +350,11 @@ class _Plan:
             x0 = g.op("Add", g.op("Mul", "ax_k", x), g.op("Mul", "ao_k", out))
             x0 = g.op("Clip", x0, g.const(np.float32(-c)), g.const(np.float32(c)))
             terms.append(g.op("Mul", "C_k", x0))
+        ms = self.tables.multistep
+        if ms:
+            terms.append(g.op("Mul", "H_k", "m_k"))
+            m_next = g.op("Add", g.op("Mul", "Dx_k", x), g.op("Mul", "Do_k", out))
+            g.op("Identity", m_next, outputs=["m_next"])
         if self.S is not None:
             terms.append("zs_k")
         if len(terms) == 1:
@@ -323,10 +362,14 @@ class _Plan:
         else:  # one node for the whole sum; same order of float32 additions as emit_update
             g.op("Sum", *terms, outputs=["x_next"])
         outs = [tensor_info("x_next", np.float32, self.dims)]
+        ins = [tensor_info(x, np.float32, self.dims)]
+        if ms:
+            outs.append(tensor_info("m_next", np.float32, self.dims))
+            ins.append(tensor_info("m_k", np.float32, self.dims))
         if trajectory:
             g.op("Identity", "x_next", outputs=["x_step"])
             outs.append(tensor_info("x_step", np.float32, self.dims))
-        ins = [tensor_info(x, np.float32, self.dims), self.time_info]
+        ins.append(self.time_info)
         ins += [tensor_info(name, np.float32, []) for name in names]
         if self.S is not None:
             ins.append(tensor_info("zs_k", np.float32, self.dims))

@@ -13,13 +13,15 @@ touches the host (docs/deploy.md, "Per-step loop").  Coefficients come from
     outputs  x_next (B, *S) float32, [x_model (B, *S) denoiser's state type],
              t_model (the denoiser's time for step k + 1, its dtype and shape), k_next () int64
 
-    With batched guidance model_output, x_model and t_model have 2B rows.
+    With batched guidance model_output, x_model and t_model have 2B rows.  Multistep
+    σ-view samplers add the input m and the output m_next (the previous / this step's x̂_0);
+    σ-view samplers output x_model = c_in,k+1 · x_next (the model's input scaling).
 
 :func:`fused_step_model` — denoiser + update in one graph (runtime mode ``"fused"``):
 
-    inputs   x (B, *S) float32, [z (B, *S) float32], k () int64,
+    inputs   x (B, *S) float32, [z (B, *S) float32], [m (B, *S)], k () int64,
              [each conditioning input, and uncond/<name> with guidance]
-    outputs  x_next (B, *S) float32, k_next () int64
+    outputs  x_next (B, *S) float32, k_next () int64, [m_next (B, *S)]
 
 ``z`` (the standard-normal noise of step k, one step at a time: memory does not grow with
 the number of steps) is present when the sampler adds noise and ``noise="input"``; with
@@ -184,12 +186,21 @@ def _table(b: GraphBuilder, values: np.ndarray, k: str, hint: str) -> str:
 
 
 def emit_update(
-    b: GraphBuilder, tables: StepTables, x: str, out: str, z: str | None, k: str
+    b: GraphBuilder,
+    tables: StepTables,
+    x: str,
+    out: str,
+    z: str | None,
+    k: str,
+    m: str | None = None,
 ) -> str:
-    """x_next = A_k x + B_k o + C_k clip(a_x,k x + a_o,k o) + S_k z (float32; tables module)."""
+    """x_next = A_k x + B_k o + C_k clip(a_x,k x + a_o,k o) + H_k m + S_k z (float32; tables
+    module)."""
     y = b.op("Mul", _table(b, tables.A, k, "coef_A"), x)
     if np.any(tables.B != 0):
         y = b.op("Add", y, b.op("Mul", _table(b, tables.B, k, "coef_B"), out))
+    if m is not None:
+        y = b.op("Add", y, b.op("Mul", _table(b, tables.H, k, "coef_H"), m))
     if tables.clip is not None:
         x0 = b.op(
             "Add",
@@ -206,8 +217,33 @@ def emit_update(
 
 def model_time_table(den: DenoiserModel, tables: StepTables) -> np.ndarray:
     """(N + 1,) the denoiser's time argument at step k; entry N repeats N − 1 (never used)."""
-    base = np.concatenate([tables.base_t, tables.base_t[-1:]])
-    return den.model_time(base)
+    if tables.model_t is None:
+        return den.model_time(np.concatenate([tables.base_t, tables.base_t[-1:]]))
+    t = np.concatenate([tables.model_t, tables.model_t[-1:]])
+    if tables.time_in_model_units:
+        return t.astype(den.signature.time_dtype)
+    return den.model_time(t)
+
+
+def _padded(values: np.ndarray) -> np.ndarray:
+    """(N + 1,): a per-step table with entry N repeating N − 1 (read at k + 1 = N, unused)."""
+    return np.concatenate([values, values[-1:]])
+
+
+def emit_model_input(b: GraphBuilder, tables: StepTables, x: str, k: str) -> str:
+    """The state the model sees at step k: c_in,k · x for the σ-view samplers, else x."""
+    if tables.c_in is None:
+        return x
+    return b.op("Mul", _table(b, _padded(tables.c_in), k, "coef_c_in"), x)
+
+
+def emit_history(b: GraphBuilder, tables: StepTables, x: str, out: str, k: str) -> str:
+    """m_next = Dx_k x + Do_k o: this step's x̂_0, the next step's m (multistep samplers)."""
+    return b.op(
+        "Add",
+        b.op("Mul", _table(b, tables.Dx, k, "coef_Dx"), x),
+        b.op("Mul", _table(b, tables.Do, k, "coef_Do"), out),
+    )
 
 
 def emit_model_time(
@@ -297,7 +333,7 @@ def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, 
 
 NOISE_LAYOUT = (
     "host noise: stream 0 is x_T, stream k+1 the z of step k; rows in blocks of 16, block r of "
-    "stream s is Generator(PCG64(SeedSequence(seed, spawn_key=(s, r)))).standard_normal("
+    "stream s is Generator(Philox(key=[seed, s*2**32 + r])).standard_normal("
     "(rows, *S), dtype=float32) (docs/deploy.md, Noise layout)"
 )
 
@@ -364,6 +400,12 @@ def _double(dim):
     return 2 * dim if isinstance(dim, int) else f"2*{dim}"
 
 
+def _history_input(m, dims, inputs, meaning):
+    if m is not None:
+        inputs.append(tensor_info("m", np.float32, dims))
+        meaning["m"] = "x̂_0 of the previous step (multistep samplers; zeros at k = 0)"
+
+
 def _noise_input(z, noise, dims, inputs, meaning):
     if z is not None and noise == "input":
         inputs.append(tensor_info("z", np.float32, dims))
@@ -418,13 +460,19 @@ def step_model(
             inputs.append(tensor_info("model_output_uncond", sig.output_dtype, dims))
             meaning_in["model_output_uncond"] = "unconditional denoiser output"
         out = emit_guide(b, c, u, guidance, len(dims))
-    xn = emit_update(b, tables, "x", out, z, k)
+    m = "m" if tables.multistep else None
+    xn = emit_update(b, tables, "x", out, z, k, m)
     b.op("Identity", xn, outputs=["x_next"])
     kn = b.op("Add", k, b.const(np.int64(1)), outputs=["k_next"])
     outputs = [tensor_info("x_next", np.float32, dims)]
     meaning_out = {"x_next": "state after step k, float32"}
-    if sig.state_dtype != np.float32 or batched:
-        xm = b.op("Concat", "x_next", "x_next", axis=0) if batched else "x_next"
+    if m is not None:
+        b.op("Identity", emit_history(b, tables, "x", out, k), outputs=["m_next"])
+        outputs.append(tensor_info("m_next", np.float32, dims))
+        meaning_out["m_next"] = "x̂_0 of step k (the next step's m)"
+    if sig.state_dtype != np.float32 or batched or tables.c_in is not None:
+        xm = emit_model_input(b, tables, "x_next", kn)
+        xm = b.op("Concat", xm, xm, axis=0) if batched else xm
         b.op("Cast", xm, outputs=["x_model"], to=onnx_dtype(sig.state_dtype))
         outputs.append(tensor_info("x_model", sig.state_dtype, mdims))
         meaning_out["x_model"] = "x_next as the denoiser's state input"
@@ -434,6 +482,7 @@ def step_model(
     outputs += [tensor_info("t_model", sig.time_dtype, t_dims), tensor_info("k_next", np.int64, [])]
     meaning_out.update(t_model="the denoiser's time argument for step k + 1", k_next="k + 1")
     _noise_input(z, noise, dims, inputs, meaning_in)
+    _history_input(m, dims, inputs, meaning_in)
     inputs.append(tensor_info("k", np.int64, []))
     meaning_in["k"] = "step index, 0-based (int64 scalar)"
     meta = sampler_metadata("step", den, tables, noise, seed, (meaning_in, meaning_out), guidance)
@@ -464,20 +513,27 @@ def fused_step_model(
     if guidance is not None and guidance.mode == "batched":
         stacked = emit_stacked(b, den, cnames, unames)
     t = emit_model_time(b, den, tables, k, "x", dims[0])
-    out = emit_guided_call(b, den, "x", t, guidance, cnames, unames, stacked, len(dims))
+    x_in = emit_model_input(b, tables, "x", k)
+    out = emit_guided_call(b, den, x_in, t, guidance, cnames, unames, stacked, len(dims))
     z = emit_noise(b, tables, noise, "x", k, seed)
-    xn = emit_update(b, tables, "x", out, z, k)
+    m = "m" if tables.multistep else None
+    xn = emit_update(b, tables, "x", out, z, k, m)
     b.op("Identity", xn, outputs=["x_next"])
     b.op("Add", k, b.const(np.int64(1)), outputs=["k_next"])
+    outputs = [tensor_info("x_next", np.float32, dims), tensor_info("k_next", np.int64, [])]
+    meaning_out = {"x_next": "state after step k, float32", "k_next": "k + 1"}
+    if m is not None:
+        b.op("Identity", emit_history(b, tables, "x", out, k), outputs=["m_next"])
+        outputs.append(tensor_info("m_next", np.float32, dims))
+        meaning_out["m_next"] = "x̂_0 of step k (the next step's m)"
     inputs = [tensor_info("x", np.float32, dims)]
     meaning_in = {"x": "state at step k (time N-k), float32"}
     _noise_input(z, noise, dims, inputs, meaning_in)
+    _history_input(m, dims, inputs, meaning_in)
     inputs.append(tensor_info("k", np.int64, []))
     meaning_in["k"] = "step index, 0-based (int64 scalar)"
     inputs += cinfo
     meaning_in.update(cmeaning)
-    outputs = [tensor_info("x_next", np.float32, dims), tensor_info("k_next", np.int64, [])]
-    meaning_out = {"x_next": "state after step k, float32", "k_next": "k + 1"}
     meta = sampler_metadata(
         "fused_step", den, tables, noise, seed, (meaning_in, meaning_out), guidance
     )

@@ -228,7 +228,9 @@ def test_step_tables_refuse_what_onnx_does_not_support():
     with pytest.raises(OptionError):
         ex.step_tables(s, "ddim", variance_type="fixed_small")  # a DDPM option
     with pytest.raises(OptionError):
-        ex.step_tables(s, "euler")
+        ex.step_tables(s, "heun")  # a σ-view sampler the ONNX samplers do not compile
+    with pytest.raises(InputError, match="sigmas"):
+        ex.step_tables(s, "euler")  # euler needs its σ grid
     with pytest.raises(InputError, match="eta"):
         ex.step_tables(s, "ddim", eta=1.5)
     with pytest.raises(UndefinedError):
