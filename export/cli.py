@@ -48,7 +48,19 @@ __all__ = [
 ]
 
 KINDS = ("denoiser", "step", "fused", "sampler")
-SAMPLER_CHOICES = ("ddpm", "ddim")
+SAMPLER_CHOICES = ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "flow_euler")
+SIGMA_SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "flow_euler")  # σ grid, no respacing
+SIGMA_GRIDS = ("schedule", "karras", "exponential")
+# flag -> the samplers it applies to
+_APPLIES = {
+    "--eta": ("ddim", "euler_ancestral"),
+    "--final-alpha-bar": ("ddim",),
+    "--variance-type": ("ddpm",),
+    "--clip": ("ddpm", "ddim"),
+    "--sigmas": ("euler", "euler_ancestral", "dpmpp_2m"),
+    "--flow-shift": ("flow_euler",),
+    "--steps-offset": ("ddpm", "ddim"),
+}
 PREDICTION_CHOICES = ("epsilon", "x0", "v", "score")
 CONVENTION_CHOICES = ("refdiff", "index")
 VARIANCE_CHOICES = ("fixed_small", "fixed_large", "fixed_large_iddpm")
@@ -200,27 +212,43 @@ def _final_alpha_bar(text: str) -> float | str:
 
 
 def _check_sampler_options(a: argparse.Namespace, sampler: str, pb: _Problems) -> None:
-    if sampler == "ddim":
-        if a.variance_type is not None:
-            pb.add("--variance-type", "is a DDPM option; this is --sampler ddim")
-    else:
-        for flag, value in (("--eta", a.eta), ("--final-alpha-bar", a.final_alpha_bar)):
-            if value is not None:
-                pb.add(flag, f"is a DDIM option; this is --sampler {sampler} (add --sampler ddim)")
+    given = {
+        "--eta": a.eta,
+        "--final-alpha-bar": a.final_alpha_bar,
+        "--variance-type": a.variance_type,
+        "--clip": a.clip,
+        "--sigmas": a.sigmas,
+        "--flow-shift": a.flow_shift,
+        "--steps-offset": a.steps_offset,
+    }
+    for flag, value in given.items():
+        if value is not None and sampler not in _APPLIES[flag]:
+            pb.add(
+                flag,
+                f"applies to --sampler {' | '.join(_APPLIES[flag])}; this is --sampler {sampler}",
+            )
+    if sampler in SIGMA_SAMPLERS:
+        if a.steps is None:
+            pb.add("--steps", f"missing: --sampler {sampler} needs the number of σ steps")
+        if a.spacing is not None and (
+            sampler == "flow_euler" or a.sigmas not in (None, "schedule")
+        ):
+            pb.add("--spacing", "spaces the σ grid of --sigmas schedule only")
+        elif a.spacing not in (None, "linspace", "trailing"):
+            pb.add("--spacing", f"{a.spacing!r}: the σ grid is spaced linspace | trailing")
 
 
 def _options(a: argparse.Namespace, sampler: str) -> dict:
     opts: dict = {}
-    if sampler == "ddim":
-        if a.eta is not None:
-            opts["eta"] = a.eta
-        if a.final_alpha_bar is not None:
-            opts["final_alpha_bar"] = _final_alpha_bar(a.final_alpha_bar)
-    elif a.variance_type is not None:
+    if a.eta is not None:
+        opts["eta"] = a.eta
+    if a.final_alpha_bar is not None:
+        opts["final_alpha_bar"] = _final_alpha_bar(a.final_alpha_bar)
+    if a.variance_type is not None:
         opts["variance_type"] = a.variance_type
     if a.clip is not None:
         opts["clip"] = a.clip
-    return opts
+    return opts  # each applies to this sampler (_check_sampler_options)
 
 
 # -- paths ----------------------------------------------------------------------------------
@@ -317,7 +345,7 @@ def _schedule_flags(a: argparse.Namespace) -> list[str]:
     return out
 
 
-def _base_schedule(a: argparse.Namespace, meta_json: str | None, label: str):
+def _base_schedule(a: argparse.Namespace, meta_json: str | None, label: str, sampler: str):
     """The base (training) schedule: the model's metadata, unless the command line names
     another one and says ``--override-metadata``; the command line's when there is none."""
     from refdiff.schedule import make_schedule, rescale_zero_terminal_snr
@@ -326,6 +354,8 @@ def _base_schedule(a: argparse.Namespace, meta_json: str | None, label: str):
 
     flags = _schedule_flags(a)
     if meta_json is None:
+        if a.schedule is None and sampler == "flow_euler":
+            return None  # a flow model needs no diffusion schedule
         if a.schedule is None:  # the caller has listed it as missing
             raise UsageError([("--schedule", "the model's metadata records no schedule")])
         T = a.T if a.T is not None else 1000
@@ -366,16 +396,28 @@ def _base_schedule(a: argparse.Namespace, meta_json: str | None, label: str):
     )
 
 
-def _walk(a: argparse.Namespace, base):
+def _walk(a: argparse.Namespace, base, sampler: str):
+    """(schedule, extra sampler options): DDPM/DDIM walk ``base`` respaced to ``--steps``; the
+    σ-view samplers walk a σ grid of ``--steps`` points (docs/math.md §17-18) on ``base``."""
+    if sampler in SIGMA_SAMPLERS:
+        if sampler == "flow_euler":
+            from refdiff.flow import flow_sigmas
+
+            shift = a.flow_shift if a.flow_shift is not None else 1.0
+            return base, {"sigmas": flow_sigmas(a.steps, shift_factor=shift)}
+        from refdiff import sigma
+
+        grid = a.sigmas or "schedule"
+        if grid == "schedule":
+            sig = sigma.from_schedule(base, a.steps, spacing=a.spacing or "linspace")
+        else:
+            lo, hi = float(base.sigma[1]), float(base.sigma[-1])
+            sig = getattr(sigma, grid)(a.steps, lo, hi)
+        return base, {"sigmas": sig}
     if a.steps is None:
-        return base
-    return respaced(
-        base,
-        a.steps,
-        a.spacing or "leading",
-        a.steps_offset or 0,
-        names={"steps": "--steps", "spacing": "--spacing", "steps_offset": "--steps-offset"},
-    )
+        return base, {}
+    names = {"steps": "--steps", "spacing": "--spacing", "steps_offset": "--steps-offset"}
+    return respaced(base, a.steps, a.spacing or "leading", a.steps_offset or 0, names=names), {}
 
 
 # -- built-in data ----------------------------------------------------------------------------
@@ -451,10 +493,23 @@ def _common_schedule_args(p: argparse.ArgumentParser) -> None:
 def _sampler_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler")
     g.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None, help="default ddpm")
-    g.add_argument("--eta", type=float, default=None, help="DDIM η in [0, 1] (default 0)")
+    g.add_argument(
+        "--eta", type=float, default=None, help="DDIM η in [0, 1] (default 0); euler_ancestral η"
+    )
     g.add_argument("--variance-type", default=None, help=f"DDPM: {' | '.join(VARIANCE_CHOICES)}")
     g.add_argument("--clip", type=float, default=None, help="clip x̂0 to [-c, c]")
     g.add_argument("--final-alpha-bar", default=None, help="DDIM: one | first | a float")
+    g.add_argument(
+        "--sigmas",
+        choices=SIGMA_GRIDS,
+        default=None,
+        help="σ-view samplers: the σ grid of --steps points, from the schedule (diffusers' "
+        "default; --spacing linspace | trailing), karras or exponential between the "
+        "schedule's σ_1 and σ_T (default schedule)",
+    )
+    g.add_argument(
+        "--flow-shift", type=float, default=None, help="flow_euler: the σ shift (default 1)"
+    )
     g.add_argument(
         "--noise",
         choices=("input", "graph"),
@@ -469,6 +524,8 @@ _SAMPLER_FLAGS = (
     ("--variance-type", "variance_type"),
     ("--clip", "clip"),
     ("--final-alpha-bar", "final_alpha_bar"),
+    ("--sigmas", "sigmas"),
+    ("--flow-shift", "flow_shift"),
     ("--noise", "noise"),
 )
 _WALK_FLAGS = (("--steps", "steps"), ("--spacing", "spacing"), ("--steps-offset", "steps_offset"))
@@ -643,8 +700,9 @@ def _export(argv: list[str]) -> int:
     sampler = a.sampler or "ddpm"
     noise = a.noise or "input"
     if a.denoiser is not None:
-        den = _open_for_cli(a, Path(a.denoiser))
-        base = _base_schedule(a, den.signature.metadata.get("refdiff.schedule"), den.label)
+        den = _open_for_cli(a, Path(a.denoiser), sampler)
+        meta_schedule = den.signature.metadata.get("refdiff.schedule")
+        base = _base_schedule(a, meta_schedule, den.label, sampler)
     else:
         from refdiff.schedule import make_schedule
 
@@ -671,9 +729,9 @@ def _export(argv: list[str]) -> int:
         from .model_io import open_denoiser
 
         den = open_denoiser(model)
-    sched = _walk(a, base)
+    sched, grid = _walk(a, base, sampler)
     tables = step_tables(
-        sched, sampler, prediction_type=den.prediction_type, **_options(a, sampler)
+        sched, sampler, prediction_type=den.prediction_type, **_options(a, sampler), **grid
     )
     build = dict(
         noise=noise, seed=a.seed if a.seed is not None else 0, batch=a.batch, guidance=_guidance(a)
@@ -695,7 +753,7 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def _open_for_cli(a: argparse.Namespace, path: Path, proto=None):
+def _open_for_cli(a: argparse.Namespace, path: Path, sampler: str = "ddpm", proto=None):
     """Load and check a denoiser file once; resolve ``--prediction-type`` and
     ``--timestep-convention`` against its metadata; list every missing option at once."""
     from .model_io import DenoiserModel, SignatureError, inspect_denoiser, load_model
@@ -718,6 +776,11 @@ def _open_for_cli(a: argparse.Namespace, path: Path, proto=None):
             CONVENTION_CHOICES,
         ),
     ):
+        if sampler == "flow_euler":  # a velocity model called at σ · flow_time_scale
+            if given is not None:
+                pb.add(flag_, "has no effect with --sampler flow_euler (a velocity model)")
+            resolved.append(meta if meta is not None else valid[0])  # unused by flow_euler
+            continue
         if given is None and meta is None:
             pb.add(flag_, f"missing: the model's metadata does not say; one of {', '.join(valid)}")
         elif given is not None and meta is not None and given != meta and not a.override_metadata:
@@ -727,7 +790,7 @@ def _open_for_cli(a: argparse.Namespace, path: Path, proto=None):
                 f"{OVERRIDE} to use {given!r} anyway",
             )
         resolved.append(given if given is not None else meta)
-    if "refdiff.schedule" not in sig.metadata and a.schedule is None:
+    if "refdiff.schedule" not in sig.metadata and a.schedule is None and sampler != "flow_euler":
         from refdiff.schedule import SCHEDULES
 
         pb.add(
@@ -1054,10 +1117,10 @@ def _denoiser_sampler(a: argparse.Namespace, path: Path, meta: dict, shape, prov
     if a.uncond and a.guidance_scale is None:
         pb.add("--uncond", "applies to classifier-free guidance: add --guidance-scale")
     pb.raise_any()
-    den = _open_for_cli(a, path)
-    base = _base_schedule(a, den.signature.metadata.get(PREFIX + "schedule"), den.label)
-    sched = _walk(a, base)
     sampler = a.sampler or "ddpm"
+    den = _open_for_cli(a, path, sampler)
+    base = _base_schedule(a, den.signature.metadata.get(PREFIX + "schedule"), den.label, sampler)
+    sched, grid = _walk(a, base, sampler)
     batch = a.batch if a.batch is not None else 16
     return OrtSampler(
         den,
@@ -1074,6 +1137,7 @@ def _denoiser_sampler(a: argparse.Namespace, path: Path, meta: dict, shape, prov
         guidance_mode=a.guidance_mode or "batched",
         **provider_kw,
         **_options(a, sampler),
+        **grid,
     )
 
 

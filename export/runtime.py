@@ -295,7 +295,13 @@ class OrtSampler:
         meta = self.denoiser.signature.metadata
         if schedule is None and (sampler != "flow_euler" or PREFIX + "schedule" in meta):
             schedule = _schedule_of(meta, self.denoiser.label)
-        if schedule is not None or any(v not in (None, 0) for v in walk):
+        if any(v not in (None, 0) for v in walk) and sampler not in ("ddpm", "ddim"):
+            raise InputError(
+                "num_inference_steps",
+                f"{sampler} takes its steps from sigmas= (refdiff.sigma, refdiff.flow), "
+                "not from a respaced schedule",
+            )
+        if schedule is not None:
             schedule = _walked(schedule, *walk)
         self.schedule = schedule
         self.tables = step_tables(

@@ -1430,7 +1430,7 @@ def _(tmp):
     "CLI",
     "`refdiff sample`",
     "`--eta 0.5` with the default DDPM sampler",
-    Exits(2, "--eta: is a DDIM option"),
+    Exits(2, "--eta: applies to --sampler ddim | euler_ancestral; this is --sampler ddpm"),
 )
 def _(tmp):
     return _sample_argv(tmp, "--eta", "0.5")

@@ -527,3 +527,79 @@ def test_sample_loads_and_checks_a_denoiser_file_once(tmp_path, monkeypatch):
         )
         assert code == 0, err
         assert len(loads) == 1 and len(checks) == 1, (mode, loads, len(checks))
+
+
+# -- the σ-view samplers on the command line ---------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, sampler, grid",
+    [
+        (["--sampler", "euler", "--steps", "8"], "euler", ("from_schedule", {})),
+        (
+            ["--sampler", "dpmpp_2m", "--steps", "8", "--spacing", "trailing"],
+            "dpmpp_2m",
+            ("from_schedule", {"spacing": "trailing"}),
+        ),
+        (
+            ["--sampler", "euler_ancestral", "--steps", "8", "--eta", "0.5", "--sigmas", "karras"],
+            "euler_ancestral",
+            ("karras", {}),
+        ),
+    ],
+)
+def test_cli_sigma_samplers_sample_what_the_api_samples(tmp_path, flags, sampler, grid):
+    from refdiff.export import OrtSampler
+
+    from refdiff import sigma
+
+    model = _ring(tmp_path)
+    out = tmp_path / "x.npy"
+    code, _, err = _run(
+        ["sample", "--model", model, "--provider", "cpu", "--batch", "5", "--seed", "4"]
+        + [*flags, "--quiet", "-o", out]
+    )
+    assert code == 0, err
+    base = linear(50)
+    if grid[0] == "karras":
+        sig = sigma.karras(8, float(base.sigma[1]), float(base.sigma[-1]))
+    else:
+        sig = sigma.from_schedule(base, 8, **grid[1])
+    opts = {"eta": 0.5} if sampler == "euler_ancestral" else {}
+    ref = OrtSampler(model, base, sampler=sampler, sigmas=sig, provider="cpu", **opts)
+    assert np.array_equal(np.load(out), ref.sample(shape=5, seed=4))
+
+
+def test_cli_sigma_sampler_options_are_checked(tmp_path):
+    model = _ring(tmp_path)
+    argv = ["sample", "--model", model, "--quiet", "-o", tmp_path / "x.npy"]
+    code, _, err = _run([*argv, "--sampler", "euler", "--clip", "1", "--sigmas", "karras"])
+    assert code == 2 and "--steps: missing" in err and "--clip: applies to" in err, err
+    code, _, err = _run([*argv, "--sampler", "euler", "--steps", "5", "--spacing", "leading"])
+    assert code == 2 and "linspace | trailing" in err
+    code, _, err = _run([*argv, "--sigmas", "karras", "--steps", "5"])
+    assert code == 2 and "--sigmas: applies to --sampler euler" in err
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_cli_flow_euler_needs_no_diffusion_options(tmp_path):
+    """A velocity model needs neither a schedule nor a prediction type: none is asked for,
+    and one given is refused (it would change nothing); the sample is the API's."""
+    from refdiff.export import OrtSampler
+
+    from refdiff.flow import flow_sigmas
+
+    model = _foreign(tmp_path)
+    argv = ["sample", "--model", model, "--sampler", "flow_euler", "--steps", "6"]
+    argv += ["--flow-shift", "3", "--provider", "cpu", "--batch", "4", "--seed", "1", "--quiet"]
+    code, _, err = _run([*argv, "-o", tmp_path / "f.npy"])
+    assert code == 0, err
+    ref = OrtSampler(
+        model,
+        sampler="flow_euler",
+        sigmas=flow_sigmas(6, shift_factor=3.0),
+        provider="cpu",
+        prediction_type="epsilon",
+        timestep_convention="refdiff",
+    ).sample(shape=4, seed=1)
+    assert np.array_equal(np.load(tmp_path / "f.npy"), ref)
+    code, _, err = _run([*argv, "--prediction-type", "v", "-o", tmp_path / "g.npy"])
+    assert code == 2 and "has no effect with --sampler flow_euler" in err
