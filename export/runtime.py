@@ -557,7 +557,8 @@ class OrtSampler:
     # -- the whole-sampler graph ------------------------------------------------------------
     def _run_graph_chunks(self, x_T: np.ndarray, fill, conds: dict) -> np.ndarray:
         """Run the sampler graph on chunks of steps with a bounded host-noise chunk each."""
-        ins = {i.name for i in self.graph_model.graph.input}  # step_start has a default
+        sess = self.graph_session  # step_start has a default: an overridable initializer
+        ins = {i.name for i in (*sess.get_inputs(), *sess.get_overridable_initializers())}
         if fill is None:
             return self._run_graph({"x_T": x_T, **conds})
         N = self.num_steps

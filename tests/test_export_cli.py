@@ -252,5 +252,5 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
         )
         == 2
     )
-    assert "DDIM option" in capsys.readouterr().err
+    assert "--eta: applies to --sampler ddim" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "x.onnx").exists()
