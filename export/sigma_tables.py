@@ -11,7 +11,10 @@ with the model called on c_in,i x (x/√(1+σ_i²), the VP state it was trained 
 for σ_i (eq. 17.4: ``timestep`` "round" | "nearest" | "continuous", as
 :func:`refdiff.sigma.denoiser_from_model`).  ``flow_euler`` calls a velocity model on the
 flow state itself at time σ_i · ``flow_time_scale`` (diffusers' flow-matching timesteps:
-σ · 1000).  Supported: ``euler`` (without churn), ``euler_ancestral``, ``dpmpp_2m``,
+σ · 1000).  ``euler``, ``dpmpp_2m`` and deterministic ``flow_euler`` read their (a, b, c)
+rows off :func:`refdiff.solvers.linear_coefficients` (x_{i+1} = a x + b D_i + c D_{i−1}) and
+compose them with the conversion: A = a + b Dx, B = b Do, H = c.
+Supported: ``euler`` (without churn), ``euler_ancestral``, ``dpmpp_2m``,
 ``flow_euler`` (deterministic or ``stochastic``).  The initial state is x_T = σ_0 z (flow: z).
 """
 
