@@ -377,6 +377,11 @@ class OrtSampler:
             raise SignatureError(label, f"refdiff.sampler metadata is malformed ({e})") from None
         self.tables = None
         self.sampler_info = info
+        # a σ-view sampler file: its steps and x_T scale come from its σ grid
+        sig = (info.get("options") or {}).get("sigmas") if isinstance(info, dict) else None
+        self._file_steps = None if sig is None else len(sig) - 1
+        flow = isinstance(info, dict) and info.get("name") == "flow_euler"
+        self._file_x_T_scale = 1.0 if sig is None or flow else float(sig[0])
         self.graph_model = proto
         self.graph_session = make_session(proto, provider, **sess_kw)
         self.provider = session_provider(self.graph_session)
@@ -388,7 +393,9 @@ class OrtSampler:
 
     @property
     def num_steps(self) -> int:
-        return self.tables.N if self.tables is not None else self.schedule.T
+        if self.tables is not None:
+            return self.tables.N
+        return self._file_steps if self._file_steps is not None else self.schedule.T
 
     @property
     def noisy(self) -> bool:
@@ -526,7 +533,7 @@ class OrtSampler:
                 seed = new_seed()
             stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
             x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
-            scale = 1.0 if self.tables is None else self.tables.x_T_scale
+            scale = self._file_x_T_scale if self.tables is None else self.tables.x_T_scale
             if scale != 1.0:  # σ-view samplers: x_T = σ_0 z
                 x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
             if not needs:
@@ -790,12 +797,8 @@ def _interruptible_run(session, outputs: list, feeds: dict):
     ro = ort.RunOptions()
     ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
     fut = _WORKER.submit(session.run, outputs, feeds, ro)
-    try:
-        while True:
-            try:
-                return fut.result(timeout=0.05)[0]
-            except concurrent.futures.TimeoutError:
-                continue
+    try:  # a blocking wait (a lock acquire): Ctrl-C interrupts it; polling would add ~10 ms
+        return fut.result()[0]
     except KeyboardInterrupt:
         ro.terminate = True
         concurrent.futures.wait([fut])
@@ -851,10 +854,10 @@ def _finite(out: np.ndarray, label: str) -> np.ndarray:
 
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:
     """One-shot :class:`OrtSampler` (``kwargs``: its arguments plus ``x_T``, ``step_noise``,
-    ``seed``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`); float32 x_0."""
-    run_kw = {
-        k: kwargs.pop(k) for k in ("x_T", "step_noise", "progress", "callback") if k in kwargs
-    }
+    ``seed``, ``cond``, ``uncond``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`);
+    float32 x_0."""
+    run_keys = ("x_T", "step_noise", "progress", "callback", "cond", "uncond")
+    run_kw = {k: kwargs.pop(k) for k in run_keys if k in kwargs}
     seed = kwargs.pop("seed", None)
     if kwargs.get("noise") == "graph" and seed is not None:
         kwargs["seed"] = seed

@@ -94,7 +94,8 @@ def test_any_rows_of_any_step_are_derived_alone():
 def test_ctrl_c_cancels_a_whole_graph_run():
     """KeyboardInterrupt in the main thread during one long ``"graph"`` run ends it through
     RunOptions.terminate (the run is in a worker thread); the sampler stays usable."""
-    import _thread
+    import os
+    import signal
     import threading
 
     from refdiff.mlp import init_mlp
@@ -106,7 +107,7 @@ def test_ctrl_c_cancels_a_whole_graph_run():
 
     def interrupt():
         if not ran.wait(0.3):
-            _thread.interrupt_main()
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread's wait wakes
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
