@@ -49,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     mod_name, func = target.split(":")
     try:
         mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        hint = f" (pip install 'refdiff[{extra}]')" if extra else ""
-        print(f"refdiff {name}: missing module {e.name!r}{hint}", file=sys.stderr)
-        return 2
+    except ImportError as e:
+        if "pip install" in str(e):  # refdiff's own message names the extra
+            print(f"refdiff {name}: {e}", file=sys.stderr)
+        else:
+            hint = f': pip install "refdiff[{extra}]"' if extra else ""
+            print(f"refdiff {name}: missing module {e.name!r}{hint}", file=sys.stderr)
+        return 3  # a missing extra: neither 1 (a check failed) nor 2 (bad input)
     return int(getattr(mod, func)(rest) or 0)
 
 

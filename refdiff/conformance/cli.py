@@ -10,11 +10,11 @@ import sys
 from typing import Any
 
 from .._io import write_json
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .adapters import DiffusersTarget, looks_like_diffusers_scheduler
 from .protocol import ProtocolTarget
-from .runner import run
-from .tolerance import Tolerance
+from .runner import PLAN_OPS, run
+from .tolerance import UNIT_ROUNDOFF, Tolerance
 
 __all__ = ["load_object", "load_target", "main"]
 
@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
     a = p.parse_args(argv)
     spec = a.diffusers or a.target
+    bad = [op for op in (a.ops.split(",") if a.ops else []) if op not in PLAN_OPS]
+    if bad or (a.dtype is not None and a.dtype not in UNIT_ROUNDOFF):
+        flag, value, valid = (
+            ("--ops", bad[0], PLAN_OPS) if bad else ("--dtype", a.dtype, UNIT_ROUNDOFF)
+        )
+        print(f"refdiff verify: {OptionError(flag, value, list(valid))}", file=sys.stderr)
+        return 2
     if not spec:
         p.print_usage(sys.stderr)
         print(

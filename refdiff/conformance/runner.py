@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import reverse
 from .._check import renamed
-from ..errors import InputError, UndefinedError
+from ..errors import InputError, OptionError, UndefinedError
 from ..respacing import SPACINGS
 from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler
 from .cases import Case, Setting, expected, make_inputs, options_label
@@ -121,6 +121,9 @@ def step_settings(T: int = 1000, steps: int = 30) -> list[Setting]:
     ]
 
 
+PLAN_OPS = ("alpha_bar", "timesteps", "q_sample", "posterior", "ddpm_step", "ddim_step")
+
+
 def plan(
     samplers: Iterable[str] | None = None,
     *,
@@ -136,6 +139,9 @@ def plan(
     the first, middle and last steps of six settings (all steps, and N = ``steps`` kept with
     each spacing)."""
     want = set(ops) if ops is not None else None
+    for op in sorted(want or ()):
+        if op not in PLAN_OPS:
+            raise OptionError("ops", op, list(PLAN_OPS))
     chosen = renamed(
         samplers, kinds, new_name="samplers", old_name="kinds", default=("ddpm", "ddim")
     )
