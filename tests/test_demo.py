@@ -214,3 +214,18 @@ def test_interrupting_leaves_no_half_written_files(tmp_path, sig, code):
     else:
         assert sorted(p.name for p in out.iterdir()) == previous
         assert json.loads((out / "summary.json").read_text()) == {"previous": True}
+
+
+@pytest.mark.parametrize("hidden", ["matplotlib", "onnx"])
+def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch, hidden):
+    """Without an extra, ``refdiff demo`` stops before doing anything, with its own exit
+    status (not 1, "a check failed") and the pip line that fixes it."""
+    from refdiff import cli
+
+    monkeypatch.setitem(sys.modules, hidden, None)  # find_spec then reports it missing
+    out = tmp_path / "report"
+    rc = cli.main(["demo", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_MISSING_EXTRA == 3
+    assert hidden in err and 'pip install "refdiff[demo]"' in err
+    assert not out.exists() and not list(tmp_path.iterdir())
