@@ -38,9 +38,9 @@ def load_sampling() -> types.ModuleType:
         tr.__path__ = []
         tf = types.ModuleType("torchvision.transforms.functional")
         tv.transforms, tr.functional = tr, tf
-        sys.modules.update(
-            {"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": tf}
-        )
+        sys.modules["torchvision"] = tv
+        sys.modules["torchvision.transforms"] = tr
+        sys.modules["torchvision.transforms.functional"] = tf
     if "k_diffusion" not in sys.modules:
         pkg = types.ModuleType("k_diffusion")
         pkg.__path__ = list(spec.submodule_search_locations)

@@ -42,7 +42,7 @@ __doc__ += "\n".join(f"- ``{k}``: {v}" for k, v in SKIP.items())
 
 _FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
 
-_DRIVER = r'''
+_DRIVER = r"""
 import json, subprocess, sys
 steps = json.load(open(sys.argv[1], encoding="utf-8"))
 ns = {"__name__": "__readme__"}
@@ -61,7 +61,7 @@ for i, (kind, text, rc) in enumerate(steps):
             sys.exit(f"README line exited {got}, expected {rc}: {text}")
 from refdiff import stats
 print("LEDGER " + json.dumps([e.__dict__ for e in stats.LEDGER]))
-'''
+"""
 
 
 def readme_blocks(text: str) -> list[tuple[str, str]]:
