@@ -6,40 +6,7 @@ use them without onnx); this package adds what needs onnx, onnxruntime and matpl
 
 from __future__ import annotations
 
-from . import report
-from .run import (
-    LAW_ALPHA,
-    LAW_DIRECTIONS,
-    MLP_LAW_TOL,
-    PARITY_MAX_TOL,
-    PARITY_TOL,
-    DataStage,
-    DemoOptions,
-    ExportStage,
-    LawStage,
-    ParityStage,
-    SampleStage,
-    TrainStage,
-    build_parser,
-    main,
-    run_demo,
-)
+from . import report, run
+from .run import *  # noqa: F403  (the run's public names are the package's)
 
-__all__ = [
-    "main",
-    "build_parser",
-    "run_demo",
-    "DemoOptions",
-    "PARITY_TOL",
-    "PARITY_MAX_TOL",
-    "LAW_ALPHA",
-    "MLP_LAW_TOL",
-    "LAW_DIRECTIONS",
-    "DataStage",
-    "TrainStage",
-    "ExportStage",
-    "SampleStage",
-    "ParityStage",
-    "LawStage",
-    "report",
-]
+__all__ = [*run.__all__, "report", "run"]

@@ -78,6 +78,20 @@ __all__ = [
     "LAW_ALPHA",
     "MLP_LAW_TOL",
     "LAW_DIRECTIONS",
+    "DataStage",
+    "TrainStage",
+    "ExportStage",
+    "SampleRun",
+    "SampleStage",
+    "ParityStage",
+    "LawStage",
+    "stage_data",
+    "stage_train",
+    "stage_export",
+    "stage_sample",
+    "stage_parity",
+    "stage_law",
+    "stage_report",
 ]
 
 #: Parity: per sample, e = max_d |x_ort − x_ref| / max(1, max|x_ref|); it passes when the 99th
