@@ -185,6 +185,10 @@ def _start_long_demo(out: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a suite started as a background job (`cmd &` in a script, some CI runners) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: restore the
+        # default in the child, as an interactive terminal would have it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
