@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refdiff.data import MIXTURES
 from refdiff.errors import InputError, OptionError, RefdiffError
 
 from .schedules import SPACING_HELP, build_schedule, check_spacing, respaced, schedule_name
@@ -422,28 +423,14 @@ def _walk(a: argparse.Namespace, base, sampler: str):
 
 # -- built-in data ----------------------------------------------------------------------------
 def builtin_mixture(name: str):
-    """Built-in 2-D data laws for demos: ``ring8`` (8 Gaussians on a circle of radius 2,
-    sd 0.15), ``two`` (two anisotropic Gaussians), ``gaussian`` (one correlated Gaussian)."""
-    from refdiff.exact import GaussianMixture
+    """A built-in 2-D data law, from the one registry the demo uses too (refdiff.data):
+    ``ring8`` (= ``ring``: 8 Gaussians on a circle of radius 2, sd 0.2), ``two``, ``gaussian``."""
+    from refdiff.data import mixture
 
-    if name == "ring8":
-        a = 2 * np.pi * np.arange(8) / 8
-        means = 2.0 * np.stack([np.cos(a), np.sin(a)], axis=1)
-        return GaussianMixture(np.full(8, 1 / 8), means, np.tile(0.0225 * np.eye(2), (8, 1, 1)))
-    if name == "two":
-        return GaussianMixture(
-            np.array([0.3, 0.7]),
-            np.array([[1.5, 0.5], [-1.0, -0.5]]),
-            np.array([[[0.10, 0.05], [0.05, 0.10]], [[0.20, -0.08], [-0.08, 0.08]]]),
-        )
-    if name == "gaussian":
-        return GaussianMixture(
-            np.ones(1), np.array([[0.5, -0.25]]), np.array([[[0.5, 0.2], [0.2, 0.3]]])
-        )
-    raise OptionError("mixture", name, list(BUILTIN_MIXTURES))
+    return mixture(name)
 
 
-BUILTIN_MIXTURES = ("ring8", "two", "gaussian")
+BUILTIN_MIXTURES = MIXTURES  # the one registry: refdiff.data
 
 
 def _load_mixture(spec: str):
