@@ -71,7 +71,7 @@ def make_guidance(
     return Guidance(s, r, mode)
 
 
-def _cast(name: str, value: object, dtype: np.dtype) -> np.ndarray:
+def cast_input(name: str, value: object, dtype: np.dtype) -> np.ndarray:
     try:
         a = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - anything array-like may fail its own way
@@ -86,7 +86,7 @@ def _cast(name: str, value: object, dtype: np.dtype) -> np.ndarray:
 
 
 def _one(extra, value, batch: int, label: str) -> np.ndarray:
-    a = _cast(label, value, extra.dtype)
+    a = cast_input(label, value, extra.dtype)
     shape = extra.shape
     if shape is not None and a.ndim != len(shape):
         raise ShapeError(label, f"has rank {a.ndim}; the model's input is {shape}")

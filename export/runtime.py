@@ -47,7 +47,7 @@ from refdiff.schedule import Schedule
 
 from .conditioning import (
     UNCOND_PREFIX,
-    _cast,
+    cast_input,
     make_guidance,
     prepare_conditioning,
     stack_conditioning,
@@ -516,7 +516,7 @@ class OrtSampler:
                 key = name[len(UNCOND_PREFIX) :] if name.startswith(UNCOND_PREFIX) else name
                 if not src or key not in src:
                     raise InputError("cond", f"this sampler file needs the input {name!r}")
-                feeds[name] = _cast(  # to the graph input's type, with the typed errors
+                feeds[name] = cast_input(  # to the graph input's type, with the typed errors
                     f"{'uncond' if src is uncond else 'cond'}[{key!r}]",
                     src[key],
                     _ORT_TYPES.get(self._graph_inputs[name].type, np.dtype(np.float32)),
