@@ -1,0 +1,627 @@
+"""Online serving of refdiff's ONNX samplers on Ray Serve (docs/scale.md).
+
+``refdiff serve MODEL`` (extra ``serve``) deploys :class:`refdiff.export.OrtSampler` as a Ray
+Serve application: R replicas, each holding onnxruntime sessions (CUDA when the replica gets
+GPUs), with request batching (``serve.batch``: concurrent requests of the same sampler
+configuration run as one batch) behind an HTTP API on the Serve proxy:
+
+``POST /sample``  JSON body, every key optional::
+
+        seed      int ≥ 0              host-noise seed (default 0)
+        batch     int in 1..max_batch  number of samples (default 1)
+        sampler   "ddpm" | "ddim"      (default: the server's)
+        steps     int                  respaced sampling steps (default: the server's)
+        spacing   str                  leading | trailing | linspace | ddimN | "10,15"
+        options   {eta, clip, variance_type, …}: SAMPLER_OPTIONS
+        x_T       (batch, *S) numbers  injected initial noise instead of the seed's
+        step_noise (N, batch, *S)      injected step noise (with x_T, when the sampler adds noise)
+        inputs    {name: array}        conditioning inputs the model declares (none: refused)
+        format    "json" | "npy"       response body (or ``Accept: application/x-npy``)
+
+    Response: JSON ``{"samples": [...], "shape": [...], "dtype": "float32", "seed": ...,
+    "steps": ..., "provider": ...}`` or the ``.npy`` bytes of x_0 (float32, (batch, *S)).
+    The samples are those of ``OrtSampler(...).sample(shape=batch, seed=seed)`` with the same
+    configuration, bit for bit: batching concatenates requests along the batch axis, each with
+    its own seed's noise, and with two rows or more every row of onnxruntime's output depends
+    on its own row only (a single row is run beside a copy of itself: :func:`sample_rows`);
+    tests/export/test_serve.py checks this.
+
+``GET /health``  ``{"status": "ok", "replica": ..., "provider": ..., "requests": ...,
+    "batches": ..., "largest_batch": ...}``.  ``GET /info``: the model, its schedule and limits.
+
+Bad requests get a 4xx with ``{"error": message, "argument": name}``: malformed JSON, an
+unknown key or option, a value of the wrong type or shape (400), a batch above ``max_batch``
+(413), an unknown path (404) or method (405); a replica never dies of one (errors are
+caught per request, a failed batch fails only its own requests).  Shutdown (SIGINT/SIGTERM)
+drains in-flight requests (``graceful_shutdown_timeout_s``), then stops Serve and Ray.
+
+Imports ``ray`` lazily: ``import refdiff.export`` works without the ``serve`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from refdiff.errors import InputError, RefdiffError
+
+from .tables import _DDIM_OPTIONS, _DDPM_OPTIONS
+
+__all__ = [
+    "REQUEST_KEYS",
+    "SAMPLER_OPTIONS",
+    "ServeConfig",
+    "sampler_app",
+    "serve_main",
+    "post_sample",
+    "get_json",
+    "sample_rows",
+]
+
+#: Keys a ``POST /sample`` body may hold.
+REQUEST_KEYS = (
+    "seed",
+    "batch",
+    "sampler",
+    "steps",
+    "spacing",
+    "options",
+    "x_T",
+    "step_noise",
+    "inputs",
+    "format",
+)
+#: Sampler options a request may set (``options``); see :func:`refdiff.export.step_tables`.
+SAMPLER_OPTIONS = tuple(dict.fromkeys(_DDPM_OPTIONS + _DDIM_OPTIONS))
+_FORMATS = ("json", "npy")
+_NPY = "application/x-npy"
+_CACHE = 8  # samplers (configurations) a replica keeps built
+
+
+class HTTPError(RefdiffError):
+    """A request the server refuses: ``status`` (4xx), ``argument`` and the message."""
+
+    def __init__(self, status: int, argument: str, message: str):
+        super().__init__(f"{argument}: {message}")
+        self.status, self.argument, self.message = status, argument, message
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What every replica serves (picklable; sent to the replicas with the model bytes).
+
+    ``sampler``/``steps``/``spacing``/``options``: the defaults a request may override;
+    ``mode``: ``"graph"`` | ``"steps"`` | ``"fused"`` (:class:`~refdiff.export.OrtSampler`);
+    ``provider``: ``"cpu"`` | ``"cuda"`` | ``"auto"``; ``threads``: onnxruntime intra-op
+    threads per session; ``max_batch``: most samples one request may ask for;
+    ``max_rows_per_run``: most rows one batched run concatenates; ``batch_wait_s``: how long
+    a batch waits for more requests.
+    """
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    spacing: str = "leading"
+    options: tuple = ()
+    mode: str = "graph"
+    provider: str = "cpu"
+    threads: int | None = 1
+    max_batch: int = 4096
+    max_rows_per_run: int = 8192
+    batch_wait_s: float = 0.005
+    label: str = "<model>"
+    defaults: dict = field(default_factory=dict, compare=False)
+
+
+# -- request parsing (pure Python: tested without Ray) -----------------------------------------
+def _int(body: dict, key: str, default: int, lo: int, hi: int | None = None) -> int:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise HTTPError(400, key, f"must be an integer; got {type(v).__name__} {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        rng = f"≥ {lo}" if hi is None else f"in {lo}..{hi}"
+        raise HTTPError(413 if key == "batch" else 400, key, f"must be {rng}; got {v}")
+    return v
+
+
+def _array(v: object, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A JSON nested list as a finite float32 array of the given shape (None: any size)."""
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError):
+        raise HTTPError(400, key, "must be a rectangular nested list of numbers") from None
+    if a.dtype.kind not in "iuf" or a.dtype.kind == "b":
+        raise HTTPError(400, key, f"must hold numbers; got dtype {a.dtype} (ragged or non-numeric)")
+    if a.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, a.shape)):
+        want = tuple("?" if d is None else d for d in shape)
+        raise HTTPError(400, key, f"has shape {a.shape}; expected {want}")
+    if not np.isfinite(a).all():
+        raise HTTPError(400, key, "holds NaN or Inf")
+    return a.astype(np.float32)
+
+
+def parse_request(body: object, config: ServeConfig, accept: str = "") -> dict:
+    """Check a ``POST /sample`` body; returns the normalised request or raises HTTPError."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, "body", f"must be a JSON object; got {type(body).__name__}")
+    unknown = sorted(set(body) - set(REQUEST_KEYS))
+    if unknown:
+        raise HTTPError(400, unknown[0], f"unknown key; valid keys: {', '.join(REQUEST_KEYS)}")
+    fmt = body.get("format", "npy" if _NPY in accept else "json")
+    if fmt not in _FORMATS:
+        raise HTTPError(400, "format", f"must be one of {list(_FORMATS)}; got {fmt!r}")
+    sampler = body.get("sampler", config.sampler)
+    if not isinstance(sampler, str):
+        raise HTTPError(400, "sampler", f"must be a string; got {sampler!r}")
+    spacing = body.get("spacing", config.spacing)
+    if not isinstance(spacing, str):
+        raise HTTPError(400, "spacing", f"must be a string; got {spacing!r}")
+    steps = body.get("steps", config.steps)
+    if steps is not None:
+        steps = _int(body, "steps", steps, 1)
+    opts = body.get("options", None)
+    if opts is None:
+        opts = dict(config.options) if sampler == config.sampler else {}
+    if not isinstance(opts, dict):
+        raise HTTPError(400, "options", f"must be a JSON object; got {type(opts).__name__}")
+    bad = sorted(set(opts) - set(SAMPLER_OPTIONS))
+    if bad:
+        raise HTTPError(400, bad[0], f"unknown sampler option; valid: {', '.join(SAMPLER_OPTIONS)}")
+    for k, v in opts.items():
+        if not isinstance(v, str | int | float | bool | None):
+            raise HTTPError(400, k, f"must be a number, string, boolean or null; got {v!r}")
+    inputs = body.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise HTTPError(400, "inputs", "must be a JSON object {name: array}")
+    if inputs:
+        raise HTTPError(400, sorted(inputs)[0], "unknown conditioning input: this model takes none")
+    return dict(
+        seed=_int(body, "seed", 0, 0, 2**63 - 1),
+        batch=_int(body, "batch", 1, 1, config.max_batch),
+        key=(sampler, steps, spacing, tuple(sorted(opts.items()))),
+        x_T=body.get("x_T"),
+        step_noise=body.get("step_noise"),
+        format=fmt,
+    )
+
+
+# -- the replica ------------------------------------------------------------------------------
+class SamplerServer:
+    """One replica's state: the model, built samplers (LRU cache) and counters.
+
+    Usable without Ray (the tests and :mod:`benchmarks.bench_serve` call it in-process);
+    :func:`sampler_app` wraps it as a Serve deployment.
+    """
+
+    def __init__(self, model: bytes, config: ServeConfig):
+        from .model_io import load_model, open_denoiser
+        from .runtime import _schedule_of
+
+        self.model, self.config = model, config
+        proto, _ = load_model(model)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        self.complete = meta.get("refdiff.kind") == "sampler"
+        self.denoiser = None if self.complete else open_denoiser(proto)
+        self.base = None
+        if self.denoiser is not None:
+            self.base = _schedule_of(self.denoiser.signature.metadata, config.label)
+        self._samplers: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "errors": 0}
+        # Build the default configuration now: a bad server configuration fails at start-up.
+        first = self.sampler_for(
+            (config.sampler, config.steps, config.spacing, tuple(sorted(config.options)))
+        )
+        self.provider = first.provider
+        self.dims = list(first.dims)
+        self.schedule = first.schedule
+
+    def sampler_for(self, key: tuple):
+        """The :class:`OrtSampler` of a request configuration (built once, LRU-cached)."""
+        from .cli import build_schedule
+        from .runtime import OrtSampler
+
+        with self._lock:
+            s = self._samplers.get(key)
+            if s is not None:
+                self._samplers.move_to_end(key)
+                return s
+        sampler, steps, spacing, opts = key
+        c = self.config
+        kw = dict(provider=c.provider, threads=c.threads)
+        try:
+            if self.complete:
+                if key != (c.sampler, c.steps, c.spacing, tuple(sorted(c.options))):
+                    raise HTTPError(
+                        400,
+                        "sampler",
+                        "this model is a complete sampler: sampler, steps, spacing and "
+                        "options are baked in",
+                    )
+                s = OrtSampler(self.model, mode="graph", **kw)
+            else:
+                _, sched = build_schedule("", 0, base=self.base, steps=steps, spacing=spacing)
+                s = OrtSampler(
+                    self.denoiser, sched, sampler=sampler, mode=c.mode, **kw, **dict(opts)
+                )
+        except HTTPError:
+            raise
+        except RefdiffError as e:
+            arg = getattr(e, "argument", "request")
+            arg = "steps" if arg == "num_steps" else arg
+            raise HTTPError(400, arg, _message(e)) from None
+        with self._lock:
+            self._samplers[key] = s
+            while len(self._samplers) > _CACHE:
+                self._samplers.popitem(last=False)
+        return s
+
+    def prepare(self, req: dict):
+        """(sampler, x_T, step_noise) of a parsed request: its seed's noise or the injected one."""
+        s = self.sampler_for(req["key"])
+        shape = (req["batch"], *s.dims[1:])
+        if not all(isinstance(d, int) for d in shape):
+            raise HTTPError(400, "batch", f"the model's state {tuple(s.dims)} has open dims")
+        if req["x_T"] is None:
+            if req["step_noise"] is not None:
+                raise HTTPError(400, "step_noise", "was given without x_T")
+            x_T, z = s.host_noise(shape, req["seed"])
+        else:
+            x_T = _array(req["x_T"], "x_T", shape)
+            z = None
+            if s.noisy and s.noise == "input":
+                if req["step_noise"] is None:
+                    raise HTTPError(400, "step_noise", "this sampler adds noise: give it with x_T")
+                z = _array(req["step_noise"], "step_noise", (s.num_steps, *shape))
+            elif req["step_noise"] is not None:
+                raise HTTPError(400, "step_noise", "this sampler adds no step noise")
+        return s, x_T, z
+
+    def run(self, jobs: list[tuple]) -> list:
+        """Run prepared jobs ``(sampler, x_T, z)``; jobs of one sampler share one run.
+
+        Returns, per job, its samples or the exception that failed its group.
+        """
+        out: list = [None] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for i, (s, _, _) in enumerate(jobs):
+            groups.setdefault(id(s), []).append(i)
+        for idx in groups.values():
+            s = jobs[idx[0]][0]
+            x_T = np.concatenate([jobs[i][1] for i in idx])
+            zs = [jobs[i][2] for i in idx]
+            z = None if zs[0] is None else np.concatenate(zs, axis=1)
+            try:
+                x = sample_rows(s, x_T, z)
+            except Exception as e:  # noqa: BLE001 - the group's requests fail, not the replica
+                for i in idx:
+                    out[i] = e
+                continue
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(idx))
+            lo = 0
+            for i in idx:
+                b = jobs[i][1].shape[0]
+                out[i] = x[lo : lo + b]
+                lo += b
+        return out
+
+    def info(self) -> dict:
+        c = self.config
+        return {
+            "model": c.label,
+            "complete_sampler": self.complete,
+            "state": self.dims,
+            "schedule": {"name": self.schedule.name, "T": int(self.schedule.T)},
+            "sampler": c.sampler,
+            "steps": c.steps,
+            "spacing": c.spacing,
+            "options": dict(c.options),
+            "mode": c.mode,
+            "provider": self.provider,
+            "max_batch": c.max_batch,
+            "request_keys": list(REQUEST_KEYS),
+            "sampler_options": list(SAMPLER_OPTIONS),
+        }
+
+
+def sample_rows(sampler, x_T: np.ndarray, step_noise: np.ndarray | None) -> np.ndarray:
+    """``sampler.sample(x_T, step_noise)``, run with at least two rows.
+
+    onnxruntime's CPU ``MatMul`` takes a matrix-vector kernel for a single row and a
+    matrix-matrix kernel otherwise; the two round differently (by float32 ulps), while for
+    two rows or more each output row depends on its own row only.  A lone row is therefore run
+    with a copy of itself, so a row's samples never depend on how requests were batched or
+    data was sharded (tests/export/test_serve.py, test_cluster.py).
+    """
+    if x_T.shape[0] != 1:
+        return sampler.sample(x_T, step_noise)
+    z2 = None if step_noise is None else np.concatenate([step_noise, step_noise], axis=1)
+    return sampler.sample(np.concatenate([x_T, x_T]), z2)[:1]
+
+
+def _message(e: Exception) -> str:
+    arg = getattr(e, "argument", None)
+    msg = str(e)
+    if arg and msg.startswith(f"{arg}: "):
+        msg = msg[len(arg) + 2 :]
+    return msg
+
+
+def _response(x: np.ndarray, req: dict, s) -> tuple[bytes, str]:
+    if req["format"] == "npy":
+        buf = io.BytesIO()
+        np.save(buf, x, allow_pickle=False)
+        return buf.getvalue(), _NPY
+    body = {
+        "samples": x.tolist(),
+        "shape": list(x.shape),
+        "dtype": str(x.dtype),
+        "seed": req["seed"] if req["x_T"] is None else None,
+        "steps": int(s.num_steps),
+        "provider": s.provider,
+    }
+    return json.dumps(body).encode(), "application/json"
+
+
+def _error_body(status: int, argument: str, message: str) -> tuple[int, bytes]:
+    return status, json.dumps({"error": message, "argument": argument}).encode()
+
+
+def sampler_app(
+    model: object,
+    *,
+    replicas: int = 1,
+    gpus_per_replica: float = 0.0,
+    cpus_per_replica: float = 1.0,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    spacing: str = "leading",
+    options: dict | None = None,
+    mode: str = "graph",
+    provider: str | None = None,
+    threads: int | None = None,
+    max_batch: int = 4096,
+    max_rows_per_run: int = 8192,
+    max_requests_per_batch: int = 64,
+    batch_wait_s: float = 0.005,
+    health_check_period_s: float = 2.0,
+    graceful_shutdown_timeout_s: float = 10.0,
+    name: str = "RefdiffSampler",
+):
+    """A Ray Serve application serving ``model`` (path or bytes of an ONNX denoiser/sampler).
+
+    ``replicas`` copies, each with ``cpus_per_replica`` CPUs and ``gpus_per_replica`` GPUs
+    (fractions allowed; the provider is then ``"cuda"``, else ``"cpu"``, unless given).
+    Requests are batched per replica: up to ``max_requests_per_batch`` requests or
+    ``max_rows_per_run`` rows, waiting at most ``batch_wait_s``.  Returns the bound
+    application for ``serve.run``.
+    """
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    label = "<model>"
+    if isinstance(model, str | Path):
+        label = str(model)
+        model = Path(model).read_bytes()
+    if not isinstance(model, bytes):
+        raise InputError("model", "give a path or the bytes of an ONNX file")
+    if replicas < 1:
+        raise InputError("replicas", f"must be ≥ 1; got {replicas}")
+    if gpus_per_replica < 0 or cpus_per_replica < 0:
+        raise InputError("gpus_per_replica", "CPU and GPU counts must be ≥ 0")
+    if max_batch > max_rows_per_run:
+        raise InputError("max_batch", f"{max_batch} exceeds max_rows_per_run={max_rows_per_run}")
+    if provider is None:
+        provider = "cuda" if gpus_per_replica > 0 else "cpu"
+    if threads is None:
+        threads = max(1, int(cpus_per_replica))
+    config = ServeConfig(
+        sampler=sampler,
+        steps=steps,
+        spacing=spacing,
+        options=tuple(sorted((options or {}).items())),
+        mode=mode,
+        provider=provider,
+        threads=threads,
+        max_batch=max_batch,
+        max_rows_per_run=max_rows_per_run,
+        batch_wait_s=batch_wait_s,
+        label=label,
+    )
+
+    def rows(items: list) -> int:
+        return sum(int(j[1].shape[0]) for j in items)
+
+    @serve.deployment(
+        name=name,
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
+        max_ongoing_requests=max(2 * max_requests_per_batch, 8),
+        health_check_period_s=health_check_period_s,
+        health_check_timeout_s=max(10.0, 3 * health_check_period_s),
+        graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
+    )
+    class RefdiffSampler:
+        def __init__(self, model: bytes, config: ServeConfig):
+            self.server = SamplerServer(model, config)
+            try:
+                self.replica = str(serve.get_replica_context().replica_id.unique_id)
+            except Exception:  # noqa: BLE001 - only a label
+                self.replica = "?"
+
+        def check_health(self) -> None:  # Serve's health check: the sessions must exist
+            if not self.server._samplers:
+                raise RuntimeError("no sampler built")
+
+        @serve.batch(
+            max_batch_size=max(max_rows_per_run, 1),
+            batch_wait_timeout_s=batch_wait_s,
+            batch_size_fn=rows,
+        )
+        async def run_batch(self, jobs: list) -> list:
+            return await asyncio.to_thread(self.server.run, jobs)
+
+        async def __call__(self, request: Request) -> Response:
+            root = request.scope.get("root_path", "")
+            path = request.url.path[len(root) :] if request.url.path.startswith(root) else ""
+            path = "/" + path.strip("/")
+            try:
+                if path in ("/health", "/info"):
+                    if request.method != "GET":
+                        raise HTTPError(405, "method", f"{path} takes GET")
+                    if path == "/health":
+                        body = {"status": "ok", "replica": self.replica}
+                        body.update(provider=self.server.provider, **self.server.stats)
+                    else:
+                        body = self.server.info()
+                    return Response(json.dumps(body), media_type="application/json")
+                if path != "/sample":
+                    raise HTTPError(404, "path", f"{path} is not served; use /sample, /health")
+                if request.method != "POST":
+                    raise HTTPError(405, "method", "/sample takes POST with a JSON body")
+                raw = await request.body()
+                try:
+                    body = json.loads(raw or b"{}")
+                except (ValueError, RecursionError) as e:
+                    raise HTTPError(400, "body", f"is not valid JSON ({e})") from None
+                req = parse_request(body, self.server.config, request.headers.get("accept", ""))
+                job = await asyncio.to_thread(self.server.prepare, req)
+                self.server.stats["requests"] += 1
+                x = await self.run_batch(job)
+                if isinstance(x, Exception):
+                    raise x
+                data, media = _response(x, req, job[0])
+                return Response(data, media_type=media)
+            except HTTPError as e:
+                status, data = _error_body(e.status, e.argument, e.message)
+            except RefdiffError as e:
+                status, data = _error_body(422, getattr(e, "argument", "model"), _message(e))
+            except Exception as e:  # noqa: BLE001 - a replica never dies of one request
+                self.server.stats["errors"] += 1
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                status, data = _error_body(500, "server", f"{type(e).__name__}: {msg}")
+            return Response(data, status_code=status, media_type="application/json")
+
+    return RefdiffSampler.bind(model, config)
+
+
+# -- a small stdlib client (tests, benchmark, docs) -------------------------------------------
+def post_sample(url: str, body: dict, *, timeout: float = 60.0) -> tuple[int, object]:
+    """POST ``body`` to ``url`` (``…/sample``); returns (status, array or decoded JSON)."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, ctype, raw = r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        status, ctype, raw = e.code, e.headers.get("Content-Type", ""), e.read()
+    if ctype.startswith(_NPY):
+        return status, np.load(io.BytesIO(raw), allow_pickle=False)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def get_json(url: str, *, timeout: float = 10.0) -> tuple[int, object]:
+    """GET ``url``; returns (status, decoded JSON) — (0, reason) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        return 0, str(e)
+
+
+# -- ``refdiff serve`` --------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refdiff serve",
+        description="Serve an ONNX denoiser or sampler over HTTP with Ray Serve (docs/scale.md).",
+    )
+    p.add_argument("model", metavar="MODEL", help="denoiser or refdiff sampler .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--route-prefix", default="/", help="URL prefix of the API (default /)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default=None)
+    p.add_argument("--mode", choices=("graph", "steps", "fused"), default="graph")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--steps", type=int, default=None, help="default respaced steps")
+    p.add_argument("--spacing", default="leading")
+    p.add_argument("--eta", type=float, default=None, help="default DDIM η")
+    p.add_argument("--max-batch", type=int, default=4096, help="most samples per request")
+    p.add_argument("--max-rows-per-run", type=int, default=8192, help="most rows per batch")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="batching window")
+    p.add_argument("--graceful-shutdown-s", type=float, default=10.0)
+    return p
+
+
+def serve_main(argv: list[str]) -> int:
+    """``refdiff serve MODEL``: run until SIGINT/SIGTERM, then drain and stop; exit code."""
+    import signal
+    import sys
+
+    a = _parser().parse_args(argv)
+    try:
+        import ray
+        from ray import serve
+    except ModuleNotFoundError as e:
+        print(f"refdiff serve: missing module {e.name!r} (pip install 'refdiff[serve]')")
+        return 2
+    opts = {} if a.eta is None else {"eta": a.eta}
+    try:
+        app = sampler_app(
+            a.model,
+            replicas=a.replicas,
+            gpus_per_replica=a.gpus_per_replica,
+            cpus_per_replica=a.cpus_per_replica,
+            sampler=a.sampler,
+            steps=a.steps,
+            spacing=a.spacing,
+            options=opts,
+            mode=a.mode,
+            provider=a.provider,
+            max_batch=a.max_batch,
+            max_rows_per_run=max(a.max_rows_per_run, a.max_batch),
+            batch_wait_s=a.batch_wait_ms / 1000,
+            graceful_shutdown_timeout_s=a.graceful_shutdown_s,
+        )
+    except (RefdiffError, OSError) as e:
+        print(f"refdiff serve: error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ray.init(address=a.address, num_cpus=a.num_cpus if a.address is None else None)
+    try:
+        serve.start(http_options={"host": a.host, "port": a.port})
+        serve.run(app, name="refdiff", route_prefix=a.route_prefix)
+        base = f"http://{a.host}:{a.port}{a.route_prefix.rstrip('/')}"
+        print(f"refdiff serve: {a.model} on {base}/sample (health: {base}/health); Ctrl-C stops")
+        while not stop.wait(0.5):
+            pass
+        print("refdiff serve: draining and shutting down", file=sys.stderr)
+    finally:
+        t0 = time.monotonic()
+        serve.shutdown()
+        ray.shutdown()
+        print(f"refdiff serve: stopped ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
+    return 0
