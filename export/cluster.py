@@ -1,0 +1,376 @@
+"""Distributed batch sampling on a Ray cluster, sharded by the host-noise layout (docs/scale.md).
+
+:func:`cluster_sample` draws n samples of an ONNX denoiser (or sampler) file as Ray tasks,
+one per *shard* of consecutive rows, and writes each shard as ``shard-NNNNN.npy`` beside a
+``manifest.json`` in ``out_dir``; :func:`load_samples` reads them back as one (n, *S) array.
+
+Why the result is bit-identical to one process with the same seed
+(``OrtSampler(...).sample(shape=n, seed=seed)``): the host noise of sample i comes from its
+own streams (:mod:`refdiff.export.noise`: one ``SeedSequence(seed, spawn_key=(stream,
+block))`` per step and block of rows), so a shard draws exactly the rows it owns without
+drawing the rest; and with two rows or more onnxruntime computes every output row from its
+own row only (a one-row run is avoided: :func:`refdiff.export.serve.sample_rows`, and no
+shard is cut to a single row).  tests/export/test_cluster.py checks both.
+
+Files and faults.  Workers write their shard atomically (:mod:`refdiff._io`: a shard file is
+whole or absent) and return its SHA-256; the driver records it in the manifest (written
+atomically too).  A worker that dies is retried by Ray (``max_retries``); if a shard still
+fails, the run raises :class:`ShardError` naming the shards that are missing, and the next
+call with the same arguments recomputes only those: a shard is reused when the manifest
+records it and the file's SHA-256 matches.  A manifest of a different plan (model, seed, n,
+shard size, sampler configuration, noise layout) is refused rather than mixed.  On a
+multi-node cluster ``out_dir`` must be storage every node sees (NFS, a mounted bucket).
+
+Imports ``ray`` lazily (the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from refdiff._io import atomic_write, write_json
+from refdiff.errors import FileFormatError, InputError, RefdiffError
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "ShardError",
+    "ClusterResult",
+    "SamplerSpec",
+    "plan_shards",
+    "shard_samples",
+    "cluster_sample",
+    "load_samples",
+]
+
+FORMAT = "refdiff.shards/1"
+MANIFEST = "manifest.json"
+
+
+class ShardError(RefdiffError):
+    """Some shards could not be computed; ``.missing`` lists their indices, ``.argument``
+    is ``"out_dir"``.  Rerunning the same call recomputes only those."""
+
+    def __init__(self, out_dir: object, missing: list[int], reasons: dict[int, str]):
+        first = next(iter(reasons.values()), "")
+        super().__init__(
+            f"out_dir: {len(missing)} shard(s) of {out_dir} failed ({missing[:10]}"
+            f"{' …' if len(missing) > 10 else ''}): {first}; rerun to recompute only them"
+        )
+        self.argument, self.missing, self.reasons = "out_dir", missing, reasons
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """The sampler configuration every worker builds (picklable, recorded in the manifest).
+
+    As for :class:`refdiff.export.OrtSampler`: ``sampler``, ``mode``, ``provider``,
+    ``threads`` (onnxruntime intra-op threads per task), sampler ``options``; ``steps`` /
+    ``spacing`` respace the model's schedule (:func:`refdiff.export.build_schedule`).
+    """
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    spacing: str = "leading"
+    options: dict = field(default_factory=dict)
+    mode: str = "graph"
+    provider: str = "cpu"
+    threads: int | None = 1
+
+    def build(self, model: bytes):
+        """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``."""
+        from .cli import build_schedule
+        from .model_io import load_model
+        from .runtime import OrtSampler
+
+        proto, _ = load_model(model)
+        kind = {p.key: p.value for p in proto.metadata_props}.get("refdiff.kind")
+        kw = dict(provider=self.provider, threads=self.threads)
+        if kind == "sampler":  # a complete sampler file: its configuration is baked in
+            if self.steps is not None or self.options:
+                raise InputError("model", "is a complete sampler: steps and options are baked in")
+            return OrtSampler(proto, mode="graph", **kw)
+        s = OrtSampler(proto, sampler=self.sampler, mode=self.mode, **kw, **self.options)
+        if self.steps is None:
+            return s
+        _, sched = build_schedule("", 0, base=s.schedule, steps=self.steps, spacing=self.spacing)
+        return OrtSampler(
+            s.denoiser, sched, sampler=self.sampler, mode=self.mode, **kw, **self.options
+        )
+
+
+@dataclass
+class ClusterResult:
+    """What :func:`cluster_sample` did: ``computed`` and ``reused`` shard indices, the
+    ``manifest`` path, the ``shards`` (rows) and the wall time ``seconds``."""
+
+    out_dir: Path
+    manifest: Path
+    shards: list[tuple[int, int]]
+    computed: list[int]
+    reused: list[int]
+    seconds: float
+
+
+def plan_shards(n: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Rows [a, b) of each shard: ``shard_rows`` each, the last one shorter, never one row.
+
+    A lone last row joins the shard before it (a one-row run rounds differently; module
+    docstring).  ``n`` ≥ 2; ``shard_rows`` ≥ 2.
+    """
+    for name, v, lo in (("n", n, 2), ("shard_rows", shard_rows, 2)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise InputError(name, f"must be an int ≥ {lo}; got {v!r}")
+    edges = list(range(0, n, shard_rows)) + [n]
+    if len(edges) > 2 and edges[-1] - edges[-2] == 1:
+        del edges[-2]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _noise_rows(s, seed: int, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x_T, step_noise or None) of samples rows[0]..rows[1]−1 in the host-noise layout."""
+    from .noise import host_noise
+
+    shape = (rows[1] - rows[0], *s.dims[1:])
+    x_T, z = host_noise(seed, s.num_steps, shape, rows=rows)
+    return x_T, (z if s.noisy and s.noise == "input" else None)
+
+
+def shard_samples(
+    sampler, seed: int, rows: tuple[int, int], *, rows_per_run: int = 4096
+) -> np.ndarray:
+    """Samples rows[0]..rows[1]−1 of the n-sample run with ``seed``, float32 (b − a, *S).
+
+    Runs ``sampler`` (an :class:`~refdiff.export.OrtSampler`) on runs of at most
+    ``rows_per_run`` rows (two or more each), drawing only those rows' noise.
+    """
+    from .serve import sample_rows
+
+    a, b = rows
+    if not all(isinstance(d, int) for d in sampler.dims[1:]):
+        raise InputError("model", f"the state {tuple(sampler.dims)} has open dims")
+    if sampler.mode == "graph" and sampler.noise == "graph":
+        raise InputError("model", "draws its noise in-graph: shards could not be reproduced")
+    parts = []
+    for lo, hi in plan_shards(b - a, max(2, int(rows_per_run))) if b - a > 1 else [(0, 1)]:
+        x_T, z = _noise_rows(sampler, seed, (a + lo, a + hi))
+        parts.append(sample_rows(sampler, x_T, z))
+    return np.concatenate(parts)
+
+
+_WORKER_CACHE: dict = {}  # per worker process: (model sha, spec) -> OrtSampler
+
+
+def _shard_task(model, sha: str, spec: SamplerSpec, seed, rows, path, rows_per_run, hook, index):
+    """Ray task body: compute one shard, write it atomically, return its SHA-256."""
+    key = (sha, json.dumps(asdict(spec), sort_keys=True))
+    s = _WORKER_CACHE.get(key)
+    if s is None:
+        _WORKER_CACHE.clear()
+        s = _WORKER_CACHE[key] = spec.build(model)
+    if hook is not None:
+        hook(index)
+    x = shard_samples(s, seed, rows, rows_per_run=rows_per_run)
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    data = buf.getvalue()
+    with atomic_write(path) as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FileFormatError(path, f"unreadable manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise FileFormatError(path, f"not a {FORMAT} manifest")
+    return m
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}.npy"
+
+
+def _ensure_ray(address: str | None, init_kwargs: dict | None):
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if not ray.is_initialized():
+        kw = dict(init_kwargs or {})
+        if address is None:
+            kw.setdefault("include_dashboard", False)
+        ray.init(address=address, **kw)
+    return ray
+
+
+def cluster_sample(
+    model: object,
+    out_dir: str | os.PathLike,
+    n: int,
+    *,
+    seed: int = 0,
+    shard_rows: int = 65536,
+    rows_per_run: int = 4096,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    spacing: str = "leading",
+    options: dict | None = None,
+    mode: str = "graph",
+    provider: str | None = None,
+    threads: int | None = 1,
+    address: str | None = None,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    max_retries: int = 3,
+    init_kwargs: dict | None = None,
+    on_shard: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ClusterResult:
+    """Draw ``n`` samples of ``model`` (ONNX path or bytes) on a Ray cluster into ``out_dir``.
+
+    Each shard (``shard_rows`` rows; :func:`plan_shards`) is one Ray task with ``num_cpus``
+    CPUs and ``num_gpus`` GPUs (provider ``"cuda"`` when > 0, else ``"cpu"``, unless given),
+    retried ``max_retries`` times if its worker dies.  ``address``: an existing cluster
+    (``"auto"``, ``"ray://host:10001"``); None: the running one, else a local one
+    (``init_kwargs`` go to ``ray.init``).  ``on_shard(i)`` runs in the worker before shard i
+    (fault injection in tests); ``progress(done, total)`` on the driver.
+
+    Returns a :class:`ClusterResult`; raises :class:`ShardError` when shards are still
+    missing after the retries (the manifest keeps every finished one).
+    """
+    t0 = time.perf_counter()
+    if isinstance(model, str | os.PathLike):
+        model = Path(model).read_bytes()
+    if not isinstance(model, bytes):
+        raise InputError("model", "give a path or the bytes of an ONNX file")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError("seed", f"must be an int ≥ 0; got {seed!r}")
+    if provider is None:
+        provider = "cuda" if num_gpus > 0 else "cpu"
+    spec = SamplerSpec(sampler, steps, spacing, dict(options or {}), mode, provider, threads)
+    probe = spec.build(model)  # checks the configuration here, not in every worker
+    shape = [int(d) if isinstance(d, int) else d for d in probe.dims]
+    if not all(isinstance(d, int) for d in shape[1:]):
+        raise InputError("model", f"the state {tuple(shape)} has open dims")
+    shards = plan_shards(n, shard_rows)
+    sha = hashlib.sha256(model).hexdigest()
+    from .noise import ROW_BLOCK
+
+    plan = {
+        "n": int(n),
+        "seed": int(seed),
+        "shard_rows": int(shard_rows),
+        "sample_shape": shape[1:],
+        "dtype": "float32",
+        "model_sha256": sha,
+        "sampler": {k: v for k, v in asdict(spec).items() if k not in ("provider", "threads")},
+        "num_steps": int(probe.num_steps),
+        "noise_layout": f"refdiff.export.noise ROW_BLOCK={ROW_BLOCK}",
+    }
+    out = Path(out_dir)
+    mpath = out / MANIFEST
+    old = _read_manifest(mpath)
+    done: dict[str, dict] = {}
+    if old is not None:
+        if old.get("plan") != json.loads(json.dumps(plan)):
+            diff = sorted(
+                k for k in plan if json.dumps(old.get("plan", {}).get(k)) != json.dumps(plan[k])
+            )
+            raise InputError(
+                "out_dir", f"{out} holds a different sample (plan differs in {diff}); use another"
+            )
+        for key, entry in old.get("shards", {}).items():
+            i = int(key)
+            if i < len(shards) and _sha_file(out / entry["file"]) == entry.get("sha256"):
+                done[key] = entry
+    manifest = {"format": FORMAT, "plan": plan, "shards": done, "complete": False}
+    write_json(mpath, manifest)
+    todo = [i for i in range(len(shards)) if f"{i:05d}" not in done]
+    reused = sorted(int(k) for k in done)
+    failed: dict[int, str] = {}
+    if todo:
+        ray = _ensure_ray(address, init_kwargs)
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(
+            _shard_task
+        )
+        model_ref = ray.put(model)
+        pending = {
+            task.remote(
+                model_ref, sha, spec, int(seed), shards[i], str(out / _shard_name(i)),
+                rows_per_run, on_shard, i,
+            ): i
+            for i in todo
+        }  # fmt: skip
+        last_write = time.monotonic()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                digest = ray.get(ready[0])
+            except ray.exceptions.RayError as e:
+                lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+                failed[i] = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+                continue
+            done[f"{i:05d}"] = {"rows": list(shards[i]), "file": _shard_name(i), "sha256": digest}
+            if progress is not None:
+                progress(len(done), len(shards))
+            if time.monotonic() - last_write > 1.0:  # the manifest follows at most 1 s behind
+                write_json(mpath, manifest)
+                last_write = time.monotonic()
+    manifest["shards"] = dict(sorted(done.items()))
+    manifest["complete"] = not failed
+    write_json(mpath, manifest)
+    if failed:
+        raise ShardError(out, sorted(failed), failed)
+    return ClusterResult(out, mpath, shards, sorted(todo), reused, time.perf_counter() - t0)
+
+
+def load_samples(out_dir: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
+    """The (n, *S) float32 samples of a complete :func:`cluster_sample` folder.
+
+    ``verify``: check every shard's SHA-256 against the manifest.  Raises
+    :class:`~refdiff.errors.FileFormatError` for a missing, incomplete or altered folder.
+    """
+    out = Path(out_dir)
+    m = _read_manifest(out / MANIFEST)
+    if m is None:
+        raise FileFormatError(out / MANIFEST, "no manifest: not a cluster_sample folder")
+    plan = m["plan"]
+    shards = plan_shards(plan["n"], plan["shard_rows"])
+    x = np.empty((plan["n"], *plan["sample_shape"]), np.float32)
+    for i, (a, b) in enumerate(shards):
+        entry = m["shards"].get(f"{i:05d}")
+        if entry is None:
+            raise FileFormatError(out, f"shard {i} is missing; rerun cluster_sample")
+        path = out / entry["file"]
+        if verify and _sha_file(path) != entry["sha256"]:
+            raise FileFormatError(path, "does not match the SHA-256 in the manifest")
+        try:
+            part = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise FileFormatError(path, f"unreadable shard ({e})") from None
+        if part.shape != x[a:b].shape or part.dtype != np.float32:
+            raise FileFormatError(path, f"has {part.shape} {part.dtype}, not {x[a:b].shape}")
+        x[a:b] = part
+    return x
