@@ -971,14 +971,35 @@ def _(tmp):
 
 
 @row(
-    "onnx-signature-three-inputs",
-    "file",
-    "`export.open_denoiser`",
-    "a model with 3 inputs",
-    Raises("refdiff.export.model_io:SignatureError", shows="3"),
+    "onnx-cond-missing",
+    "API",
+    "`export.OrtSampler.sample`",
+    "a model with a conditioning input sampled without `cond=`",
+    Raises(E.InputError, argument="cond", shows="cond"),
 )
 def _(tmp):
-    _open(write_model(tmp, tiny_denoiser_model(extra_input=True)))
+    from refdiff.export import OrtSampler
+
+    m = write_model(tmp, tiny_denoiser_model(extra_input=True))
+    OrtSampler(
+        m, _s10(), provider="cpu", prediction_type="epsilon", timestep_convention="refdiff"
+    ).sample(shape=(2, 2), seed=0)
+
+
+@row(
+    "onnx-sample-memory",
+    "API",
+    "`export.OrtSampler.sample`",
+    "a batch whose estimated peak exceeds the memory limit",
+    Raises("refdiff.export.memory:MemoryLimitError", argument="shape", shows="GiB", fast=True),
+)
+def _(tmp):
+    from refdiff.export import OrtSampler
+
+    m = write_model(tmp, tiny_denoiser_model())
+    OrtSampler(
+        m, _s10(), provider="cpu", prediction_type="epsilon", timestep_convention="refdiff"
+    ).sample(shape=(4 * 10**9, 2), seed=0)
 
 
 @row(
