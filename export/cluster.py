@@ -54,6 +54,8 @@ __all__ = [
 
 FORMAT = "refdiff.shards/1"
 MANIFEST = "manifest.json"
+#: Host-noise bytes one run of a shard may take (:func:`shard_samples`).
+RUN_BYTES = 256 * 2**20
 
 
 class ShardError(RefdiffError):
@@ -75,7 +77,9 @@ class SamplerSpec:
 
     As for :class:`refdiff.export.OrtSampler`: ``sampler``, ``mode``, ``provider``,
     ``threads`` (onnxruntime intra-op threads per task), sampler ``options``; ``steps`` /
-    ``spacing`` respace the model's schedule (:func:`refdiff.export.build_schedule`).
+    ``spacing`` respace the model's schedule (:func:`refdiff.export.build_schedule`), or
+    ``schedule`` when the model's metadata has none; ``model_kwargs``:
+    :func:`~refdiff.export.open_denoiser` arguments for a user's denoiser.
     """
 
     sampler: str = "ddpm"
@@ -85,12 +89,23 @@ class SamplerSpec:
     mode: str = "graph"
     provider: str = "cpu"
     threads: int | None = 1
+    schedule: object = None
+    model_kwargs: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """The configuration as JSON-able data (the manifest's record; no provider/threads:
+        where a shard ran does not change its samples)."""
+        from .metadata import schedule_to_json
+
+        d = {k: v for k, v in asdict(self).items() if k not in ("provider", "threads")}
+        d["schedule"] = None if self.schedule is None else schedule_to_json(self.schedule)
+        return json.loads(json.dumps(d, sort_keys=True))
 
     def build(self, model: bytes):
         """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``."""
         from .cli import build_schedule
-        from .model_io import load_model
-        from .runtime import OrtSampler
+        from .model_io import load_model, open_denoiser
+        from .runtime import OrtSampler, _schedule_of
 
         proto, _ = load_model(model)
         kind = {p.key: p.value for p in proto.metadata_props}.get("refdiff.kind")
@@ -99,13 +114,12 @@ class SamplerSpec:
             if self.steps is not None or self.options:
                 raise InputError("model", "is a complete sampler: steps and options are baked in")
             return OrtSampler(proto, mode="graph", **kw)
-        s = OrtSampler(proto, sampler=self.sampler, mode=self.mode, **kw, **self.options)
-        if self.steps is None:
-            return s
-        _, sched = build_schedule("", 0, base=s.schedule, steps=self.steps, spacing=self.spacing)
-        return OrtSampler(
-            s.denoiser, sched, sampler=self.sampler, mode=self.mode, **kw, **self.options
-        )
+        den = open_denoiser(proto, **self.model_kwargs)
+        base = self.schedule
+        if base is None:
+            base = _schedule_of(den.signature.metadata, "model")
+        _, sched = build_schedule("", 0, base=base, steps=self.steps, spacing=self.spacing)
+        return OrtSampler(den, sched, sampler=self.sampler, mode=self.mode, **kw, **self.options)
 
 
 @dataclass
@@ -136,56 +150,87 @@ def plan_shards(n: int, shard_rows: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _noise_rows(s, seed: int, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x_T, step_noise or None) of samples rows[0]..rows[1]−1 in the host-noise layout."""
-    from .noise import host_noise
-
-    shape = (rows[1] - rows[0], *s.dims[1:])
-    x_T, z = host_noise(seed, s.num_steps, shape, rows=rows)
-    return x_T, (z if s.noisy and s.noise == "input" else None)
-
-
 def shard_samples(
-    sampler, seed: int, rows: tuple[int, int], *, rows_per_run: int = 4096
+    sampler,
+    seed: int,
+    rows: tuple[int, int],
+    *,
+    rows_per_run: int | None = None,
+    cond: dict | None = None,
+    uncond: dict | None = None,
 ) -> np.ndarray:
-    """Samples rows[0]..rows[1]−1 of the n-sample run with ``seed``, float32 (b − a, *S).
+    """Samples rows[0]..rows[1]−1 of ``sampler.sample(shape=n, seed=seed)``, float32.
 
     Runs ``sampler`` (an :class:`~refdiff.export.OrtSampler`) on runs of at most
-    ``rows_per_run`` rows (two or more each), drawing only those rows' noise.
+    ``rows_per_run`` rows (two or more each; None: as many as keep a run's host noise, N + 1
+    states of float32, under 256 MiB), drawing only those rows' noise.  ``cond``/``uncond``:
+    conditioning inputs with batch 1 (or none), the same for every row.
     """
-    from .serve import sample_rows
+    from .serve import host_rows, sample_rows
 
     a, b = rows
     if not all(isinstance(d, int) for d in sampler.dims[1:]):
         raise InputError("model", f"the state {tuple(sampler.dims)} has open dims")
     if sampler.mode == "graph" and sampler.noise == "graph":
         raise InputError("model", "draws its noise in-graph: shards could not be reproduced")
+    if rows_per_run is None:
+        per_row = 4 * (sampler.num_steps + 1) * int(np.prod(sampler.dims[1:]))
+        rows_per_run = int(np.clip(RUN_BYTES // per_row, 2, 65536))
     parts = []
+    extras = getattr(sampler, "extras", ())
     for lo, hi in plan_shards(b - a, max(2, int(rows_per_run))) if b - a > 1 else [(0, 1)]:
-        x_T, z = _noise_rows(sampler, seed, (a + lo, a + hi))
-        parts.append(sample_rows(sampler, x_T, z))
+        x_T, z = host_rows(sampler, seed, (a + lo, a + hi))
+        parts.append(sample_rows(sampler, x_T, z, cond=cond, uncond=uncond, extras=extras))
     return np.concatenate(parts)
 
 
 _WORKER_CACHE: dict = {}  # per worker process: (model sha, spec) -> OrtSampler
 
 
-def _shard_task(model, sha: str, spec: SamplerSpec, seed, rows, path, rows_per_run, hook, index):
+def _shard_task(model, sha, spec: SamplerSpec, seed, rows, path, rows_per_run, conds, hook, index):
     """Ray task body: compute one shard, write it atomically, return its SHA-256."""
-    key = (sha, json.dumps(asdict(spec), sort_keys=True))
+    key = (sha, json.dumps(spec.describe(), sort_keys=True), spec.provider, spec.threads)
     s = _WORKER_CACHE.get(key)
     if s is None:
         _WORKER_CACHE.clear()
         s = _WORKER_CACHE[key] = spec.build(model)
     if hook is not None:
         hook(index)
-    x = shard_samples(s, seed, rows, rows_per_run=rows_per_run)
+    x = shard_samples(s, seed, rows, rows_per_run=rows_per_run, cond=conds[0], uncond=conds[1])
     buf = io.BytesIO()
     np.save(buf, x, allow_pickle=False)
     data = buf.getvalue()
     with atomic_write(path) as f:
         f.write(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _check_conds(s, cond, uncond) -> tuple:
+    """(cond, uncond) checked by the sampler's own rules for a batch of one sample."""
+    if cond is None and uncond is None and not getattr(s, "extras", ()):
+        return (None, None)
+    from .conditioning import prepare_conditioning
+
+    if s.denoiser is None:
+        raise InputError("cond", "conditioning a sampler file is not supported here")
+    c, u = prepare_conditioning(s.extras, cond, uncond, s.guidance, 1)
+    for d, arg in ((c, "cond"), (u or {}, "uncond")):
+        for e in s.extras:
+            if e.batched and e.name in d and d[e.name].shape[0] != 1:
+                raise InputError(f"{arg}[{e.name!r}]", "give batch 1: the same for every sample")
+    return (c, u)
+
+
+def _conds_digest(conds: tuple) -> dict | None:
+    if conds == (None, None):
+        return None
+    out = {}
+    for tag, d in zip(("cond", "uncond"), conds):
+        for k, v in sorted((d or {}).items()):
+            a = np.ascontiguousarray(v)
+            h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+            out[f"{tag}/{k}"] = h
+    return out
 
 
 def _sha_file(path: Path) -> str | None:
@@ -231,7 +276,7 @@ def cluster_sample(
     *,
     seed: int = 0,
     shard_rows: int = 65536,
-    rows_per_run: int = 4096,
+    rows_per_run: int | None = None,
     sampler: str = "ddpm",
     steps: int | None = None,
     spacing: str = "leading",
@@ -243,6 +288,10 @@ def cluster_sample(
     num_cpus: float = 1,
     num_gpus: float = 0,
     max_retries: int = 3,
+    cond: dict | None = None,
+    uncond: dict | None = None,
+    schedule=None,
+    model_kwargs: dict | None = None,
     init_kwargs: dict | None = None,
     on_shard: Callable[[int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -254,7 +303,9 @@ def cluster_sample(
     retried ``max_retries`` times if its worker dies.  ``address``: an existing cluster
     (``"auto"``, ``"ray://host:10001"``); None: the running one, else a local one
     (``init_kwargs`` go to ``ray.init``).  ``on_shard(i)`` runs in the worker before shard i
-    (fault injection in tests); ``progress(done, total)`` on the driver.
+    (fault injection in tests); ``progress(done, total)`` on the driver.  ``cond`` /
+    ``uncond``: conditioning inputs of batch 1 for every sample (recorded in the plan by
+    SHA-256); ``schedule``/``model_kwargs``: see :class:`SamplerSpec`.
 
     Returns a :class:`ClusterResult`; raises :class:`ShardError` when shards are still
     missing after the retries (the manifest keeps every finished one).
@@ -268,8 +319,19 @@ def cluster_sample(
         raise InputError("seed", f"must be an int ≥ 0; got {seed!r}")
     if provider is None:
         provider = "cuda" if num_gpus > 0 else "cpu"
-    spec = SamplerSpec(sampler, steps, spacing, dict(options or {}), mode, provider, threads)
+    spec = SamplerSpec(
+        sampler,
+        steps,
+        spacing,
+        dict(options or {}),
+        mode,
+        provider,
+        threads,
+        schedule,
+        dict(model_kwargs or {}),
+    )
     probe = spec.build(model)  # checks the configuration here, not in every worker
+    conds = _check_conds(probe, cond, uncond)
     shape = [int(d) if isinstance(d, int) else d for d in probe.dims]
     if not all(isinstance(d, int) for d in shape[1:]):
         raise InputError("model", f"the state {tuple(shape)} has open dims")
@@ -284,7 +346,8 @@ def cluster_sample(
         "sample_shape": shape[1:],
         "dtype": "float32",
         "model_sha256": sha,
-        "sampler": {k: v for k, v in asdict(spec).items() if k not in ("provider", "threads")},
+        "sampler": spec.describe(),
+        "conditioning": _conds_digest(conds),
         "num_steps": int(probe.num_steps),
         "noise_layout": f"refdiff.export.noise ROW_BLOCK={ROW_BLOCK}",
     }
@@ -318,7 +381,7 @@ def cluster_sample(
         pending = {
             task.remote(
                 model_ref, sha, spec, int(seed), shards[i], str(out / _shard_name(i)),
-                rows_per_run, on_shard, i,
+                rows_per_run, conds, on_shard, i,
             ): i
             for i in todo
         }  # fmt: skip

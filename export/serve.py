@@ -9,13 +9,14 @@ configuration run as one batch) behind an HTTP API on the Serve proxy:
 
         seed      int ≥ 0              host-noise seed (default 0)
         batch     int in 1..max_batch  number of samples (default 1)
-        sampler   "ddpm" | "ddim"      (default: the server's)
+        sampler   "ddpm" | "ddim" | "euler" | …  (refdiff.export.SAMPLERS; default: the server's)
         steps     int                  respaced sampling steps (default: the server's)
         spacing   str                  leading | trailing | linspace | ddimN | "10,15"
-        options   {eta, clip, variance_type, …}: SAMPLER_OPTIONS
+        options   {eta, clip, variance_type, s_noise, guidance_scale, …}: SAMPLER_OPTIONS
         x_T       (batch, *S) numbers  injected initial noise instead of the seed's
         step_noise (N, batch, *S)      injected step noise (with x_T, when the sampler adds noise)
-        inputs    {name: array}        conditioning inputs the model declares (none: refused)
+        inputs    {name: array}        conditioning inputs (batch 1 or ``batch``): ``cond=``
+        uncond_inputs {name: array}    unconditional inputs with guidance: ``uncond=``
         format    "json" | "npy"       response body (or ``Accept: application/x-npy``)
 
     Response: JSON ``{"samples": [...], "shape": [...], "dtype": "float32", "seed": ...,
@@ -49,14 +50,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from refdiff.errors import InputError, RefdiffError
 
-from .tables import _DDIM_OPTIONS, _DDPM_OPTIONS
+from .sigma_tables import _OPTIONS as _SIGMA_OPTIONS
+from .tables import _DDIM_OPTIONS, _DDPM_OPTIONS, SAMPLERS
 
 __all__ = [
     "REQUEST_KEYS",
@@ -67,6 +69,7 @@ __all__ = [
     "post_sample",
     "get_json",
     "sample_rows",
+    "host_rows",
 ]
 
 #: Keys a ``POST /sample`` body may hold.
@@ -80,10 +83,18 @@ REQUEST_KEYS = (
     "x_T",
     "step_noise",
     "inputs",
+    "uncond_inputs",
     "format",
 )
 #: Sampler options a request may set (``options``); see :func:`refdiff.export.step_tables`.
-SAMPLER_OPTIONS = tuple(dict.fromkeys(_DDPM_OPTIONS + _DDIM_OPTIONS))
+SAMPLER_OPTIONS = tuple(
+    dict.fromkeys(
+        _DDPM_OPTIONS
+        + _DDIM_OPTIONS
+        + tuple(o for v in _SIGMA_OPTIONS.values() for o in v)
+        + ("guidance_scale", "guidance_rescale", "guidance_mode")
+    )
+)
 _FORMATS = ("json", "npy")
 _NPY = "application/x-npy"
 _CACHE = 8  # samplers (configurations) a replica keeps built
@@ -106,7 +117,9 @@ class ServeConfig:
     ``provider``: ``"cpu"`` | ``"cuda"`` | ``"auto"``; ``threads``: onnxruntime intra-op
     threads per session; ``max_batch``: most samples one request may ask for;
     ``max_rows_per_run``: most rows one batched run concatenates; ``batch_wait_s``: how long
-    a batch waits for more requests.
+    a batch waits for more requests; ``schedule``: the base schedule when the model's metadata
+    has none; ``model_kwargs``: :func:`~refdiff.export.open_denoiser` arguments
+    (``prediction_type``, ``timestep_convention``, …) for a user's denoiser.
     """
 
     sampler: str = "ddpm"
@@ -120,7 +133,8 @@ class ServeConfig:
     max_rows_per_run: int = 8192
     batch_wait_s: float = 0.005
     label: str = "<model>"
-    defaults: dict = field(default_factory=dict, compare=False)
+    schedule: object = None
+    model_kwargs: tuple = ()
 
 
 # -- request parsing (pure Python: tested without Ray) -----------------------------------------
@@ -178,21 +192,36 @@ def parse_request(body: object, config: ServeConfig, accept: str = "") -> dict:
     if bad:
         raise HTTPError(400, bad[0], f"unknown sampler option; valid: {', '.join(SAMPLER_OPTIONS)}")
     for k, v in opts.items():
-        if not isinstance(v, str | int | float | bool | None):
+        ok = isinstance(v, str | int | float | bool | None) or (
+            k == "sigmas" and isinstance(v, list) and all(isinstance(e, int | float) for e in v)
+        )
+        if not ok:
             raise HTTPError(400, k, f"must be a number, string, boolean or null; got {v!r}")
-    inputs = body.get("inputs", {})
-    if not isinstance(inputs, dict):
-        raise HTTPError(400, "inputs", "must be a JSON object {name: array}")
-    if inputs:
-        raise HTTPError(400, sorted(inputs)[0], "unknown conditioning input: this model takes none")
+    conds = []
+    for key in ("inputs", "uncond_inputs"):
+        c = body.get(key)
+        if c is not None and not isinstance(c, dict):
+            raise HTTPError(400, key, "must be a JSON object {name: array}")
+        conds.append(c)
     return dict(
         seed=_int(body, "seed", 0, 0, 2**63 - 1),
         batch=_int(body, "batch", 1, 1, config.max_batch),
-        key=(sampler, steps, spacing, tuple(sorted(opts.items()))),
+        key=(sampler, steps, spacing, _freeze(opts)),
         x_T=body.get("x_T"),
         step_noise=body.get("step_noise"),
+        cond=conds[0],
+        uncond=conds[1],
         format=fmt,
     )
+
+
+def _freeze(opts: dict) -> tuple:
+    """Options as a hashable cache key (lists, e.g. ``sigmas``, as tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items()))
+
+
+def _thaw(key: tuple) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in key}
 
 
 # -- the replica ------------------------------------------------------------------------------
@@ -211,20 +240,22 @@ class SamplerServer:
         proto, _ = load_model(model)
         meta = {p.key: p.value for p in proto.metadata_props}
         self.complete = meta.get("refdiff.kind") == "sampler"
-        self.denoiser = None if self.complete else open_denoiser(proto)
-        self.base = None
-        if self.denoiser is not None:
+        self.denoiser = None if self.complete else open_denoiser(proto, **dict(config.model_kwargs))
+        self.base = config.schedule
+        if self.denoiser is not None and self.base is None:
             self.base = _schedule_of(self.denoiser.signature.metadata, config.label)
         self._samplers: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "errors": 0}
         # Build the default configuration now: a bad server configuration fails at start-up.
-        first = self.sampler_for(
-            (config.sampler, config.steps, config.spacing, tuple(sorted(config.options)))
-        )
+        first = self.sampler_for(self._default_key())
         self.provider = first.provider
         self.dims = list(first.dims)
         self.schedule = first.schedule
+
+    def _default_key(self) -> tuple:
+        c = self.config
+        return (c.sampler, c.steps, c.spacing, _freeze(dict(c.options)))
 
     def sampler_for(self, key: tuple):
         """The :class:`OrtSampler` of a request configuration (built once, LRU-cached)."""
@@ -241,7 +272,7 @@ class SamplerServer:
         kw = dict(provider=c.provider, threads=c.threads)
         try:
             if self.complete:
-                if key != (c.sampler, c.steps, c.spacing, tuple(sorted(c.options))):
+                if key != self._default_key():
                     raise HTTPError(
                         400,
                         "sampler",
@@ -252,7 +283,7 @@ class SamplerServer:
             else:
                 _, sched = build_schedule("", 0, base=self.base, steps=steps, spacing=spacing)
                 s = OrtSampler(
-                    self.denoiser, sched, sampler=sampler, mode=c.mode, **kw, **dict(opts)
+                    self.denoiser, sched, sampler=sampler, mode=c.mode, **kw, **_thaw(opts)
                 )
         except HTTPError:
             raise
@@ -266,16 +297,25 @@ class SamplerServer:
                 self._samplers.popitem(last=False)
         return s
 
-    def prepare(self, req: dict):
-        """(sampler, x_T, step_noise) of a parsed request: its seed's noise or the injected one."""
+    def prepare(self, req: dict) -> tuple:
+        """A parsed request as a job ``(sampler, x_T, step_noise, cond, uncond, group)``.
+
+        Noise: the seed's (:func:`host_rows`) or the injected arrays; conditioning checked and
+        broadcast to the request's batch (:func:`refdiff.export.conditioning.
+        prepare_conditioning`), so a bad request fails here, alone, never inside a batch.
+        ``group``: jobs with equal groups run as one batch.
+        """
+        from .conditioning import prepare_conditioning
+
         s = self.sampler_for(req["key"])
-        shape = (req["batch"], *s.dims[1:])
+        b = req["batch"]
+        shape = (b, *s.dims[1:])
         if not all(isinstance(d, int) for d in shape):
             raise HTTPError(400, "batch", f"the model's state {tuple(s.dims)} has open dims")
         if req["x_T"] is None:
             if req["step_noise"] is not None:
                 raise HTTPError(400, "step_noise", "was given without x_T")
-            x_T, z = s.host_noise(shape, req["seed"])
+            x_T, z = host_rows(s, req["seed"], (0, b))
         else:
             x_T = _array(req["x_T"], "x_T", shape)
             z = None
@@ -285,24 +325,60 @@ class SamplerServer:
                 z = _array(req["step_noise"], "step_noise", (s.num_steps, *shape))
             elif req["step_noise"] is not None:
                 raise HTTPError(400, "step_noise", "this sampler adds no step noise")
-        return s, x_T, z
+        cond, uncond, group = None, None, [id(s)]
+        if req["cond"] is not None or req["uncond"] is not None or s.extras:
+            given = sorted({*(req["cond"] or {}), *(req["uncond"] or {})})
+            if self.complete or not s.extras:
+                raise HTTPError(
+                    400, "inputs", f"this model takes no conditioning inputs; got {given}"
+                )
+            try:
+                cond, uncond = prepare_conditioning(
+                    s.extras, req["cond"], req["uncond"], s.guidance, b
+                )
+            except RefdiffError as e:
+                arg = getattr(e, "argument", "inputs")
+                arg = (
+                    arg.replace("uncond", "uncond_inputs", 1)
+                    if arg.startswith("uncond")
+                    else (arg.replace("cond", "inputs", 1) if arg.startswith("cond") else arg)
+                )
+                raise HTTPError(400, arg, _message(e)) from None
+            for e in s.extras:  # inputs without a batch axis: equal values batch together
+                for d in (cond, uncond or {}):
+                    if not e.batched and e.name in d:
+                        group.append((e.name, d[e.name].tobytes()))
+        return s, x_T, z, cond, uncond, tuple(group)
 
     def run(self, jobs: list[tuple]) -> list:
-        """Run prepared jobs ``(sampler, x_T, z)``; jobs of one sampler share one run.
+        """Run prepared jobs; jobs of one group share one run (rows concatenated).
 
         Returns, per job, its samples or the exception that failed its group.
         """
         out: list = [None] * len(jobs)
-        groups: dict[int, list[int]] = {}
-        for i, (s, _, _) in enumerate(jobs):
-            groups.setdefault(id(s), []).append(i)
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job[5], []).append(i)
         for idx in groups.values():
             s = jobs[idx[0]][0]
             x_T = np.concatenate([jobs[i][1] for i in idx])
             zs = [jobs[i][2] for i in idx]
             z = None if zs[0] is None else np.concatenate(zs, axis=1)
+            conds = []
+            for c in (3, 4):
+                first = jobs[idx[0]][c]
+                conds.append(
+                    None
+                    if first is None
+                    else {
+                        e.name: np.concatenate([jobs[i][c][e.name] for i in idx])
+                        if e.batched
+                        else first[e.name]
+                        for e in s.extras
+                    }
+                )
             try:
-                x = sample_rows(s, x_T, z)
+                x = sample_rows(s, x_T, z, cond=conds[0], uncond=conds[1], extras=s.extras)
             except Exception as e:  # noqa: BLE001 - the group's requests fail, not the replica
                 for i in idx:
                     out[i] = e
@@ -335,19 +411,50 @@ class SamplerServer:
         }
 
 
-def sample_rows(sampler, x_T: np.ndarray, step_noise: np.ndarray | None) -> np.ndarray:
-    """``sampler.sample(x_T, step_noise)``, run with at least two rows.
+def host_rows(sampler, seed: int, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x_T, step_noise or None) of samples rows[0]..rows[1]−1 of ``sampler.sample(shape=n,
+    seed=seed)`` for any n ≥ rows[1]: the layout of :mod:`refdiff.export.noise`, x_T scaled
+    as the sampler scales it (σ-view samplers start at σ_0 z)."""
+    from .noise import host_noise
+
+    shape = (rows[1] - rows[0], *sampler.dims[1:])
+    x_T, z = host_noise(seed, sampler.num_steps, shape, rows=rows)
+    scale = 1.0 if sampler.tables is None else sampler.tables.x_T_scale
+    if scale != 1.0:  # the expression of OrtSampler's own host noise
+        x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
+    return x_T, (z if sampler.noisy and sampler.noise == "input" else None)
+
+
+def sample_rows(
+    sampler,
+    x_T: np.ndarray,
+    step_noise: np.ndarray | None,
+    *,
+    cond: dict | None = None,
+    uncond: dict | None = None,
+    extras: tuple = (),
+) -> np.ndarray:
+    """``sampler.sample(x_T, step_noise, cond=, uncond=)``, run with at least two rows.
 
     onnxruntime's CPU ``MatMul`` takes a matrix-vector kernel for a single row and a
     matrix-matrix kernel otherwise; the two round differently (by float32 ulps), while for
     two rows or more each output row depends on its own row only.  A lone row is therefore run
     with a copy of itself, so a row's samples never depend on how requests were batched or
-    data was sharded (tests/export/test_serve.py, test_cluster.py).
+    data was sharded (tests/export/test_serve.py, test_cluster.py).  ``extras``: the model's
+    conditioning inputs (their ``batched`` flag says which to repeat with the row).
     """
     if x_T.shape[0] != 1:
-        return sampler.sample(x_T, step_noise)
+        return sampler.sample(x_T, step_noise, cond=cond, uncond=uncond)
+
+    def twice(d):
+        if d is None:
+            return None
+        batched = {e.name for e in extras if e.batched}
+        return {k: np.concatenate([v, v]) if k in batched else v for k, v in d.items()}
+
     z2 = None if step_noise is None else np.concatenate([step_noise, step_noise], axis=1)
-    return sampler.sample(np.concatenate([x_T, x_T]), z2)[:1]
+    x2 = np.concatenate([x_T, x_T])
+    return sampler.sample(x2, z2, cond=twice(cond), uncond=twice(uncond))[:1]
 
 
 def _message(e: Exception) -> str:
@@ -398,14 +505,18 @@ def sampler_app(
     health_check_period_s: float = 2.0,
     graceful_shutdown_timeout_s: float = 10.0,
     name: str = "RefdiffSampler",
+    schedule=None,
+    **model_kwargs,
 ):
     """A Ray Serve application serving ``model`` (path or bytes of an ONNX denoiser/sampler).
 
     ``replicas`` copies, each with ``cpus_per_replica`` CPUs and ``gpus_per_replica`` GPUs
     (fractions allowed; the provider is then ``"cuda"``, else ``"cpu"``, unless given).
     Requests are batched per replica: up to ``max_requests_per_batch`` requests or
-    ``max_rows_per_run`` rows, waiting at most ``batch_wait_s``.  Returns the bound
-    application for ``serve.run``.
+    ``max_rows_per_run`` rows, waiting at most ``batch_wait_s``.  ``schedule``: the base
+    schedule for a denoiser without one in its metadata; ``model_kwargs``:
+    :func:`~refdiff.export.open_denoiser` arguments (``prediction_type``,
+    ``timestep_convention``, …).  Returns the bound application for ``serve.run``.
     """
     from ray import serve
     from starlette.requests import Request
@@ -439,6 +550,8 @@ def sampler_app(
         max_rows_per_run=max_rows_per_run,
         batch_wait_s=batch_wait_s,
         label=label,
+        schedule=schedule,
+        model_kwargs=tuple(sorted(model_kwargs.items())),
     )
 
     def rows(items: list) -> int:
@@ -563,7 +676,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--provider", choices=("auto", "cuda", "cpu"), default=None)
     p.add_argument("--mode", choices=("graph", "steps", "fused"), default="graph")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=int, default=None, help="default respaced steps")
     p.add_argument("--spacing", default="leading")
     p.add_argument("--eta", type=float, default=None, help="default DDIM η")

@@ -14,6 +14,8 @@ output; :func:`triton_model` makes the sampler fit that rule where it can:
 - ``step_noise`` (N, B, *S) is batch-second: the repository's model takes
   ``step_noise_bmajor`` (B, N, *S) and transposes it in-graph (one ``Transpose``), so
   samplers that add noise batch too;
+- ``step_start`` (the first step of a chunk; an input with a default) becomes a constant:
+  Triton runs all steps in one request;
 - ``trajectory`` (N, B, *S) output, or in-graph noise (a scalar ``batch_size`` input): no
   batching (``max_batch_size: 0``; the full shapes are declared, -1 for dynamic dims, and a
   scalar input is declared ``dims: [1]`` with ``reshape: { shape: [] }``).
@@ -102,6 +104,17 @@ def triton_model(model: object) -> tuple[onnx.ModelProto, bool]:
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     g = m.graph
+    inits = {t.name for t in g.initializer}
+    for v in list(g.input):  # overridable initializers (step_start: where a chunk starts)
+        if v.name in inits:  # are constants here: Triton runs the whole sampler at once
+            g.input.remove(v)
+    for v in g.input:  # so step_noise holds all N steps
+        if v.name == "step_noise" and "refdiff.schedule" in meta:
+            from .metadata import schedule_from_json
+
+            first = v.type.tensor_type.shape.dim[0]
+            first.Clear()
+            first.dim_value = int(schedule_from_json(meta["refdiff.schedule"]).T)
     names = [i.name for i in g.input]
     batch = _dims(g.input[names.index("x_T")])[0] if "x_T" in names else None
 

@@ -29,6 +29,7 @@ from refdiff.export.noise import host_noise  # noqa: E402
 
 from refdiff.errors import FileFormatError, InputError  # noqa: E402
 from refdiff.schedule import make_schedule  # noqa: E402
+from refdiff.sigma import from_schedule  # noqa: E402
 
 from ._ray_local import ray_cluster  # noqa: E402, F401
 
@@ -38,9 +39,13 @@ N, SEED, ROWS = 41, 9, 8  # shards [0,8) … [32,41): the lone last row joins th
 
 
 def single_process(n=N, seed=SEED, **spec) -> np.ndarray:
+    """``OrtSampler(...).sample(shape=n, seed=seed)``, checked against the layout's arrays."""
     s = SamplerSpec(**spec).build(MODEL)
+    x = s.sample(shape=n, seed=seed)
     x_T, z = host_noise(seed, s.num_steps, (n, 2))
-    return s.sample(x_T, z if s.noisy else None)
+    x_T = (x_T.astype(np.float64) * s.tables.x_T_scale).astype(np.float32)
+    assert np.array_equal(x, s.sample(x_T, z if s.noisy else None))
+    return x
 
 
 def test_plan_shards_never_leaves_a_lone_row():
@@ -56,10 +61,18 @@ def test_cluster_sample_equals_single_process_bit_for_bit(ray_cluster, tmp_path)
     assert r.computed == [0, 1, 2, 3, 4] and r.reused == []
     x = load_samples(tmp_path)
     assert x.dtype == np.float32 and np.array_equal(x, single_process())
-    # A second configuration through the same cluster: DDIM, respaced, η > 0.
-    opts = dict(sampler="ddim", steps=7, options={"eta": 0.7})
-    cluster_sample(MODEL, tmp_path / "ddim", N, seed=SEED, shard_rows=ROWS, num_cpus=1, **opts)
-    assert np.array_equal(load_samples(tmp_path / "ddim"), single_process(**opts))
+    # Other configurations through the same cluster: DDIM (respaced, η > 0), a σ-view
+    # sampler (x_T = σ_0 z), the per-step mode with runs of 3 rows inside each shard.
+    for i, opts in enumerate(
+        [
+            dict(sampler="ddim", steps=7, options={"eta": 0.7}),
+            dict(sampler="euler_ancestral", options={"sigmas": from_schedule(BASE, 6).tolist()}),
+            dict(mode="steps", rows_per_run=3),
+        ]
+    ):
+        cluster_sample(MODEL, tmp_path / str(i), N, seed=SEED, shard_rows=ROWS, **opts)
+        opts.pop("rows_per_run", None)
+        assert np.array_equal(load_samples(tmp_path / str(i)), single_process(**opts)), opts
     # The manifest pins the plan: another seed in the same folder is refused, not mixed.
     with pytest.raises(InputError) as e:
         cluster_sample(MODEL, tmp_path, N, seed=SEED + 1, shard_rows=ROWS)

@@ -18,9 +18,18 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("ray", reason="needs ray (pip install 'refdiff[serve]'; make test installs it)")
 
 import refdiff.export as ex  # noqa: E402
-from refdiff.export.serve import get_json, post_sample, sampler_app  # noqa: E402
+from refdiff.export.noise import host_noise  # noqa: E402
+from refdiff.export.serve import (  # noqa: E402
+    SamplerServer,
+    ServeConfig,
+    get_json,
+    parse_request,
+    post_sample,
+    sampler_app,
+)
 
 from refdiff.schedule import make_schedule  # noqa: E402
+from refdiff.sigma import from_schedule  # noqa: E402
 
 from ._ray_local import free_port, ray_cluster  # noqa: E402, F401
 
@@ -36,8 +45,10 @@ def reference(batch: int, seed: int, sampler: str = "ddpm", steps=None, **opts) 
     s = ex.OrtSampler(MODEL, sched, sampler=sampler, mode="graph", provider="cpu", **opts)
     if batch > 1:
         return s.sample(shape=batch, seed=seed)
-    x_T, z = s.host_noise((1, 2), seed)
-    return s.sample(np.concatenate([x_T, x_T]), np.concatenate([z, z], axis=1))[:1]
+    x_T, z = host_noise(seed, s.num_steps, (1, 2))
+    x_T = (x_T.astype(np.float64) * s.tables.x_T_scale).astype(np.float32)
+    z2 = np.concatenate([z, z], axis=1) if s.noisy else None
+    return s.sample(np.concatenate([x_T, x_T]), z2)[:1]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +82,10 @@ def test_serve_same_seed_same_samples_as_ort_sampler(url):
     assert st == 200 and isinstance(y, np.ndarray) and y.dtype == np.float32
     assert np.array_equal(y, reference(4, 3, "ddim", steps=8, eta=0.5))
     assert not np.array_equal(y, reference(4, 4, "ddim", steps=8, eta=0.5))  # seed matters
+    sig = from_schedule(BASE, 5).tolist()  # a σ-view sampler: x_T = σ_0 z
+    body = {"seed": 6, "batch": 3, "sampler": "euler_ancestral", "options": {"sigmas": sig}}
+    st, y = post_sample(url + "/sample", {**body, "format": "npy"}, timeout=TIMEOUT)
+    assert st == 200 and np.array_equal(y, reference(3, 6, "euler_ancestral", sigmas=sig))
 
 
 def test_serve_injected_noise_is_used(url):
@@ -105,14 +120,15 @@ BAD = [
     ({"batch": "3"}, 400, "batch", "integer"),
     ({"temperature": 1}, 400, "temperature", "unknown key"),
     ({"options": {"etaa": 1}}, 400, "etaa", "unknown sampler option"),
-    ({"sampler": "euler"}, 400, "sampler", "euler"),
+    ({"sampler": "lms"}, 400, "sampler", "lms"),
+    ({"sampler": "euler"}, 400, "sigmas", "σ grid"),
     ({"sampler": "ddpm", "options": {"eta": 0.5}}, 400, "options", "eta"),
     ({"steps": 41}, 400, "steps", "41"),
     ({"format": "csv"}, 400, "format", "csv"),
     ({"batch": 2, "x_T": [[0.0, 1.0]]}, 400, "x_T", "shape (1, 2)"),
     ({"batch": 1, "x_T": [["a", "b"]]}, 400, "x_T", "numbers"),
     ({"batch": 1, "x_T": [[0.0, 1.0]]}, 400, "step_noise", "adds noise"),
-    ({"inputs": {"class_label": [1]}}, 400, "class_label", "conditioning"),
+    ({"inputs": {"class_label": [1]}}, 400, "inputs", "no conditioning inputs"),
     ([1, 2], 400, "body", "JSON object"),
 ]
 
@@ -160,3 +176,59 @@ def test_serve_killed_replica_is_restarted_and_serves_again(url, ray_cluster):  
         assert st == 200 and np.array_equal(
             np.asarray(x["samples"], np.float32), reference(3, seed)
         )
+
+
+def test_conditioning_and_guidance_batch_exactly_in_process():
+    """Requests with their own conditioning inputs (batch 1 broadcast, or per sample) and
+    guidance run as one batch, each equal to its own OrtSampler run (no Ray needed)."""
+    from .test_export_guidance import cond_model
+
+    model = cond_model().SerializeToString()
+    kw = dict(prediction_type="epsilon", timestep_convention="refdiff")
+    cfg = ServeConfig(
+        sampler="ddim", options=(("eta", 1.0),), schedule=BASE, model_kwargs=tuple(kw.items())
+    )
+    srv = SamplerServer(model, cfg)
+    rng = np.random.default_rng(3)
+    bodies = [
+        {"seed": 1, "batch": 3, "inputs": {"cond": [[0.5, -1, 0, 2]], "label": [2]}},
+        {
+            "seed": 2,
+            "batch": 2,
+            "inputs": {"cond": rng.standard_normal((2, 4)).tolist(), "label": [0, 1]},
+        },
+        {"seed": 3, "batch": 1, "inputs": {"cond": [[1, 1, 1, 1]], "label": [1]}},
+        {
+            "seed": 4,
+            "batch": 2,
+            "options": {"eta": 1.0, "guidance_scale": 3.0},
+            "inputs": {"cond": [[0, 1, 0, 1]], "label": [2]},
+            "uncond_inputs": {"cond": [[0, 0, 0, 0]], "label": [0]},
+        },
+    ]
+    jobs = [srv.prepare(parse_request(b, cfg)) for b in bodies]
+    out = srv.run(jobs)
+    assert srv.stats["batches"] == 2  # the three unguided requests ran as one batch
+    for b, x in zip(bodies, out):
+        opts = b.get("options", {"eta": 1.0})
+        s = ex.OrtSampler(model, BASE, sampler="ddim", mode="graph", provider="cpu", **kw, **opts)
+        cond = {k: np.asarray(v) for k, v in b["inputs"].items()}
+        unc = {k: np.asarray(v) for k, v in b.get("uncond_inputs", {}).items()} or None
+        if b["batch"] > 1:
+            want = s.sample(shape=b["batch"], seed=b["seed"], cond=cond, uncond=unc)
+        else:  # a lone row beside a copy of itself (sample_rows)
+            x_T, z = host_noise(b["seed"], s.num_steps, (1, 2))
+            two = {k: np.concatenate([v, v]) for k, v in cond.items()}
+            want = s.sample(np.concatenate([x_T, x_T]), np.concatenate([z, z], 1), cond=two)[:1]
+        assert np.array_equal(x, want), b
+    bad = [
+        ({"inputs": {"cond": [[1, 2, 3, 4]]}}, "inputs", "label"),  # one missing
+        ({"inputs": {"cond": [[1, 2, 3]], "label": [0]}}, "inputs['cond']", ""),  # shape
+        ({"inputs": {"cond": [[1, 2, 3, 4]], "label": [0.5]}}, "inputs['label']", ""),  # dtype
+        ({"inputs": {"cond": [[1, 2, 3, 4]], "label": [0], "style": [1]}}, "inputs", "style"),
+    ]
+    for body, arg, words in bad:
+        with pytest.raises(Exception) as e:
+            srv.prepare(parse_request({"batch": 2, **body}, cfg))
+        assert (getattr(e.value, "status", None), e.value.argument) == (400, arg), (body, e.value)
+        assert words in str(e.value)
