@@ -46,6 +46,7 @@ import asyncio
 import collections
 import io
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -252,6 +253,8 @@ class SamplerServer:
         self.provider = first.provider
         self.dims = list(first.dims)
         self.schedule = first.schedule
+        info = getattr(first, "sampler_info", None) or {}
+        self.sampler_name = info.get("name", config.sampler) if self.complete else config.sampler
 
     def _default_key(self) -> tuple:
         c = self.config
@@ -273,9 +276,11 @@ class SamplerServer:
         try:
             if self.complete:
                 if key != self._default_key():
+                    names = ("sampler", "steps", "spacing", "options")
+                    arg = next(n for n, u, v in zip(names, key, self._default_key()) if u != v)
                     raise HTTPError(
                         400,
-                        "sampler",
+                        arg,
                         "this model is a complete sampler: sampler, steps, spacing and "
                         "options are baked in",
                     )
@@ -399,8 +404,8 @@ class SamplerServer:
             "complete_sampler": self.complete,
             "state": self.dims,
             "schedule": {"name": self.schedule.name, "T": int(self.schedule.T)},
-            "sampler": c.sampler,
-            "steps": c.steps,
+            "sampler": self.sampler_name,
+            "steps": self.schedule.T if self.complete else c.steps,
             "spacing": c.spacing,
             "options": dict(c.options),
             "mode": c.mode,
@@ -720,10 +725,15 @@ def serve_main(argv: list[str]) -> int:
     except (RefdiffError, OSError) as e:
         print(f"refdiff serve: error: {e}", file=sys.stderr)
         return 2
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        address=a.address,
+        num_cpus=a.num_cpus if a.address is None else None,
+        include_dashboard=False if a.address is None else None,
+    )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
-    ray.init(address=a.address, num_cpus=a.num_cpus if a.address is None else None)
     try:
         serve.start(http_options={"host": a.host, "port": a.port})
         serve.run(app, name="refdiff", route_prefix=a.route_prefix)
