@@ -437,3 +437,58 @@ def load_samples(out_dir: str | os.PathLike, *, verify: bool = True) -> np.ndarr
             raise FileFormatError(path, f"has {part.shape} {part.dtype}, not {x[a:b].shape}")
         x[a:b] = part
     return x
+
+
+def run_cli(
+    sampler,
+    model: str,
+    out_dir: str,
+    n: int,
+    *,
+    seed: int,
+    address: str,
+    shard_rows: int = 65536,
+    options: dict | None = None,
+    model_kwargs: dict | None = None,
+    quiet: bool = False,
+) -> int:
+    """``refdiff sample --cluster [ADDRESS]``: shard the run of ``sampler`` (the
+    :class:`~refdiff.export.OrtSampler` the command built) over a Ray cluster into ``out_dir``.
+
+    ``address``: ``"local"`` starts a local cluster; else ``"auto"`` or ``ray://host:port``.
+    The walked schedule and sampler of ``sampler`` are used as they are.  Returns 0, or 2 when
+    shards are missing (rerun the same command to compute only those).
+    """
+    import sys
+
+    complete = sampler.tables is None
+    t0 = time.perf_counter()
+    try:
+        res = cluster_sample(
+            model,
+            out_dir,
+            n,
+            seed=seed,
+            shard_rows=shard_rows,
+            sampler="ddpm" if complete else sampler.tables.sampler,
+            options=None if complete else options,
+            schedule=None if complete else sampler.schedule,
+            model_kwargs=None if complete else model_kwargs,
+            mode=sampler.mode,
+            provider="cpu" if sampler.provider == "cpu" else "cuda",
+            num_gpus=0 if sampler.provider == "cpu" else 1,
+            address=None if address == "local" else address,
+            progress=None
+            if quiet
+            else lambda d, t: print(f"\r{d}/{t} shards", end="", file=sys.stderr),
+        )
+    except ShardError as e:
+        print(f"\nrefdiff sample: error: {e}", file=sys.stderr)
+        return 2
+    if not quiet:
+        print(
+            f"\nwrote {out_dir}: {n} samples in {len(res.shards)} shards ({len(res.computed)} "
+            f"computed, {len(res.reused)} reused) in {time.perf_counter() - t0:.1f} s; "
+            f"read with refdiff.export.cluster.load_samples"
+        )
+    return 0

@@ -71,6 +71,7 @@ __all__ = [
     "get_json",
     "sample_rows",
     "host_rows",
+    "build_app",
 ]
 
 #: Keys a ``POST /sample`` body may hold.
@@ -633,6 +634,26 @@ def sampler_app(
             return Response(data, status_code=status, media_type="application/json")
 
     return RefdiffSampler.bind(model, config)
+
+
+def build_app(args: dict):
+    """Ray Serve application builder for config files and KubeRay's RayService
+    (``import_path: refdiff.export.serve:build_app``; ``args``: ``model`` (a path every node
+    can read) plus :func:`sampler_app` keywords)."""
+    import inspect
+
+    args = dict(args)
+    if "model" not in args:
+        raise InputError("model", "the application args need model: PATH")
+    params = inspect.signature(sampler_app).parameters
+    for k, v in args.items():  # `serve run … key=value` passes strings
+        d = params[k].default if k in params else None
+        if isinstance(v, str) and isinstance(d, int | float) and not isinstance(d, bool):
+            try:
+                args[k] = type(d)(v)
+            except ValueError:
+                raise InputError(k, f"must be a {type(d).__name__}; got {v!r}") from None
+    return sampler_app(args.pop("model"), **args)
 
 
 # -- a small stdlib client (tests, benchmark, docs) -------------------------------------------
