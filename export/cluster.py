@@ -101,8 +101,9 @@ class SamplerSpec:
         d["schedule"] = None if self.schedule is None else schedule_to_json(self.schedule)
         return json.loads(json.dumps(d, sort_keys=True))
 
-    def build(self, model: bytes):
-        """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``."""
+    def build(self, model: bytes, denoiser=None):
+        """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``
+        (``denoiser``: the model already opened with :func:`~refdiff.export.open_denoiser`)."""
         from .cli import build_schedule
         from .model_io import load_model, open_denoiser
         from .runtime import OrtSampler, _schedule_of
@@ -114,7 +115,7 @@ class SamplerSpec:
             if self.steps is not None or self.options:
                 raise InputError("model", "is a complete sampler: steps and options are baked in")
             return OrtSampler(proto, mode="graph", **kw)
-        den = open_denoiser(proto, **self.model_kwargs)
+        den = denoiser if denoiser is not None else open_denoiser(proto, **self.model_kwargs)
         base = self.schedule
         if base is None:
             base = _schedule_of(den.signature.metadata, "model")

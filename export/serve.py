@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -242,6 +243,13 @@ class SamplerServer:
         proto, _ = load_model(model)
         meta = {p.key: p.value for p in proto.metadata_props}
         self.complete = meta.get("refdiff.kind") == "sampler"
+        if self.complete:  # requests may name the file's own sampler
+            try:
+                name = json.loads(meta.get("refdiff.sampler", "{}")).get("name")
+            except (ValueError, AttributeError):
+                name = None
+            if isinstance(name, str):
+                self.config = config = dataclasses.replace(config, sampler=name)
         self.denoiser = None if self.complete else open_denoiser(proto, **dict(config.model_kwargs))
         self.base = config.schedule
         if self.denoiser is not None and self.base is None:
@@ -254,8 +262,6 @@ class SamplerServer:
         self.provider = first.provider
         self.dims = list(first.dims)
         self.schedule = first.schedule
-        info = getattr(first, "sampler_info", None) or {}
-        self.sampler_name = info.get("name", config.sampler) if self.complete else config.sampler
 
     def _default_key(self) -> tuple:
         c = self.config
@@ -263,8 +269,7 @@ class SamplerServer:
 
     def sampler_for(self, key: tuple):
         """The :class:`OrtSampler` of a request configuration (built once, LRU-cached)."""
-        from .cli import build_schedule
-        from .runtime import OrtSampler
+        from .cluster import SamplerSpec
 
         with self._lock:
             s = self._samplers.get(key)
@@ -273,7 +278,9 @@ class SamplerServer:
                 return s
         sampler, steps, spacing, opts = key
         c = self.config
-        kw = dict(provider=c.provider, threads=c.threads)
+        spec = SamplerSpec(
+            sampler, steps, spacing, _thaw(opts), c.mode, c.provider, c.threads, self.base
+        )
         try:
             if self.complete:
                 if key != self._default_key():
@@ -285,12 +292,7 @@ class SamplerServer:
                         "this model is a complete sampler: sampler, steps, spacing and "
                         "options are baked in",
                     )
-                s = OrtSampler(self.model, mode="graph", **kw)
-            else:
-                _, sched = build_schedule("", 0, base=self.base, steps=steps, spacing=spacing)
-                s = OrtSampler(
-                    self.denoiser, sched, sampler=sampler, mode=c.mode, **kw, **_thaw(opts)
-                )
+            s = spec.build(self.model, denoiser=self.denoiser)
         except HTTPError:
             raise
         except RefdiffError as e:
@@ -405,7 +407,7 @@ class SamplerServer:
             "complete_sampler": self.complete,
             "state": self.dims,
             "schedule": {"name": self.schedule.name, "T": int(self.schedule.T)},
-            "sampler": self.sampler_name,
+            "sampler": c.sampler,
             "steps": self.schedule.T if self.complete else c.steps,
             "spacing": c.spacing,
             "options": dict(c.options),

@@ -28,6 +28,7 @@ from refdiff.export.serve import (  # noqa: E402
     sampler_app,
 )
 
+from refdiff.errors import InputError  # noqa: E402
 from refdiff.schedule import make_schedule  # noqa: E402
 from refdiff.sigma import from_schedule  # noqa: E402
 
@@ -232,3 +233,30 @@ def test_conditioning_and_guidance_batch_exactly_in_process():
             srv.prepare(parse_request({"batch": 2, **body}, cfg))
         assert (getattr(e.value, "status", None), e.value.argument) == (400, arg), (body, e.value)
         assert words in str(e.value)
+
+
+def test_complete_sampler_file_is_served_as_baked_in_in_process(tmp_path):
+    """A sampler file (export --kind sampler): its own sampler, refusals name what differs;
+    ``build_app`` (Serve config files, KubeRay) converts ``key=value`` strings."""
+    from refdiff.export.serve import HTTPError, build_app
+
+    sampler = ex.sampler_model(ex.open_denoiser(MODEL), ex.step_tables(BASE, "ddim", eta=0.3))
+    data = sampler.SerializeToString()
+    srv = SamplerServer(data, ServeConfig())
+    assert srv.info()["sampler"] == "ddim" and srv.info()["complete_sampler"]
+    (x,) = srv.run(
+        [srv.prepare(parse_request({"seed": 5, "batch": 3, "sampler": "ddim"}, srv.config))]
+    )
+    want = ex.OrtSampler(data, mode="graph", provider="cpu").sample(shape=3, seed=5)
+    assert np.array_equal(x, want)
+    for body, arg in (({"steps": 10}, "steps"), ({"sampler": "ddpm"}, "sampler")):
+        with pytest.raises(HTTPError) as e:
+            srv.prepare(parse_request(body, srv.config))
+        assert (e.value.status, e.value.argument) == (400, arg)
+    path = tmp_path / "s.onnx"
+    path.write_bytes(data)
+    app = build_app({"model": str(path), "replicas": "2", "max_batch": "16"})
+    assert type(app).__name__ == "Application"
+    with pytest.raises(InputError) as e:
+        build_app({"model": str(path), "replicas": "two"})
+    assert e.value.argument == "replicas"
