@@ -62,8 +62,27 @@ def tiny_image_denoiser(shape: tuple[int, ...]):
     return m
 
 
+def _no_mem_pattern() -> None:
+    """Experiment: sessions with ``enable_mem_pattern = False`` (onnxruntime's per-shape
+    pre-planned block; see benchmarks/RESULTS.md, "Memory")."""
+    import onnxruntime as ort
+
+    base = ort.SessionOptions
+
+    class Options(base):
+        def __init__(self):
+            super().__init__()
+            self.enable_mem_pattern = False
+
+    ort.SessionOptions = Options
+
+
 def child(mode: str, noise: str, steps: int, shape: tuple[int, ...]) -> dict:
     """One measurement in this process: peak RSS growth during ``sample`` in bytes."""
+    import os
+
+    if os.environ.get("REFDIFF_BENCH_NO_MEM_PATTERN"):
+        _no_mem_pattern()
     import refdiff.export as ex
 
     from refdiff.schedule import linear
@@ -113,11 +132,20 @@ def main(argv=None) -> int:
     p.add_argument("--shape", default="3,64,64")
     p.add_argument("--steps", default="50,1000")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument(
+        "--no-mem-pattern",
+        action="store_true",
+        help="sessions without onnxruntime's memory pattern (an experiment)",
+    )
     a = p.parse_args(argv)
     if a.child:
         mode, noise, steps, dims = a.child
         print(json.dumps(child(mode, noise, int(steps), tuple(int(d) for d in dims.split(",")))))
         return 0
+    if a.no_mem_pattern:
+        import os
+
+        os.environ["REFDIFF_BENCH_NO_MEM_PATTERN"] = "1"
     shape = (a.batch, *(int(d) for d in a.shape.split(",")))
     steps = [int(s) for s in a.steps.split(",")]
     state = 4 * math.prod(shape)

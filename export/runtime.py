@@ -54,7 +54,7 @@ from .conditioning import (
 from .memory import check_memory
 from .metadata import PREFIX, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
-from .noise import NoiseStream, fill_noise
+from .noise import NoiseStream, fill_noise, new_seed
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
 from .steps import (
@@ -340,6 +340,11 @@ class OrtSampler:
             raise SignatureError(label, f"refdiff.sampler metadata is malformed ({e})") from None
         self.tables = None
         self.sampler_info = info
+        # a σ-view sampler file: its steps and x_T scale come from its σ grid
+        sig = (info.get("options") or {}).get("sigmas") if isinstance(info, dict) else None
+        self._file_steps = None if sig is None else len(sig) - 1
+        flow = isinstance(info, dict) and info.get("name") == "flow_euler"
+        self._file_x_T_scale = 1.0 if sig is None or flow else float(sig[0])
         self.graph_model = proto
         self.graph_session = make_session(proto, provider, **sess_kw)
         self.provider = session_provider(self.graph_session)
@@ -351,7 +356,9 @@ class OrtSampler:
 
     @property
     def num_steps(self) -> int:
-        return self.tables.N if self.tables is not None else self.schedule.T
+        if self.tables is not None:
+            return self.tables.N
+        return self._file_steps if self._file_steps is not None else self.schedule.T
 
     @property
     def noisy(self) -> bool:
@@ -481,10 +488,10 @@ class OrtSampler:
             if step_noise is not None:
                 raise InputError("x_T", "step_noise was given without x_T")
             if seed is None:
-                seed = int(np.random.SeedSequence().entropy)
+                seed = new_seed()
             stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
             x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
-            scale = 1.0 if self.tables is None else self.tables.x_T_scale
+            scale = self._file_x_T_scale if self.tables is None else self.tables.x_T_scale
             if scale != 1.0:  # σ-view samplers: x_T = σ_0 z
                 x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
             if not needs:
@@ -571,7 +578,8 @@ class OrtSampler:
         def empty(shape, dtype):
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, dev, did)
 
-        x = [value(x_T), empty(x_T.shape, np.float32)]
+        x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
+        x = [x0, empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
         m = None
         if self.tables.multistep:
@@ -706,7 +714,10 @@ class OrtSampler:
         finally:
             if bar is not None:
                 bar.close()
-        return _finite(np.array(buf.x[N % 2].numpy(), copy=True), label)  # .numpy() may alias
+        out = buf.x[N % 2].numpy()
+        if not out.flags.owndata:  # a view of onnxruntime's buffer: copy it out once
+            out = out.copy()
+        return _finite(out, label)
 
 
 class _Upload:
@@ -741,13 +752,10 @@ def _interruptible_run(session, outputs: list, feeds: dict):
     if _WORKER is None:
         _WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="refdiff-ort")
     ro = ort.RunOptions()
+    ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
     fut = _WORKER.submit(session.run, outputs, feeds, ro)
-    try:
-        while True:
-            try:
-                return fut.result(timeout=0.05)[0]
-            except concurrent.futures.TimeoutError:
-                continue
+    try:  # a blocking wait (a lock acquire): Ctrl-C interrupts it; polling would add ~10 ms
+        return fut.result()[0]
     except KeyboardInterrupt:
         ro.terminate = True
         concurrent.futures.wait([fut])
@@ -771,7 +779,9 @@ def _raise_ort_failure(e: Exception, label: str, what: str):
 
 def _finite(out: np.ndarray, label: str) -> np.ndarray:
     """The sample, or NonFiniteError when the model produced NaN/Inf (every mode alike)."""
-    if not np.isfinite(out).all():
+    from refdiff._check import _all_finite
+
+    if not _all_finite(out):  # a sum first: no boolean temporary of the sample's size
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise NonFiniteError("model", f"{label} returned NaN or Inf ({bad} of {out.size} values)")
     return out
@@ -779,10 +789,10 @@ def _finite(out: np.ndarray, label: str) -> np.ndarray:
 
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:
     """One-shot :class:`OrtSampler` (``kwargs``: its arguments plus ``x_T``, ``step_noise``,
-    ``seed``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`); float32 x_0."""
-    run_kw = {
-        k: kwargs.pop(k) for k in ("x_T", "step_noise", "progress", "callback") if k in kwargs
-    }
+    ``seed``, ``cond``, ``uncond``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`);
+    float32 x_0."""
+    run_keys = ("x_T", "step_noise", "progress", "callback", "cond", "uncond")
+    run_kw = {k: kwargs.pop(k) for k in run_keys if k in kwargs}
     seed = kwargs.pop("seed", None)
     if kwargs.get("noise") == "graph" and seed is not None:
         kwargs["seed"] = seed

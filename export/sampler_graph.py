@@ -2,8 +2,18 @@
 
 ``noise="input"`` (parity with the reference; the noise layout of :mod:`refdiff.sampling`):
 
-    inputs   x_T (B, *S) float32, [step_noise (N, B, *S) float32 — only when the sampler adds noise]
+    inputs   x_T (B, *S) float32, [step_noise (K, B, *S) float32 and step_start () int64 —
+             only when the sampler adds noise]
     outputs  x_0 (B, *S) float32, [trajectory (N, B, *S) float32: the state after each step]
+
+A run takes the steps step_start … step_start + K − 1 (``step_start`` is an input with the
+default 0, so feeding the whole (N, B, *S) noise runs the whole sampler): x_T is the state
+before step ``step_start``.  The runtime feeds bounded chunks of host noise this way, so no
+(N, B, *S) array exists (docs/deploy.md, "Memory").  With ``trajectory`` the noise is the
+whole (N, B, *S) and there is no ``step_start``.  Conditioning inputs (and their
+``uncond/`` values with guidance) follow (:mod:`refdiff.export.conditioning`).  Multistep
+σ-view samplers (``dpmpp_2m``) carry m, the previous step's x̂_0, beside x in the Loop and
+the Scan (:mod:`refdiff.export.sigma_tables`).
 
 ``noise="graph"`` (speed; checked statistically): x_T and every step's z are drawn in-graph
 by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:

@@ -11,18 +11,21 @@ with the model called on c_in,i x (x/√(1+σ_i²), the VP state it was trained 
 for σ_i (eq. 17.4: ``timestep`` "round" | "nearest" | "continuous", as
 :func:`refdiff.sigma.denoiser_from_model`).  ``flow_euler`` calls a velocity model on the
 flow state itself at time σ_i · ``flow_time_scale`` (diffusers' flow-matching timesteps:
-σ · 1000).  Supported: ``euler`` (without churn), ``euler_ancestral``, ``dpmpp_2m``,
+σ · 1000).  ``euler``, ``dpmpp_2m`` and deterministic ``flow_euler`` read their (a, b, c)
+rows off :func:`refdiff.solvers.linear_coefficients` (x_{i+1} = a x + b D_i + c D_{i−1}) and
+compose them with the conversion: A = a + b Dx, B = b Do, H = c.
+Supported: ``euler`` (without churn), ``euler_ancestral``, ``dpmpp_2m``,
 ``flow_euler`` (deterministic or ``stochastic``).  The initial state is x_T = σ_0 z (flow: z).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from refdiff.errors import InputError, OptionError
 from refdiff.schedule import Schedule
+from refdiff.solvers import _real, linear_coefficients
+from refdiff.solvers import _sigmas as _check_sigmas
 
 __all__ = ["SIGMA_SAMPLERS", "sigma_step_tables"]
 
@@ -35,21 +38,11 @@ _OPTIONS = {
 }
 
 
-def _real(v, name, lo=0.0, hi=math.inf) -> float:
-    from refdiff._check import is_real
-
-    if not (is_real(v) and lo <= v <= hi) or math.isnan(v):
-        raise InputError(name, f"must be a float in [{lo}, {hi}]; got {v!r}")
-    return float(v)
-
-
 def _sigmas(options: dict, flow: bool) -> np.ndarray:
-    from refdiff.solvers import _sigmas as check
-
     if options.get("sigmas") is None:
         how = "flow.flow_sigmas(n)" if flow else "sigma.from_schedule(schedule, n) or sigma.karras"
         raise InputError("sigmas", f"the σ-view samplers need the σ grid: pass sigmas= ({how})")
-    return check(options["sigmas"], flow)
+    return _check_sigmas(options["sigmas"], flow)
 
 
 def _conversion(schedule: Schedule, sig: np.ndarray, prediction_type: str, timestep: str):
@@ -92,10 +85,11 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
         if not isinstance(stochastic, bool | np.bool_):
             raise InputError("stochastic", f"must be a bool; got {stochastic!r}")
         scale = _real(options.get("flow_time_scale", 1000.0), "flow_time_scale", 0.0)
-        if stochastic:
+        if stochastic:  # x_{i+1} = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z (eq. 19.10)
             A, B, S = 1.0 - s_next, -(1.0 - s_next) * s, s_next.copy()
         else:
-            A, B = np.ones(n), s_next - s
+            abc = linear_coefficients("flow_euler", sig)
+            A, B = abc[:, 0], abc[:, 1]
         t = s * scale
         norm.update(stochastic=bool(stochastic), flow_time_scale=scale)
     else:
@@ -106,14 +100,7 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
             raise OptionError("timestep", timestep, ["round", "nearest", "continuous"])
         Dx, Do, c_in, t = _conversion(schedule, sig, prediction_type, timestep)
         norm["timestep"] = timestep
-        if sampler == "euler":
-            if _real(options.get("s_churn", 0.0), "s_churn") != 0.0:
-                raise InputError(
-                    "s_churn", "churn evaluates the model after adding noise: not in ONNX"
-                )
-            g = (s_next - s) / s
-            A, B = 1.0 + g - g * Dx, -g * Do
-        elif sampler == "euler_ancestral":
+        if sampler == "euler_ancestral":
             eta = _real(options.get("eta", 1.0), "eta")
             s_noise = _real(options.get("s_noise", 1.0), "s_noise")
             up = np.minimum(s_next, eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
@@ -122,28 +109,21 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
             A, B = 1.0 + g - g * Dx, -g * Do
             S = np.where((s_next > 0) & (up > 0), s_noise * up, 0.0)
             norm.update(eta=eta, s_noise=s_noise)
-        else:  # dpmpp_2m (refdiff.solvers.dpmpp_2m, eq. 19.5)
-            lof = options.get("lower_order_final", True)
-            if not isinstance(lof, bool | np.bool_):
-                raise InputError("lower_order_final", f"must be a bool; got {lof!r}")
-            from refdiff.solvers import _order_here
-
-            A, B, H = np.empty(n), np.empty(n), np.zeros(n)
-            h_last, have_old = None, False
-            for i in range(n):
-                if s_next[i] == 0:
-                    A[i], B[i] = Dx[i], Do[i]
-                else:
-                    h = math.log(s[i] / s_next[i])
-                    p = _order_here(i, n, 1 if have_old else 0, bool(lof), 2)
-                    e = math.expm1(-h)
-                    c1 = 1.0 if p == 1 else 1.0 + 1.0 / (2.0 * (h_last / h))
-                    A[i] = s_next[i] / s[i] - e * c1 * Dx[i]
-                    B[i] = -e * c1 * Do[i]
-                    H[i] = 0.0 if p == 1 else e / (2.0 * (h_last / h))
-                    h_last = h
-                have_old = True
-            norm["lower_order_final"] = bool(lof)
+        else:  # x_{i+1} = a x + b D_i + c D_{i−1} (refdiff.solvers.linear_coefficients)
+            lin = {}
+            if sampler == "euler" and _real(options.get("s_churn", 0.0), "s_churn") != 0.0:
+                raise InputError(
+                    "s_churn", "churn evaluates the model after adding noise: not in ONNX"
+                )
+            if sampler == "dpmpp_2m":
+                lof = options.get("lower_order_final", True)
+                if not isinstance(lof, bool | np.bool_):
+                    raise InputError("lower_order_final", f"must be a bool; got {lof!r}")
+                lin["lower_order_final"] = norm["lower_order_final"] = bool(lof)
+            abc = linear_coefficients(sampler, sig, **lin)
+            A, B = abc[:, 0] + abc[:, 1] * Dx, abc[:, 1] * Do
+            if sampler == "dpmpp_2m":
+                H = abc[:, 2].copy()
     return dict(
         options=norm,
         A=np.asarray(A, np.float64),

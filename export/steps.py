@@ -13,13 +13,15 @@ touches the host (docs/deploy.md, "Per-step loop").  Coefficients come from
     outputs  x_next (B, *S) float32, [x_model (B, *S) denoiser's state type],
              t_model (the denoiser's time for step k + 1, its dtype and shape), k_next () int64
 
-    With batched guidance model_output, x_model and t_model have 2B rows.
+    With batched guidance model_output, x_model and t_model have 2B rows.  Multistep
+    σ-view samplers add the input m and the output m_next (the previous / this step's x̂_0);
+    σ-view samplers output x_model = c_in,k+1 · x_next (the model's input scaling).
 
 :func:`fused_step_model` — denoiser + update in one graph (runtime mode ``"fused"``):
 
-    inputs   x (B, *S) float32, [z (B, *S) float32], k () int64,
+    inputs   x (B, *S) float32, [z (B, *S) float32], [m (B, *S)], k () int64,
              [each conditioning input, and uncond/<name> with guidance]
-    outputs  x_next (B, *S) float32, k_next () int64
+    outputs  x_next (B, *S) float32, k_next () int64, [m_next (B, *S)]
 
 ``z`` (the standard-normal noise of step k, one step at a time: memory does not grow with
 the number of steps) is present when the sampler adds noise and ``noise="input"``; with
@@ -331,7 +333,7 @@ def emit_noise(b: GraphBuilder, tables: StepTables, noise: str, x: str, k: str, 
 
 NOISE_LAYOUT = (
     "host noise: stream 0 is x_T, stream k+1 the z of step k; rows in blocks of 16, block r of "
-    "stream s is Generator(PCG64(SeedSequence(seed, spawn_key=(s, r)))).standard_normal("
+    "stream s is Generator(Philox(key=[seed, s*2**32 + r])).standard_normal("
     "(rows, *S), dtype=float32) (docs/deploy.md, Noise layout)"
 )
 

@@ -16,6 +16,9 @@ Step k (0-based, the k-th step taken) goes from time t = N − k to N − k − 
 denoiser with the base time ``schedule.timesteps[t]`` — the layout of
 :mod:`refdiff.sampling`, so ``step_noise[k]`` is the noise of step k.
 
+The σ-view samplers ``euler``, ``euler_ancestral``, ``dpmpp_2m`` and ``flow_euler`` compile
+to the same tables plus a multistep term (:mod:`refdiff.export.sigma_tables`).
+
 Supported: DDPM with ``variance_type`` ∈ {fixed_small, fixed_large, fixed_large_iddpm} and
 ``clip``; DDIM with ``eta``, ``clip``, ``rederive_eps``, ``final_alpha_bar``,
 ``final_step_noise``.  Not supported in ONNX (a clear :class:`~refdiff.errors.OptionError`):

@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, is_real, option
+from ._check import as_batch, as_float_array, check_size, is_real, option
 from .errors import InputError, RandomnessError, ScheduleError, ShapeError
+from .sampling import _shape
 
 __all__ = [
     "SAMPLERS",
@@ -41,6 +42,7 @@ __all__ = [
     "heun",
     "lms",
     "lms_coefficients",
+    "linear_coefficients",
     "dpmpp_2m",
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
@@ -75,14 +77,14 @@ class _Loop:
         self.n = self.sigmas.shape[0] - 1
         if x_T is not None:
             x = as_batch(x_T, "x_T")
-            if shape is not None and tuple(shape) != x.shape:
+            if shape is not None and _shape(shape) != x.shape:
                 raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
         else:
             if shape is None:
                 raise InputError("shape", "give shape= or x_T=")
             if not isinstance(rng, np.random.Generator):
                 raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy Generator")
-            x = rng.standard_normal(tuple(shape)) * (1.0 if flow else self.sigmas[0])
+            x = rng.standard_normal(_shape(shape)) * (1.0 if flow else self.sigmas[0])
         if step_noise is not None:
             step_noise = as_float_array(step_noise, "step_noise")
             if step_noise.shape != (self.n, *x.shape):
@@ -616,6 +618,47 @@ def flow_euler(
     return loop.result(x)
 
 
+# -- coefficient tables (for graphs and fast loops) ------------------------------------------------
+def linear_coefficients(sampler: str, sigmas, **options) -> np.ndarray:
+    """(n, 3) float64 rows (a_i, b_i, c_i) with x_{i+1} = a_i x_i + b_i M_i + c_i M_{i−1} for
+    the deterministic samplers whose step is linear in (x_i, M_i, M_{i−1}); M = D (σ view) or
+    the velocity u (flow).  ``"euler"`` (no churn; eq. 19.1): a = σ_{i+1}/σ_i, b = 1 − a,
+    c = 0.  ``"dpmpp_2m"`` (eq. 19.5, with ``lower_order_final``): a = σ_{i+1}/σ_i,
+    b = −(e^{−h}−1)(1 + 1/(2r)), c = (e^{−h}−1)/(2r) (c = 0 on first-order steps; on a step to
+    σ = 0, a = 0, b = 1).  ``"flow_euler"`` (eq. 19.10): a = 1, b = σ_{i+1} − σ_i, c = 0.
+    The tables reproduce :func:`euler`, :func:`dpmpp_2m` and :func:`flow_euler` (tested)."""
+    option(sampler, "sampler", ("euler", "dpmpp_2m", "flow_euler"))
+    flow = sampler == "flow_euler"
+    sig = _sigmas(sigmas, flow)
+    n = sig.shape[0] - 1
+    allowed = {"euler": (), "dpmpp_2m": ("lower_order_final",), "flow_euler": ()}[sampler]
+    for k in options:
+        if k not in allowed:
+            raise InputError("options", f"{sampler}: no option {k!r} in a linear table")
+    out = np.zeros((n, 3))
+    h_last = None
+    for i in range(n):
+        s, s_next = sig[i], sig[i + 1]
+        if flow:
+            out[i] = (1.0, s_next - s, 0.0)
+        elif sampler == "euler":
+            out[i] = (s_next / s, 1.0 - s_next / s, 0.0)
+        elif s_next == 0:
+            out[i] = (0.0, 1.0, 0.0)
+        else:
+            h = math.log(s / s_next)
+            lof = options.get("lower_order_final", True)
+            p = _order_here(i, n, 0 if i == 0 else 1, lof, 2)
+            e = math.expm1(-h)
+            if p == 1:
+                out[i] = (s_next / s, -e, 0.0)
+            else:
+                r = h_last / h
+                out[i] = (s_next / s, -e * (1 + 1 / (2 * r)), e / (2 * r))
+            h_last = h
+    return out
+
+
 # -- dispatch ----------------------------------------------------------------------------------
 SAMPLERS: dict[str, Callable] = {
     "euler": euler,
@@ -658,7 +701,9 @@ def draw_noise(
         raise RandomnessError("rng", f"must be a numpy Generator; got {type(rng).__name__}")
     flow = option(sampler, "sampler", list(SAMPLERS)) == "flow_euler"
     sig = _sigmas(sigmas, flow)
-    x_T = rng.standard_normal(tuple(shape)) * (1.0 if flow else sig[0])
+    shape = _shape(shape)
+    check_size(shape, "shape", factor=sig.shape[0])
+    x_T = rng.standard_normal(shape) * (1.0 if flow else sig[0])
     noisy = needs_noise(sampler, **options)
     return x_T, rng.standard_normal((sig.shape[0] - 1, *shape)) if noisy else None
 

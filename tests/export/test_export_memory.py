@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refdiff.errors import InputError
 from refdiff.schedule import linear
 
 ex = pytest.importorskip("refdiff.export")
@@ -77,9 +78,42 @@ def test_any_rows_of_any_step_are_derived_alone():
     xs, zs = N.host_noise(9, 6, (25, 3), rows=(5, 30))
     assert np.array_equal(xs, x_T[5:30]) and np.array_equal(zs, z[:, 5:30])
     assert np.array_equal(N.host_noise(9, 6, (7, 3))[1], z[:, :7])
-    # step 4's noise alone, rows 16..31 (block 1): the documented SeedSequence stream
-    g = np.random.Generator(np.random.PCG64(np.random.SeedSequence(9, spawn_key=(5, 1))))
+    # step 4's noise alone, rows 16..31 (block 1): the documented Philox stream
+    g = np.random.Generator(np.random.Philox(key=[9, (5 << 32) + 1]))
     assert np.array_equal(g.standard_normal((16, 3), dtype=np.float32), z[4, 16:32])
+    # and the x_T of rows 32..39, block 2 (short): the first values of the block's draw
+    g = np.random.Generator(np.random.Philox(key=[9, 2]))
+    assert np.array_equal(g.standard_normal((16, 3), dtype=np.float32)[:8], x_T[32:40])
+    with pytest.raises(InputError, match="seed"):
+        N.host_noise(2**64, 1, (2, 3))
     # distinct streams and seeds differ
     assert not np.array_equal(z[0], z[1]) and not np.array_equal(x_T, z[0])
     assert not np.array_equal(N.host_noise(10, 1, (4, 3))[0], x_T[:4])
+
+
+def test_ctrl_c_cancels_a_whole_graph_run():
+    """KeyboardInterrupt in the main thread during one long ``"graph"`` run ends it through
+    RunOptions.terminate (the run is in a worker thread); the sampler stays usable."""
+    import os
+    import signal
+    import threading
+
+    from refdiff.mlp import init_mlp
+
+    mlp = init_mlp(np.random.default_rng(0), data_dim=2, hidden=64, depth=3, embed_dim=8)
+    model = ex.mlp_denoiser_model(mlp, prediction_type="x0", schedule=linear(20000))
+    s = ex.OrtSampler(model, mode="graph", noise="graph", threads=1, provider="cpu")
+    ran = threading.Event()
+
+    def interrupt():
+        if not ran.wait(0.3):
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: the main thread's wait wakes
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        s.sample(shape=(2048, 2))
+        ran.set()
+        pytest.skip("the run ended before the interrupt (machine too fast for this size)")
+    except KeyboardInterrupt:
+        ran.set()
+    assert s.sample(shape=(2, 2)).shape == (2, 2)  # the session still runs

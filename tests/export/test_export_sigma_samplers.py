@@ -144,3 +144,14 @@ def test_sigma_sampler_refusals():
             sigmas=GRIDS["karras"],
             timestep="continuous",
         )
+
+
+def test_a_sigma_sampler_file_runs_as_it_is(tmp_path):
+    """A saved dpmpp_2m sampler graph: its steps and x_T = σ_0 z come from its metadata."""
+    model = ex.mlp_denoiser_model(MLP, prediction_type="v", schedule=BASE)
+    sig = GRIDS["karras"]
+    s = ex.OrtSampler(model, BASE, sampler="dpmpp_2m", mode="graph", provider="cpu", sigmas=sig)
+    path = ex.save_model(s.graph_model, tmp_path / "dpm.onnx")
+    f = ex.OrtSampler(path, provider="cpu")
+    assert f.num_steps == len(sig) - 1
+    assert np.array_equal(f.sample(shape=(4, 2), seed=2), s.sample(shape=(4, 2), seed=2))

@@ -1,7 +1,7 @@
 """Every σ-view sampler, two or three steps, against numbers worked out by hand.
 
 Data N(0, 1) in one dimension: the exact denoiser is D(x; σ) = x/(1+σ²) (docs/math.md
-eq. 19.21 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
+eq. 19.11 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
 step, so h = log 2 and e^{−h} = 1/2: the exponential-integrator coefficients are rational and
 the expected values are exact fractions (comments show the arithmetic).  DPM-Solver++ and
 UniPC are checked in diffusers' VP notation (α_t, s_t, λ = log α − log s) where the samplers
@@ -125,6 +125,9 @@ def test_dpmpp_2m_by_hand():
     assert run("dpmpp_2m", [2, 1, 0.5], lower_order_final=False) == pytest.approx(
         x2 / a2, rel=1e-14
     )
+    # uneven λ steps, σ = 2, 1, 1/4: h₀ = log 2, h₁ = log 4, r = 1/2, e^{−h₁} = 1/4;
+    # D̄ = (1 + 1/(2r)) (3/10) − (1/5)/(2r) = 3/5 − 1/5 = 2/5, x = (1/4)(3/5) + (3/4)(2/5) = 9/20
+    assert run("dpmpp_2m", [2, 1, 0.25], lower_order_final=False) == pytest.approx(0.45, abs=1e-15)
     # into σ = 0 the step is x̂_0 itself: 3/10
     assert run("dpmpp_2m", [2, 1, 0], lower_order_final=False) == pytest.approx(3 / 10, abs=1e-15)
 
@@ -211,7 +214,7 @@ def test_unipc_by_hand():
 
 
 def _exact_step(x, s0, t, prim):
-    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.8):
+    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.7):
     x_t = (t/s0) x + t (P(λ_t) − P(λ_s0)) with P a primitive of e^u m(u)."""
     return (t / s0) * x + t * (prim(-math.log(t)) - prim(-math.log(s0)))
 
