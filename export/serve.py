@@ -21,20 +21,24 @@ configuration run as one batch) behind an HTTP API on the Serve proxy:
 
     Response: JSON ``{"samples": [...], "shape": [...], "dtype": "float32", "seed": ...,
     "steps": ..., "provider": ...}`` or the ``.npy`` bytes of x_0 (float32, (batch, *S)).
-    The samples are those of ``OrtSampler(...).sample(shape=batch, seed=seed)`` with the same
-    configuration, bit for bit: batching concatenates requests along the batch axis, each with
-    its own seed's noise, and with two rows or more every row of onnxruntime's output depends
-    on its own row only (a single row is run beside a copy of itself: :func:`sample_rows`);
-    tests/export/test_serve.py checks this.
+    For batch ≥ 2 the samples are those of ``OrtSampler(...).sample(shape=batch, seed=seed)``
+    with the same configuration, bit for bit: batching concatenates requests along the batch
+    axis, each with its own seed's noise, and with two rows or more every row of onnxruntime's
+    output depends on its own row only.  A lone row is always run beside a copy of itself
+    (:func:`sample_rows`), so a one-sample request gets what a batch of two computes for it,
+    whatever it was batched with (it can differ from ``sample(shape=1)`` by a float32 ulp:
+    onnxruntime's one-row MatMul kernel).  tests/export/test_serve.py checks both.
 
 ``GET /health``  ``{"status": "ok", "replica": ..., "provider": ..., "requests": ...,
     "batches": ..., "largest_batch": ...}``.  ``GET /info``: the model, its schedule and limits.
 
 Bad requests get a 4xx with ``{"error": message, "argument": name}``: malformed JSON, an
 unknown key or option, a value of the wrong type or shape (400), a batch above ``max_batch``
-(413), an unknown path (404) or method (405); a replica never dies of one (errors are
-caught per request, a failed batch fails only its own requests).  Shutdown (SIGINT/SIGTERM)
-drains in-flight requests (``graceful_shutdown_timeout_s``), then stops Serve and Ray.
+(413), an unknown path (404) or method (405); a typed refdiff error while sampling (e.g.
+the model returned NaN) is a 422 and anything unexpected a 500.  A replica never dies of a
+request: errors are caught per request, and a failed batch fails only its own requests.
+Shutdown (SIGINT/SIGTERM) drains in-flight requests (``graceful_shutdown_timeout_s``), then
+stops Serve and Ray.
 
 Imports ``ray`` lazily: ``import refdiff.export`` works without the ``serve`` extra.
 """
@@ -231,7 +235,7 @@ def _thaw(key: tuple) -> dict:
 class SamplerServer:
     """One replica's state: the model, built samplers (LRU cache) and counters.
 
-    Usable without Ray (the tests and :mod:`benchmarks.bench_serve` call it in-process);
+    Usable without Ray (tests/export/test_serve.py calls it in-process);
     :func:`sampler_app` wraps it as a Serve deployment.
     """
 
