@@ -105,8 +105,9 @@ class SamplerSpec:
         """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``
         (``denoiser``: the model already opened with :func:`~refdiff.export.open_denoiser`)."""
         from .cli import build_schedule
+        from .metadata import PREFIX, schedule_from_json
         from .model_io import load_model, open_denoiser
-        from .runtime import OrtSampler, _schedule_of
+        from .runtime import OrtSampler
 
         proto, _ = load_model(model)
         kind = {p.key: p.value for p in proto.metadata_props}.get("refdiff.kind")
@@ -118,7 +119,10 @@ class SamplerSpec:
         den = denoiser if denoiser is not None else open_denoiser(proto, **self.model_kwargs)
         base = self.schedule
         if base is None:
-            base = _schedule_of(den.signature.metadata, "model")
+            text = den.signature.metadata.get(PREFIX + "schedule")
+            if text is None:
+                raise InputError("schedule", f"{den.label} records no schedule; pass schedule=")
+            base = schedule_from_json(text)
         _, sched = build_schedule("", 0, base=base, steps=self.steps, spacing=self.spacing)
         return OrtSampler(den, sched, sampler=self.sampler, mode=self.mode, **kw, **self.options)
 

@@ -12,7 +12,8 @@ configuration run as one batch) behind an HTTP API on the Serve proxy:
         sampler   "ddpm" | "ddim" | "euler" | …  (refdiff.export.SAMPLERS; default: the server's)
         steps     int                  respaced sampling steps (default: the server's)
         spacing   str                  leading | trailing | linspace | ddimN | "10,15"
-        options   {eta, clip, variance_type, s_noise, guidance_scale, …}: SAMPLER_OPTIONS
+        options   {eta, clip, variance_type, sigmas, s_noise, guidance_scale, …}: the
+                  options of refdiff.export.step_tables and OrtSampler's guidance arguments
         x_T       (batch, *S) numbers  injected initial noise instead of the seed's
         step_noise (N, batch, *S)      injected step noise (with x_T, when the sampler adds noise)
         inputs    {name: array}        conditioning inputs (batch 1 or ``batch``): ``cond=``
@@ -63,12 +64,10 @@ import numpy as np
 
 from refdiff.errors import InputError, RefdiffError
 
-from .sigma_tables import _OPTIONS as _SIGMA_OPTIONS
-from .tables import _DDIM_OPTIONS, _DDPM_OPTIONS, SAMPLERS
+from .tables import SAMPLERS
 
 __all__ = [
     "REQUEST_KEYS",
-    "SAMPLER_OPTIONS",
     "ServeConfig",
     "sampler_app",
     "serve_main",
@@ -92,15 +91,6 @@ REQUEST_KEYS = (
     "inputs",
     "uncond_inputs",
     "format",
-)
-#: Sampler options a request may set (``options``); see :func:`refdiff.export.step_tables`.
-SAMPLER_OPTIONS = tuple(
-    dict.fromkeys(
-        _DDPM_OPTIONS
-        + _DDIM_OPTIONS
-        + tuple(o for v in _SIGMA_OPTIONS.values() for o in v)
-        + ("guidance_scale", "guidance_rescale", "guidance_mode")
-    )
 )
 _FORMATS = ("json", "npy")
 _NPY = "application/x-npy"
@@ -195,9 +185,6 @@ def parse_request(body: object, config: ServeConfig, accept: str = "") -> dict:
         opts = dict(config.options) if sampler == config.sampler else {}
     if not isinstance(opts, dict):
         raise HTTPError(400, "options", f"must be a JSON object; got {type(opts).__name__}")
-    bad = sorted(set(opts) - set(SAMPLER_OPTIONS))
-    if bad:
-        raise HTTPError(400, bad[0], f"unknown sampler option; valid: {', '.join(SAMPLER_OPTIONS)}")
     for k, v in opts.items():
         ok = isinstance(v, str | int | float | bool | None) or (
             k == "sigmas" and isinstance(v, list) and all(isinstance(e, int | float) for e in v)
@@ -241,7 +228,6 @@ class SamplerServer:
 
     def __init__(self, model: bytes, config: ServeConfig):
         from .model_io import load_model, open_denoiser
-        from .runtime import _schedule_of
 
         self.model, self.config = model, config
         proto, _ = load_model(model)
@@ -255,9 +241,7 @@ class SamplerServer:
             if isinstance(name, str):
                 self.config = config = dataclasses.replace(config, sampler=name)
         self.denoiser = None if self.complete else open_denoiser(proto, **dict(config.model_kwargs))
-        self.base = config.schedule
-        if self.denoiser is not None and self.base is None:
-            self.base = _schedule_of(self.denoiser.signature.metadata, config.label)
+        self.base = config.schedule  # None: the model's metadata (SamplerSpec.build)
         self._samplers: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "errors": 0}
@@ -419,7 +403,6 @@ class SamplerServer:
             "provider": self.provider,
             "max_batch": c.max_batch,
             "request_keys": list(REQUEST_KEYS),
-            "sampler_options": list(SAMPLER_OPTIONS),
         }
 
 

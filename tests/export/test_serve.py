@@ -120,7 +120,7 @@ BAD = [
     ({"batch": 65}, 413, "batch", "1..64"),
     ({"batch": "3"}, 400, "batch", "integer"),
     ({"temperature": 1}, 400, "temperature", "unknown key"),
-    ({"options": {"etaa": 1}}, 400, "etaa", "unknown sampler option"),
+    ({"options": {"etaa": 1}}, 400, "options", "etaa"),
     ({"sampler": "lms"}, 400, "sampler", "lms"),
     ({"sampler": "euler"}, 400, "sigmas", "σ grid"),
     ({"sampler": "ddpm", "options": {"eta": 0.5}}, 400, "options", "eta"),
