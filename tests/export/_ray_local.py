@@ -1,6 +1,10 @@
 """One local Ray cluster for the whole test session (tests/export/test_serve.py,
-tests/export/test_cluster.py): ``ray.init(num_cpus=2)`` on 127.0.0.1, no dashboard, no usage
-reporting; started by the first test that needs it and shut down when the session ends."""
+tests/export/test_cluster.py): ``ray.init(num_cpus=2)``, no dashboard, no usage reporting;
+started by the first test that needs it and shut down when the session ends.
+
+Traffic stays on this machine: the tests' HTTP goes to 127.0.0.1 only, and Ray's own
+processes talk to each other on the node's address (Ray replaces 127.0.0.1 by it, so it
+cannot be confined to the loopback interface)."""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ def ray_cluster():
         ray.init(
             num_cpus=2,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             log_to_driver=False,
             configure_logging=False,
         )
