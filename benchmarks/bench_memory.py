@@ -162,8 +162,9 @@ def main(argv=None) -> int:
             cells = " ".join(f"{x['states']:8.2f}" for x in r)
             print(f"{mode:6} {noise:6} {cells}   {ratio:5.3f}  {r[-1]['estimate_states']:4.1f}")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from refdiff._io import write_json
+
+        write_json(a.json, rows)
     return 0
 
 

@@ -419,7 +419,12 @@ class OrtSampler:
         if self.tables is not None and self.tables.multistep:
             states += 2  # m, ping-pong
         model = self.graph_model if self.denoiser is None else self.denoiser.model
-        return int(states * state + 2 * model.ByteSize())
+        extra = 0  # conditioning arrays: cond, uncond and their 2B stack (batched guidance)
+        for e in self.extras:
+            if e.batched and e.shape is not None:
+                per = math.prod(d for d in e.shape[1:] if d is not None)
+                extra += e.dtype.itemsize * per * shape[0] * (1 if g is None else 4)
+        return int(states * state + extra + 2 * model.ByteSize())
 
     # -- sampling ---------------------------------------------------------------------------
     def sample(
@@ -446,8 +451,8 @@ class OrtSampler:
         """
         shape = self._shape(shape, x_T)
         self._check_state_shape(shape, "x_T" if x_T is not None else "shape")
-        conds = self._conditioning(cond, uncond, shape[0])
         check_memory(self.memory_estimate(shape), f"sampling {shape}", limit=self.memory_limit)
+        conds = self._conditioning(cond, uncond, shape[0])
         if self.mode == "graph" and self.noise == "graph":
             if x_T is not None or step_noise is not None:
                 raise InputError(

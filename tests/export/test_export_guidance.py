@@ -141,6 +141,12 @@ def test_conditioning_errors_are_typed_and_list_what_is_missing():
         s.sample(shape=(2, 2), seed=0, cond={**c, "nope": 1}, uncond=u)
     with pytest.raises(ShapeError, match="cond"):
         s.sample(shape=(2, 2), seed=0, cond={**c, "cond": np.zeros((3, 4))}, uncond=u)
+    # a huge batch is refused before its batch-1 conditioning is broadcast to it
+    from refdiff.export.memory import MemoryLimitError
+
+    one = {"cond": np.zeros((1, 4)), "label": np.zeros(1, np.int64)}
+    with pytest.raises(MemoryLimitError):
+        s.sample(shape=(10**12, 2), seed=0, cond=one, uncond=one)
     with pytest.raises(InputError, match="guidance_rescale"):
         ex.OrtSampler(cond_model(), SCHED, guidance_scale=2.0, guidance_rescale=1.5, **KW)
     with pytest.raises(OptionError, match="guidance"):
