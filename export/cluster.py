@@ -454,19 +454,36 @@ def run_cli(
     address: str,
     shard_rows: int = 65536,
     options: dict | None = None,
-    model_kwargs: dict | None = None,
+    cond: dict | None = None,
+    uncond: dict | None = None,
     quiet: bool = False,
 ) -> int:
     """``refdiff sample --cluster [ADDRESS]``: shard the run of ``sampler`` (the
     :class:`~refdiff.export.OrtSampler` the command built) over a Ray cluster into ``out_dir``.
 
     ``address``: ``"local"`` starts a local cluster; else ``"auto"`` or ``ray://host:port``.
-    The walked schedule and sampler of ``sampler`` are used as they are.  Returns 0, or 2 when
+    The sampler's walked schedule, mode, provider, guidance and the denoiser's resolved
+    conventions are taken from ``sampler``; ``options``: the step-table options the command
+    gave it (``eta``, ``sigmas``, …), which an OrtSampler does not keep.  Returns 0, or 2 when
     shards are missing (rerun the same command to compute only those).
     """
     import sys
 
     complete = sampler.tables is None
+    opts, model_kwargs = None, None
+    if not complete:
+        den, sig = sampler.denoiser, sampler.denoiser.signature
+        model_kwargs = dict(
+            prediction_type=den.prediction_type,
+            timestep_convention=den.timestep_convention,
+            state_input=sig.state_input,
+            time_input=sig.time_input,
+            output=sig.output,
+        )
+        opts = dict(options or {})
+        g = sampler.guidance
+        if g is not None:
+            opts.update(guidance_scale=g.scale, guidance_rescale=g.rescale, guidance_mode=g.mode)
     t0 = time.perf_counter()
     try:
         res = cluster_sample(
@@ -476,9 +493,11 @@ def run_cli(
             seed=seed,
             shard_rows=shard_rows,
             sampler="ddpm" if complete else sampler.tables.sampler,
-            options=None if complete else options,
+            options=opts,
             schedule=None if complete else sampler.schedule,
-            model_kwargs=None if complete else model_kwargs,
+            model_kwargs=model_kwargs,
+            cond=cond,
+            uncond=uncond,
             mode=sampler.mode,
             provider="cpu" if sampler.provider == "cpu" else "cuda",
             num_gpus=0 if sampler.provider == "cpu" else 1,
