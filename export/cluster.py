@@ -210,6 +210,13 @@ def _shard_task(model, sha, spec: SamplerSpec, seed, rows, path, rows_per_run, c
     return hashlib.sha256(data).hexdigest()
 
 
+def _plain(v: object) -> object:
+    """An option value as JSON data (the σ grid comes as an array), same values."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _check_conds(s, cond, uncond) -> tuple:
     """(cond, uncond) checked by the sampler's own rules for a batch of one sample."""
     if cond is None and uncond is None and not getattr(s, "extras", ()):
@@ -328,7 +335,7 @@ def cluster_sample(
         sampler,
         steps,
         spacing,
-        dict(options or {}),
+        {k: _plain(v) for k, v in (options or {}).items()},
         mode,
         provider,
         threads,
