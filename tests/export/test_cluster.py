@@ -126,3 +126,21 @@ def test_altered_shard_is_refused_and_recomputed(ray_cluster, tmp_path):  # noqa
     r = cluster_sample(MODEL, tmp_path, N, seed=SEED, shard_rows=ROWS, num_cpus=1)
     assert r.computed == [3] and np.array_equal(load_samples(tmp_path), single_process())
     assert (tmp_path / MANIFEST).exists()
+
+
+def test_run_cli_shards_the_commands_own_sampler(ray_cluster, tmp_path, capsys):  # noqa: F811
+    """The body of ``refdiff sample --cluster``: schedule, sampler, mode and the denoiser's
+    conventions come from the OrtSampler the command built, step-table options alongside."""
+    from refdiff.export.cluster import run_cli
+
+    path = tmp_path / "den.onnx"
+    path.write_bytes(MODEL)
+    sig = from_schedule(BASE, 5)  # an array, as the command's σ grid is
+    s = ex.OrtSampler(
+        str(path), BASE, sampler="euler_ancestral", mode="fused", provider="cpu", sigmas=sig
+    )
+    out = tmp_path / "shards"
+    kw = dict(seed=3, address="local", shard_rows=8, options={"sigmas": sig})
+    assert run_cli(s, str(path), str(out), 21, **kw) == 0
+    assert "21 samples in 3 shards (3 computed, 0 reused)" in capsys.readouterr().out
+    assert np.array_equal(load_samples(out), s.sample(shape=21, seed=3))
