@@ -299,8 +299,6 @@ _CHILD = r"""
 import json, sys, time, warnings
 cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["root"])
-from benchmarks.run import bootstrap
-bootstrap()
 from benchmarks import bench_ort as B
 from benchmarks._timing import max_rss_bytes, reset_peak_rss, rss_bytes
 import refdiff.export as E

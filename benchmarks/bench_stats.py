@@ -1,8 +1,8 @@
 """Part 4: seconds per statistical assertion of the statistical test suite.
 
 Runs pytest (``-m "not slow"``, ``CI=1``: the derandomized profile CI uses) in a fresh process
-on ``tests/test_statistical_*.py`` — or, when no file has that name, on every test file — and
-watches :data:`refdiff.stats.LEDGER`, where every statistical assertion records its
+on ``tests/ground_truth/test_statistical_*.py`` — or, when no file has that name, on every
+test file — and watches :data:`refdiff.stats.LEDGER`, where every statistical assertion records its
 false-failure rate: a small plugin notes, per test, its wall time and how many ledger entries
 it added.  Seconds per assertion = the time of the tests that made statistical assertions /
 the number of assertions (each test's time includes its Hypothesis example generation, its
@@ -56,7 +56,7 @@ print("__MARK__" + json.dumps(out))
 
 
 def statistical_files(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "tests").glob("test_statistical_*.py"))
+    return sorted((root / "tests" / "ground_truth").glob("test_statistical_*.py"))
 
 
 def run(
@@ -65,7 +65,11 @@ def run(
     """Time the statistical suite in a child process; returns the JSON section."""
     if files is None:
         files = statistical_files() or [ROOT / "tests"]
-        scope = "tests/test_statistical_*.py" if files[0].name != "tests" else "all of tests/"
+        scope = (
+            "tests/ground_truth/test_statistical_*.py"
+            if files[0].name != "tests"
+            else "all of tests/"
+        )
     else:
         scope = ", ".join(f.name for f in files)
     sec: dict = {"scope": scope, "notes": [], "targets": []}

@@ -29,5 +29,5 @@ mkdir -p .gpu/src/refdiff && cp -r refdiff/. .gpu/src/refdiff/ && rm -rf .gpu/sr
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import onnxruntime as o, refdiff.export as e; print(o.__version__, o.__file__); print(e.cuda_status())" 2>&1 | tee -a "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -m "cuda" tests/ -rs 2>&1 | tee "$out/pytest_cuda.txt" | tail -25
-python3 -m pytest -q -p no:cacheprovider tests/test_export_*.py -x 2>&1 | tail -5 | tee -a "$out/pytest_cuda.txt"
+python3 -m pytest -q -p no:cacheprovider tests/export/test_export_*.py -x 2>&1 | tail -5 | tee -a "$out/pytest_cuda.txt"
 python3 -m refdiff.cli bench --provider cuda --quick --out "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.txt" | tail -40

@@ -8,10 +8,13 @@ Sections (``--only`` picks some):
 - ``scaling``  time against steps and batch, peak memory;
 - ``stats``    seconds per statistical assertion of the statistical test suite.
 
-Prints a table per section and a summary of issue 7's targets, and writes every number as
-JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that keeps every
-section; ``--smoke`` checks the harness at toy sizes in seconds (its numbers mean nothing).
-Standalone: ``python benchmarks/run.py [options]`` from the repository root.
+Prints a table per section and a summary of the targets of docs/benchmarks.md, and writes
+every number as JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that
+keeps every section; ``--smoke`` checks the harness at toy sizes in seconds (its numbers mean
+nothing).
+Standalone: ``python -m benchmarks.run [options]`` from the repository root, with refdiff
+installed (``make install`` or ``pip install -e '.[deploy]'``): the benchmarks import the
+installed package.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result["targets"] = report.collect_targets(result["sections"])
     result["wall_s"] = time.perf_counter() - t_start
-    print("\n== targets (issue 7) ==")
+    print("\n== targets (docs/benchmarks.md) ==")
     print(report.targets_table(result["targets"]))
     write_json(out_path, _clean(result))
     print(f"\nwrote {out_path} ({result['wall_s']:.0f} s)")
@@ -196,40 +199,5 @@ def _clean(obj):
     return obj
 
 
-def bootstrap() -> None:
-    """Make ``refdiff`` and ``refdiff.export`` importable from a bare checkout (no install).
-
-    ``refdiff.export`` lives in the top-level ``export/`` folder, mapped by setuptools; a
-    checkout that was never installed (the GPU machine) gets the same mapping here.
-    """
-    root = HERE.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import importlib.util
-
-    import refdiff
-
-    try:
-        import refdiff.export  # noqa: F401
-    except ModuleNotFoundError:
-        if not (root / "export" / "__init__.py").is_file():
-            return
-        spec = importlib.util.spec_from_file_location(
-            "refdiff.export",
-            root / "export" / "__init__.py",
-            submodule_search_locations=[str(root / "export")],
-        )
-        if spec is None or spec.loader is None:
-            return
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["refdiff.export"] = mod
-        spec.loader.exec_module(mod)
-        refdiff.export = mod  # type: ignore[attr-defined]
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
-    bootstrap()
-    from benchmarks.run import main as _main
-
-    raise SystemExit(_main())
+if __name__ == "__main__":  # python -m benchmarks.run, from the repository root
+    raise SystemExit(main())

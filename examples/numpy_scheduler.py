@@ -7,7 +7,7 @@ Verify it with
     refdiff verify examples/numpy_scheduler.py:NumpyScheduler          # float64
     refdiff verify examples/numpy_scheduler.py:Float32Scheduler        # float32 tolerance
 
-The planted-bug variants used by tests/test_verify.py subclass it.
+The planted-bug variants used by tests/conformance/test_verify.py subclass it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Each class is examples/numpy_scheduler.py's float32 scheduler with one bug plant
     refdiff verify examples/planted_bugs.py:OffByOne --ops ddpm_step --quick
     refdiff verify examples/planted_bugs.py:BetaForBetaTilde --ops ddpm_step --quick
 
-tests/test_verify.py checks that each fails and that the message names the bug.
+tests/conformance/test_verify.py checks that each fails and that the message names the bug.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """``refdiff bench``: run the benchmarks in the repository's ``benchmarks/`` folder.
 
-The benchmarks are scripts that live beside the package, not inside it (DESIGN §5), so this
-entry point finds them next to ``export/`` (an editable install or a checkout) and runs
-``benchmarks.run.main``.  ``refdiff bench --help`` lists the options (``--quick``,
+The benchmarks are scripts that live beside the package, not inside it (docs/benchmarks.md),
+so this entry point finds them next to ``export/`` (an editable install or a checkout) and
+runs ``python -m benchmarks.run`` there.  ``refdiff bench --help`` lists the options (``--quick``,
 ``--provider cpu|cuda|auto``, ``--only``, ``--out``).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def benchmarks_dir() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks; returns the exit status (0 when every section ran)."""
+    """Run the benchmarks (``python -m benchmarks.run`` in the checkout, a child process that
+    imports the installed refdiff); returns its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     bdir = benchmarks_dir()
     if bdir is None:
@@ -34,9 +36,4 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    root = str(bdir.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from benchmarks.run import main as run_main
-
-    return run_main(argv)
+    return subprocess.call([sys.executable, "-m", "benchmarks.run", *argv], cwd=bdir.parent)

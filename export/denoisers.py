@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from refdiff._check import integer
 from refdiff.errors import InputError, OptionError, ShapeError
 from refdiff.mlp import MLP, timestep_embedding
 from refdiff.parameterization import PREDICTION_TYPES
@@ -48,9 +49,7 @@ def _dtype(dtype: object) -> np.dtype:
 def _batch_dim(batch: int | None):
     if batch is None:
         return "B"
-    if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
-        raise InputError("batch", f"must be None (dynamic) or a positive int; got {batch!r}")
-    return int(batch)
+    return integer(batch, "batch", low=1)
 
 
 def mixture_parts(mixture: object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -307,10 +306,8 @@ def mlp_denoiser_model(
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
     if isinstance(max_time, str) and max_time == "auto":
         max_time = int(schedule.timesteps[-1]) if schedule is not None else 1000
-    if max_time is not None and (
-        isinstance(max_time, bool) or not isinstance(max_time, int) or max_time < 1
-    ):
-        raise InputError("max_time", f"must be a positive int or None; got {max_time!r}")
+    if max_time is not None:
+        max_time = integer(max_time, "max_time", low=1)
     b = GraphBuilder()
     out = emit_mlp(b, "x", "t", mlp, dt, max_time)
     b.op("Identity", out, outputs=["out"])

@@ -67,11 +67,11 @@ from ._graph import GraphBuilder, tensor_info
 from .conditioning import Guidance, conditioning_inputs
 from .model_io import DenoiserModel
 from .steps import (
-    _finish,
     check_noise,
     check_seed,
     emit_guided_call,
     emit_stacked,
+    finish_sampler_model,
     model_time_table,
     sampler_metadata,
     state_dims,
@@ -177,7 +177,7 @@ def sampler_model(
         "sampler", den, tables, noise, seed, (meaning_in, meaning_out), guidance
     )
     doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, Loop over chunks of a Scan"
-    return _finish(b, "refdiff_sampler", inputs, outputs, meta, doc)
+    return finish_sampler_model(b, "refdiff_sampler", inputs, outputs, meta, doc)
 
 
 _F32 = onnx.TensorProto.FLOAT

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from refdiff.errors import InputError, OptionError
+from refdiff._check import as_float_array, real
+from refdiff.errors import InputError, OptionError, ScheduleError
 from refdiff.schedule import Schedule
-from refdiff.solvers import _real, linear_coefficients
-from refdiff.solvers import _sigmas as _check_sigmas
+from refdiff.solvers import linear_coefficients
 
 __all__ = ["SIGMA_SAMPLERS", "sigma_step_tables"]
 
@@ -42,7 +42,12 @@ def _sigmas(options: dict, flow: bool) -> np.ndarray:
     if options.get("sigmas") is None:
         how = "flow.flow_sigmas(n)" if flow else "sigma.from_schedule(schedule, n) or sigma.karras"
         raise InputError("sigmas", f"the σ-view samplers need the σ grid: pass sigmas= ({how})")
-    return _check_sigmas(options["sigmas"], flow)
+    s = as_float_array(options["sigmas"], "sigmas")  # the rule of refdiff.solvers' grids
+    if s.ndim != 1 or s.shape[0] < 2:
+        raise ScheduleError("sigmas", f"must be 1-D with n+1 >= 2 entries; got shape {s.shape}")
+    if np.any(np.diff(s) >= 0) or s[-1] < 0 or (flow and s[0] > 1):
+        raise ScheduleError("sigmas", "must decrease strictly to a last value >= 0 (flow: ≤ 1)")
+    return s
 
 
 def _conversion(schedule: Schedule, sig: np.ndarray, prediction_type: str, timestep: str):
@@ -84,7 +89,9 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
         stochastic = options.get("stochastic", False)
         if not isinstance(stochastic, bool | np.bool_):
             raise InputError("stochastic", f"must be a bool; got {stochastic!r}")
-        scale = _real(options.get("flow_time_scale", 1000.0), "flow_time_scale", 0.0)
+        scale = real(
+            options.get("flow_time_scale", 1000.0), "flow_time_scale", low=0.0, low_open=True
+        )
         if stochastic:  # x_{i+1} = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z (eq. 19.10)
             A, B, S = 1.0 - s_next, -(1.0 - s_next) * s, s_next.copy()
         else:
@@ -101,8 +108,8 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
         Dx, Do, c_in, t = _conversion(schedule, sig, prediction_type, timestep)
         norm["timestep"] = timestep
         if sampler == "euler_ancestral":
-            eta = _real(options.get("eta", 1.0), "eta")
-            s_noise = _real(options.get("s_noise", 1.0), "s_noise")
+            eta = real(options.get("eta", 1.0), "eta", low=0.0)
+            s_noise = real(options.get("s_noise", 1.0), "s_noise", low=0.0)
             up = np.minimum(s_next, eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2))
             down = np.sqrt(s_next**2 - up**2)
             g = (down - s) / s
@@ -111,7 +118,7 @@ def sigma_step_tables(schedule, sampler: str, prediction_type: str, options: dic
             norm.update(eta=eta, s_noise=s_noise)
         else:  # x_{i+1} = a x + b D_i + c D_{i−1} (refdiff.solvers.linear_coefficients)
             lin = {}
-            if sampler == "euler" and _real(options.get("s_churn", 0.0), "s_churn") != 0.0:
+            if sampler == "euler" and real(options.get("s_churn", 0.0), "s_churn", low=0.0) != 0.0:
                 raise InputError(
                     "s_churn", "churn evaluates the model after adding noise: not in ONNX"
                 )

@@ -387,7 +387,7 @@ def sampler_metadata(
     )
 
 
-def _finish(b, name, ins, outs, meta, doc):
+def finish_sampler_model(b, name, ins, outs, meta, doc):
     try:
         return finish_model(b.graph(name, ins, outs), meta, doc=doc, builder=b)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -486,7 +486,9 @@ def step_model(
     inputs.append(tensor_info("k", np.int64, []))
     meaning_in["k"] = "step index, 0-based (int64 scalar)"
     meta = sampler_metadata("step", den, tables, noise, seed, (meaning_in, meaning_out), guidance)
-    return _finish(b, "refdiff_step", inputs, outputs, meta, "refdiff sampler update step")
+    return finish_sampler_model(
+        b, "refdiff_step", inputs, outputs, meta, "refdiff sampler update step"
+    )
 
 
 def fused_step_model(
@@ -537,6 +539,6 @@ def fused_step_model(
     meta = sampler_metadata(
         "fused_step", den, tables, noise, seed, (meaning_in, meaning_out), guidance
     )
-    return _finish(
+    return finish_sampler_model(
         b, "refdiff_fused_step", inputs, outputs, meta, "refdiff denoiser + sampler step"
     )

@@ -1,15 +1,24 @@
-"""Input validation shared by every module: one place that turns bad input into typed errors."""
+"""Input validation shared by every module: one place that turns bad input into typed errors.
+
+The conventions, stated once: an integer option is a Python or NumPy integer and a real one a
+Python or NumPy int or float (np.float32 too); a bool is neither (``True`` is not 1 here);
+an option name is one of a listed set of strings.  :func:`integer`, :func:`real` and
+:func:`option` enforce them and return the plain Python value (docs/reliability.md §1).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import operator
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from .errors import (
     DTypeError,
+    InputError,
     NonFiniteError,
     OptionError,
     RandomnessError,
@@ -24,6 +33,82 @@ def is_real(v: object) -> bool:
     (``isinstance(v, int | float)`` would refuse np.float32 and take ``True`` as 1.)
     """
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def is_integer(v: object) -> bool:
+    """An integer option: a Python or NumPy integer, never a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _interval(low, high, low_open: bool, high_open: bool) -> str:
+    low, high = (f"{x:g}" if isinstance(x, float) else x for x in (low, high))
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high}"
+    return ""
+
+
+def integer(
+    value: object,
+    name: str,
+    *,
+    low: int | None = None,
+    high: int | None = None,
+    error: type[InputError] = InputError,
+) -> int:
+    """``value`` as an int: a Python or NumPy integer (never a bool) in [low, high]."""
+    if not is_integer(value) or (
+        (low is not None and value < low) or (high is not None and value > high)  # type: ignore[operator]
+    ):
+        raise error(name, f"must be an int{_interval(low, high, False, False)}; got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
+def real(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+    what: str | None = None,
+    error: type[InputError] = InputError,
+) -> float:
+    """``value`` as a float: a Python or NumPy int or float (never a bool), finite unless
+    ``finite=False``, in the interval from ``low`` to ``high`` (open ends where asked; NaN is
+    in no interval).  ``what`` replaces the generated description in the message."""
+    ok = is_real(value)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = not (finite and not math.isfinite(v)) and not math.isnan(v)
+        if ok and low is not None:
+            ok = v > low if low_open else v >= low
+        if ok and high is not None:
+            ok = v < high if high_open else v <= high
+    if not ok:
+        desc = what or (
+            ("a finite float" if finite else "a float") + _interval(low, high, low_open, high_open)
+        )
+        raise error(name, f"must be {desc}; got {value!r}")
+    return v
+
+
+def renamed(new: object, old: object, *, new_name: str, old_name: str, default: object) -> object:
+    """The value of keyword ``new_name``, or of its former name ``old_name`` (accepted with a
+    DeprecationWarning); ``default`` when neither is given (None stands for "not given")."""
+    if old is None:
+        return default if new is None else new
+    warnings.warn(
+        f"the keyword {old_name}= is deprecated; use {new_name}=", DeprecationWarning, stacklevel=3
+    )
+    if new is not None and new != old:
+        raise InputError(new_name, f"give {new_name}= or {old_name}=, not both")
+    return old
 
 
 def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:
@@ -167,3 +252,15 @@ def state_and_t(schedule, x: object, t: object, name: str = "x", *, allow_zero: 
 def gather(values: np.ndarray, t: np.ndarray, ndim: int) -> np.ndarray:
     """values[t] shaped to broadcast against a (B, ...) array of ``ndim`` dimensions."""
     return per_sample(values[t], ndim)
+
+
+def state_shape(shape: object) -> tuple[int, ...]:
+    """A state shape: a non-empty tuple of positive ints, at most MAX_ELEMENTS in all."""
+    try:
+        out = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise ShapeError("shape", f"must be a tuple of ints; got {shape!r}") from None
+    if len(out) < 1 or min(out) < 1:
+        raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
+    check_size(out, "shape")
+    return out

@@ -13,7 +13,7 @@ sampling loops of :mod:`refdiff.sampling` run.  It agrees with the step of
 :mod:`refdiff.reverse` up to rounding — the reference rounds x̂_0 = (…)/√ᾱ_t and
 ε̂ = (…)/√(1 − ᾱ_t) before combining them, the affine form regroups the products, so they
 differ by a few ulp of (|x_t| + |o| + |z|) times at most max(|a_t|, |b_t|, |s_t|, 1/√ᾱ_t,
-1/√(1 − ᾱ_t)) (tests/test_affine.py) — and draws the same noise from the same ``rng``.
+1/√(1 − ᾱ_t)) (tests/spec/test_affine.py) — and draws the same noise from the same ``rng``.
 
 Non-affine options — ``clip``, ``threshold_ratio`` and the learned variance types — are refused
 here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
@@ -21,68 +21,96 @@ here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from ._check import as_float_array, option, timesteps
+from ._check import as_float_array, option, renamed, timesteps
 from .errors import InputError, RandomnessError, ShapeError, TimestepError
 from .reverse import LEARNED, ddim_step, ddpm_step
 from .schedule import Schedule
 
-__all__ = ["METHODS", "AffineStep", "is_affine", "affine_coefficients", "affine_step"]
+__all__ = [
+    "SAMPLERS",
+    "METHODS",
+    "AffineCoefficients",
+    "is_affine",
+    "affine_coefficients",
+    "affine_step",
+]
 
-METHODS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim")
+METHODS = SAMPLERS  # the former name
 
 # Elements per block of the fused update: the block's temporary stays in L2, so a large
 # state is read once per term instead of also writing and re-reading a full-size temporary.
 _BLOCK = 1 << 15
 
 
-class AffineStep(NamedTuple):
+class AffineCoefficients(NamedTuple):
     """The coefficients of (7.12) for every t of one schedule and one set of options.
 
     a, b, s: float64 arrays of shape (T + 1,) indexed by t (entry 0, t = 0, is NaN: there is
     no step from it).  ``draws``: whether the step consumes one noise draw (DDPM always, as
     :func:`refdiff.reverse.ddpm_step` does, even where s_t = 0; DDIM only when η > 0).
+    ``sampler``: "ddpm" or "ddim" (also readable as ``method``, its former name).
     """
 
     a: np.ndarray
     b: np.ndarray
     s: np.ndarray
     draws: bool
-    method: str
+    sampler: str
+
+    @property
+    def method(self) -> str:
+        """The former name of :attr:`sampler`."""
+        return self.sampler
 
 
-def _non_affine(method: str, options: dict) -> str | None:
-    """The option that makes the step of ``method`` non-affine, or None."""
-    option(method, "method", METHODS)
+def _sampler(sampler: str | None, options: dict, default: str | None = None) -> str:
+    """The ``sampler`` keyword (or its former name ``method``, popped from ``options``)."""
+    s = renamed(
+        sampler, options.pop("method", None), new_name="sampler", old_name="method", default=default
+    )
+    return option(s, "sampler", SAMPLERS)
+
+
+def _non_affine(sampler: str, options: dict) -> str | None:
+    """The option that makes the step of ``sampler`` non-affine, or None."""
     for name in ("clip", "threshold_ratio"):
         if options.get(name) is not None:
             return name
-    if method == "ddpm" and options.get("variance_type", "fixed_small") in LEARNED:
+    if sampler == "ddpm" and options.get("variance_type", "fixed_small") in LEARNED:
         return "variance_type"
     return None
 
 
-def is_affine(method: str, **options) -> bool:
-    """Whether the step of ``method`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
-    return _non_affine(method, options) is None
+def is_affine(sampler: str | None = None, **options) -> bool:
+    """Whether the step of ``sampler`` ("ddpm" or "ddim") with ``options`` is of form (7.12)."""
+    sampler = _sampler(sampler, options)
+    return _non_affine(sampler, options) is None
 
 
-def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> AffineStep:
+def affine_coefficients(
+    schedule: Schedule, sampler: str | None = None, **options
+) -> AffineCoefficients:
     """(a_t, b_t, s_t) of (7.12) for t = 1 … T, read off the reference step.
 
-    ``options`` are those of :func:`refdiff.reverse.ddpm_step` (``method="ddpm"``) or
-    :func:`refdiff.reverse.ddim_step` (``"ddim"``), checked by them; the non-affine ones
-    (``clip``, ``threshold_ratio``, learned variances) raise :class:`InputError`.
+    ``sampler``: "ddpm" (the default) or "ddim" (``method=``, the former keyword, still
+    works with a DeprecationWarning).  ``options`` are those of
+    :func:`refdiff.reverse.ddpm_step` (``sampler="ddpm"``) or :func:`refdiff.reverse.ddim_step`
+    (``"ddim"``), checked by them; the non-affine ones (``clip``, ``threshold_ratio``, learned
+    variances) raise :class:`InputError`.
     """
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
-    bad = _non_affine(method, options)
+    sampler = _sampler(sampler, options, "ddpm")
+    bad = _non_affine(sampler, options)
     if bad is not None:
-        raise InputError(bad, f"makes the {method} step non-affine; use refdiff.reverse")
-    if method == "ddpm":
+        raise InputError(bad, f"makes the {sampler} step non-affine; use refdiff.reverse")
+    if sampler == "ddpm":
         step, draws = ddpm_step, True
     else:
         step, draws = ddim_step, options.get("eta", 0.0) != 0.0
@@ -97,7 +125,7 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     ]
     for c in coef:
         c.setflags(write=False)
-    return AffineStep(*coef, draws=draws, method=method)
+    return AffineCoefficients(*coef, draws=draws, sampler=sampler)
 
 
 _F64 = np.dtype(np.float64)
@@ -113,7 +141,13 @@ def _array(x: object, name: str) -> np.ndarray:
 
 
 def affine_step(
-    coef: AffineStep, x_t, t, model_output, *, noise=None, rng: np.random.Generator | None = None
+    coef: AffineCoefficients,
+    x_t,
+    t,
+    model_output,
+    *,
+    noise=None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """x_{t−1} = a_t x_t + b_t o + s_t z (7.12): a fresh float64 array of the state shape.
 
@@ -123,8 +157,8 @@ def affine_step(
     stream exactly like ``standard_normal``).  Inputs are not checked for NaN/Inf (they
     propagate to the result); the sampling loops check the model output.
     """
-    if not isinstance(coef, AffineStep):
-        raise InputError("coef", f"must be an AffineStep; got {type(coef).__name__}")
+    if not isinstance(coef, AffineCoefficients):
+        raise InputError("coef", f"must be AffineCoefficients; got {type(coef).__name__}")
     T = coef.a.shape[0] - 1
     if type(t) is not int:
         t = timesteps(t, "t", low=1, high=T)
@@ -187,3 +221,16 @@ def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:
     for v, c in terms:
         np.multiply(v, c, out=tmp)
         y += tmp
+
+
+def __getattr__(name: str) -> object:
+    """``AffineStep``: the former name of :class:`AffineCoefficients` (one step of an exact
+    law is :class:`refdiff.exact.AffineStep`); still importable, with a DeprecationWarning."""
+    if name == "AffineStep":
+        warnings.warn(
+            "refdiff.affine.AffineStep is now AffineCoefficients",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AffineCoefficients
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

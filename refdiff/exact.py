@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, check_size, option
+from ._check import as_batch, as_float_array, check_size, integer, option, real
 from .errors import (
     InputError,
     OptionError,
@@ -80,10 +80,9 @@ def _rng(rng: object) -> np.random.Generator:
 
 
 def _count(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise InputError("n", f"must be an int >= 0; got {n!r}")
-    check_size((int(n),), "n")  # before allocating (docs/reliability.md)
-    return int(n)
+    n = integer(n, "n", low=0)
+    check_size((n,), "n")  # before allocating (docs/reliability.md)
+    return n
 
 
 def _psd(c: np.ndarray, name: str) -> np.ndarray:
@@ -271,14 +270,8 @@ def _alpha_bar_value(schedule_or_alpha_bar: object, t: object) -> float:
         if tt.ndim != 0:
             raise TimestepError("t", "must be a single int here")
         return float(schedule_or_alpha_bar.alpha_bar[int(tt)])
-    ab = schedule_or_alpha_bar
-    if (
-        isinstance(ab, bool)
-        or not isinstance(ab, int | float | np.floating)
-        or not 0.0 <= ab <= 1.0
-    ):
-        raise InputError("schedule_or_alpha_bar", f"must be a Schedule or ᾱ in [0, 1]; got {ab!r}")
-    return float(ab)
+    what = "a Schedule or ᾱ in [0, 1]"
+    return real(schedule_or_alpha_bar, "schedule_or_alpha_bar", low=0.0, high=1.0, what=what)
 
 
 def marginal(data: Law, schedule_or_alpha_bar: Schedule | float, t: int | None = None) -> Law:
@@ -722,10 +715,8 @@ def _final_alpha_bar(schedule: Schedule, final_alpha_bar: object) -> float:
     if isinstance(final_alpha_bar, str):
         option(final_alpha_bar, "final_alpha_bar", ("one", "first"))
         return 1.0 if final_alpha_bar == "one" else float(schedule.base_alpha_bar_1)
-    f = final_alpha_bar
-    if isinstance(f, bool) or not isinstance(f, int | float | np.floating) or not 0.0 < f <= 1.0:
-        raise InputError("final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {f!r}")
-    return float(f)
+    what = "'one', 'first' or in (0, 1]"
+    return real(final_alpha_bar, "final_alpha_bar", low=0.0, high=1.0, low_open=True, what=what)
 
 
 def ddim_affine_steps(
@@ -750,8 +741,7 @@ def ddim_affine_steps(
     when η > 0, and at t = 1 only with ``final_step_noise``.
     """
     g = _gaussian(data, "ddim_law")
-    if isinstance(eta, bool) or not isinstance(eta, int | float | np.floating) or not 0 <= eta <= 1:
-        raise InputError("eta", f"must be a float in [0, 1]; got {eta!r}")
+    real(eta, "eta", low=0.0, high=1.0)
     _refuse_nonlinear(clip, threshold_ratio)
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")

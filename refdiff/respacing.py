@@ -10,9 +10,9 @@ import operator
 
 import numpy as np
 
-from ._check import option
+from ._check import integer, option
 from .errors import InputError
-from .schedule import _check_T
+from .schedule import check_T
 
 __all__ = ["SPACINGS", "spaced_times", "space_timesteps"]
 
@@ -20,9 +20,7 @@ SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _check_n(T: int, n: object, name: str = "num_steps") -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= T:
-        raise InputError(name, f"must be an int in [1, T={T}]; got {n!r}")
-    return int(n)
+    return integer(n, name, low=1, high=T)
 
 
 def spaced_times(
@@ -38,11 +36,10 @@ def spaced_times(
     ``steps_offset=1`` and N = T the last index is T, out of range: an InputError (the
     crash of diffusers#10003).
     """
-    T = _check_T(T)
+    T = check_T(T)
     N = _check_n(T, num_steps)
     option(spacing, "spacing", SPACINGS)
-    if isinstance(steps_offset, bool) or not isinstance(steps_offset, int | np.integer):
-        raise InputError("steps_offset", f"must be an int; got {steps_offset!r}")
+    integer(steps_offset, "steps_offset")
     if abs(int(steps_offset)) > T:
         raise InputError("steps_offset", f"must be in [0, T={T}]; got {steps_offset!r}")
     if steps_offset and spacing != "leading":
@@ -77,7 +74,7 @@ def space_timesteps(T: int, sections: str | list[int]) -> np.ndarray:
     fractional stride (size−1)/(count−1) *accumulated* and rounded half to even, which is
     not the same as rounding k·stride at half-integers (e.g. T=1000, "21": 499 vs 500).
     """
-    T = _check_T(T)
+    T = check_T(T)
     if isinstance(sections, str):
         if sections.startswith("ddim"):
             try:

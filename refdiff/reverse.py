@@ -25,12 +25,11 @@ Named options (the peers disagree; docs/math.md §7 defines them, §13 says who 
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from ._check import as_batch, is_real, noise_or_rng, option, per_sample, same_shape, state_and_t
+from ._check import as_batch, noise_or_rng, option, per_sample, real, same_shape, state_and_t
 from .errors import InputError, NonFiniteError
 from .parameterization import PREDICTION_TYPES, to_x0_eps
 from .posterior import (
@@ -49,6 +48,7 @@ __all__ = [
     "dynamic_threshold",
     "ddpm_parts",
     "ddpm_step",
+    "ddim_alpha_bar_prev",
     "ddim_parts",
     "ddim_step",
     "ddim_inverse_step",
@@ -86,10 +86,8 @@ def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float = 1.0) -> n
     s = clip(quantile(|x̂_0|, ratio), 1, max_value); x̂_0 ← clip(x̂_0, −s, s) / s.
     """
     x0 = as_batch(x0, "x0")
-    if not (is_real(ratio) and 0.0 < ratio <= 1.0):
-        raise InputError("threshold_ratio", f"must be in (0, 1]; got {ratio!r}")
-    if not (is_real(max_value) and math.isfinite(max_value) and max_value >= 1.0):
-        raise InputError("threshold_max", f"must be a finite float >= 1; got {max_value!r}")
+    ratio = real(ratio, "threshold_ratio", low=0.0, high=1.0, low_open=True)
+    max_value = real(max_value, "threshold_max", low=1.0)
     flat = np.abs(x0).reshape(x0.shape[0], -1)
     s = np.clip(np.quantile(flat, ratio, axis=1), 1.0, max_value)
     s = per_sample(s, x0.ndim)
@@ -121,8 +119,7 @@ def predict_x0_eps(
     if clip is not None and threshold_ratio is not None:
         raise InputError("clip", "give clip or threshold_ratio, not both")
     if clip is not None:
-        if not (is_real(clip) and math.isfinite(clip) and clip > 0):
-            raise InputError("clip", f"must be a finite float > 0; got {clip!r}")
+        real(clip, "clip", low=0.0, low_open=True)
         x0 = np.clip(x0, -clip, clip)
     elif threshold_ratio is not None:
         x0 = dynamic_threshold(x0, threshold_ratio, threshold_max)
@@ -232,7 +229,14 @@ def ddpm_step(
     return mean
 
 
-def _ddim_alpha_bar_prev(schedule: Schedule, t: np.ndarray, final_alpha_bar) -> np.ndarray:
+def ddim_alpha_bar_prev(
+    schedule: Schedule, t: object, final_alpha_bar: str | float = "one"
+) -> np.ndarray:
+    """ᾱ_prev of the DDIM step at ``t`` (eq. 7.10): ᾱ_{t−1}, except at t = 1, where it is the
+    ``final_alpha_bar`` option: ``"one"`` (1), ``"first"`` (ᾱ at base time 1) or a number in
+    (0, 1].  ``t``: int or int64 array (B,) in [1, T]; returns float64 of ``t``'s shape.
+    """
+    t = schedule.check_t(t)
     prev = schedule.alpha_bar_prev[t]
     if isinstance(final_alpha_bar, str):
         option(final_alpha_bar, "final_alpha_bar", FINAL_ALPHA_BARS)
@@ -240,11 +244,10 @@ def _ddim_alpha_bar_prev(schedule: Schedule, t: np.ndarray, final_alpha_bar) -> 
             return prev
         final = schedule.base_alpha_bar_1
     else:
-        final = final_alpha_bar
-        if not (is_real(final) and 0.0 < final <= 1.0):
-            raise InputError(
-                "final_alpha_bar", f"must be 'one', 'first' or in (0, 1]; got {final!r}"
-            )
+        what = "'one', 'first' or in (0, 1]"
+        final = real(
+            final_alpha_bar, "final_alpha_bar", low=0.0, high=1.0, low_open=True, what=what
+        )
     return np.where(t == 1, final, prev)
 
 
@@ -270,8 +273,7 @@ def ddim_parts(
     ``set_alpha_to_one=True``, improved-diffusion), ``"first"`` (ᾱ at base time 1;
     ``set_alpha_to_one=False``), or a float.  ``log_variance`` is log σ² (−inf at σ = 0).
     """
-    if not (is_real(eta) and 0.0 <= eta <= 1.0):
-        raise InputError("eta", f"must be a float in [0, 1]; got {eta!r}")
+    real(eta, "eta", low=0.0, high=1.0)
     xt, t, ab, x0, eps = predict_x0_eps(
         schedule,
         x_t,
@@ -286,7 +288,7 @@ def ddim_parts(
     if rederive_eps:
         eps = xt - np.sqrt(ab) * x0  # then divided in place: (x_t − √ᾱ x̂0) / √(1 − ᾱ)
         eps /= np.sqrt(1.0 - ab)
-    abp = per_sample(_ddim_alpha_bar_prev(schedule, t, final_alpha_bar), n)
+    abp = per_sample(ddim_alpha_bar_prev(schedule, t, final_alpha_bar), n)
     var = eta**2 * (1.0 - abp) / (1.0 - ab) * (1.0 - ab / abp)
     var = np.maximum(var, 0.0)
     mean = np.sqrt(abp) * x0

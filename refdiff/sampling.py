@@ -21,14 +21,14 @@ and draw the same noise.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, option
+from ._check import as_batch, as_float_array, check_size, integer, noise_or_rng, option
+from ._check import state_shape as _shape
 from .affine import affine_coefficients, affine_step, is_affine
-from .errors import InputError, ShapeError
+from .errors import InputError, RandomnessError, ShapeError
 from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
 from .schedule import Schedule
 
@@ -43,28 +43,11 @@ def draw_noise(
     rng: np.random.Generator, num_steps: int, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(x_T, step_noise) drawn in the order the samplers draw them; float64."""
-    from ._check import check_size, noise_or_rng
-
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 0:
-        raise InputError("num_steps", f"must be an int >= 0; got {num_steps!r}")
+    num_steps = integer(num_steps, "num_steps", low=0)
     shape = _shape(shape)
     check_size(shape, "shape", factor=int(num_steps) + 1)
     x_T = noise_or_rng(None, rng, shape)
     return x_T, rng.standard_normal((num_steps, *shape))
-
-
-def _shape(shape) -> tuple[int, ...]:
-    """A state shape: a non-empty tuple of positive ints, at most MAX_ELEMENTS in all."""
-    from ._check import check_size
-
-    try:
-        out = tuple(operator.index(s) for s in shape)
-    except TypeError:
-        raise ShapeError("shape", f"must be a tuple of ints; got {shape!r}") from None
-    if len(out) < 1 or min(out) < 1:
-        raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
-    check_size(out, "shape")
-    return out
 
 
 def _start(schedule, shape, x_T, step_noise, rng):
@@ -79,8 +62,6 @@ def _start(schedule, shape, x_T, step_noise, rng):
             raise InputError("shape", "give shape= or x_T=")
         shape = _shape(shape)
         if not isinstance(rng, np.random.Generator):
-            from .errors import RandomnessError
-
             raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy.random.Generator")
         x = rng.standard_normal(shape)
     if step_noise is not None:
@@ -101,8 +82,6 @@ def _loop(denoiser, schedule, x, step_noise, rng, needs_noise, step, return_traj
     """x ← step(x, t, f(x, t), z, rng) for t = N … 1 (z: slice k of step_noise, or None)."""
     N = schedule.T
     if needs_noise and step_noise is None and not isinstance(rng, np.random.Generator):
-        from .errors import RandomnessError
-
         raise RandomnessError("rng", "x_T was given without step_noise: pass one of them")
     traj = [x] if return_trajectory else None
     for k in range(N):

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._check import as_float_array, is_real, timesteps
+from ._check import as_float_array, integer, real, timesteps
 from .errors import InputError, ScheduleError, TimestepError
 
 __all__ = [
@@ -99,6 +99,31 @@ class Schedule:
             msg = f"must be in (0, 1]; got {self.base_alpha_bar_1!r}"
             raise ScheduleError("base_alpha_bar_1", msg)
 
+    @classmethod
+    def unchecked(
+        cls,
+        beta: np.ndarray,
+        alpha_bar: np.ndarray,
+        timesteps: np.ndarray,
+        base_alpha_bar_1: float,
+        name: str = "custom",
+    ) -> Schedule:
+        """A Schedule from (T+1,) arrays *without* the checks of ``__post_init__`` above.
+
+        Only for arrays derived from a valid schedule by code that knows what it does: the
+        finite differences of the conformance tolerances build thousands of slightly
+        perturbed schedules, and the diagnoses build shifted ones that break the invariants
+        on purpose (refdiff.conformance.tolerance, refdiff.conformance.diagnoses).  The
+        arrays are frozen (made read-only) in place.
+        """
+        s = object.__new__(cls)
+        for k, v in (("beta", beta), ("alpha_bar", alpha_bar), ("timesteps", timesteps)):
+            v.setflags(write=False)
+            object.__setattr__(s, k, v)
+        object.__setattr__(s, "base_alpha_bar_1", float(base_alpha_bar_1))
+        object.__setattr__(s, "name", name)
+        return s
+
     # -- sizes ------------------------------------------------------------------------------
     @property
     def T(self) -> int:
@@ -164,18 +189,14 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _check_T(T: object) -> int:
-    if isinstance(T, bool) or not isinstance(T, int | np.integer):
-        raise InputError("T", f"must be an int; got {type(T).__name__}")
-    if not 1 <= int(T) <= MAX_T:
-        raise InputError("T", f"must be in [1, {MAX_T}]; got {T}")
-    return int(T)
+def check_T(T: object) -> int:
+    """The number of steps T: an int (NumPy ints too, never a bool) in [1, MAX_T]."""
+    return integer(T, "T", low=1, high=MAX_T)
 
 
 def _beta_range(beta_start: float, beta_end: float) -> None:
     for nm, v in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not (is_real(v) and math.isfinite(v) and 0.0 < v <= 1.0):
-            raise ScheduleError(nm, f"must be a finite float in (0, 1]; got {v!r}")
+        real(v, nm, low=0.0, high=1.0, low_open=True, error=ScheduleError)
 
 
 # -- constructors ---------------------------------------------------------------------------
@@ -184,7 +205,7 @@ def from_betas(betas: object, *, name: str = "from_betas") -> Schedule:
     b = as_float_array(betas, "betas")
     if b.ndim != 1 or b.shape[0] < 1:
         raise ScheduleError("betas", f"must be 1-D with T >= 1 entries; got shape {b.shape}")
-    _check_T(b.shape[0])
+    check_T(b.shape[0])
     bad = np.flatnonzero(~((b > 0.0) & (b <= 1.0)))
     if bad.size:
         i = int(bad[0])
@@ -211,7 +232,7 @@ def from_alpha_bar(alpha_bar: object, *, name: str = "from_alpha_bar") -> Schedu
     ab = as_float_array(alpha_bar, "alpha_bar")
     if ab.ndim != 1 or ab.shape[0] < 1:
         raise ScheduleError("alpha_bar", f"must be 1-D with T >= 1 entries; got {ab.shape}")
-    _check_T(ab.shape[0])
+    check_T(ab.shape[0])
     full = np.concatenate([[1.0], ab])
     if np.any(np.diff(full) >= 0):
         i = int(np.flatnonzero(np.diff(full) >= 0)[0])
@@ -229,14 +250,14 @@ def from_alpha_bar(alpha_bar: object, *, name: str = "from_alpha_bar") -> Schedu
 
 def linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """β_t linear from ``beta_start`` to ``beta_end`` (Ho et al. 2020; eq. 2.10)."""
-    T = _check_T(T)
+    T = check_T(T)
     _beta_range(beta_start, beta_end)
     return from_betas(np.linspace(beta_start, beta_end, T), name=f"linear({beta_start},{beta_end})")
 
 
 def linear_iddpm(T: int) -> Schedule:
     """improved-diffusion's linear: the T=1000 range scaled by 1000/T (eq. 2.11)."""
-    T = _check_T(T)
+    T = check_T(T)
     scale = 1000.0 / T
     if scale * 0.02 > 1.0:
         raise ScheduleError("T", f"T={T} makes β_T = {scale * 0.02} > 1")
@@ -245,7 +266,7 @@ def linear_iddpm(T: int) -> Schedule:
 
 def scaled_linear(T: int, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
     """√β_t linear (Stable Diffusion's "scaled_linear"; eq. 2.12)."""
-    T = _check_T(T)
+    T = check_T(T)
     _beta_range(beta_start, beta_end)
     b = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T) ** 2
     return from_betas(b, name=f"scaled_linear({beta_start},{beta_end})")
@@ -256,11 +277,9 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
 
     f(u) = cos²((u + s)/(1 + s) · π/2), β_t = min(1 − f(t/T)/f((t−1)/T), max_beta).
     """
-    T = _check_T(T)
-    if not (is_real(s) and math.isfinite(s) and s >= 0):
-        raise ScheduleError("s", f"must be a finite float >= 0; got {s!r}")
-    if not (is_real(max_beta) and 0.0 < max_beta <= 1.0):
-        raise ScheduleError("max_beta", f"must be in (0, 1]; got {max_beta!r}")
+    T = check_T(T)
+    s = real(s, "s", low=0.0, error=ScheduleError)
+    max_beta = real(max_beta, "max_beta", low=0.0, high=1.0, low_open=True, error=ScheduleError)
     u = np.arange(T + 1, dtype=np.float64) / T
     f = np.cos((u + s) / (1.0 + s) * (math.pi / 2.0)) ** 2
     b = np.minimum(1.0 - f[1:] / f[:-1], max_beta)
@@ -269,7 +288,7 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
 
 def sigmoid(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """β_t = sigmoid(linspace(−6, 6, T)) · (beta_end − beta_start) + beta_start (eq. 2.14)."""
-    T = _check_T(T)
+    T = check_T(T)
     _beta_range(beta_start, beta_end)
     x = np.linspace(-6.0, 6.0, T)
     b = (1.0 / (1.0 + np.exp(-x))) * (beta_end - beta_start) + beta_start

@@ -27,9 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, check_size, is_real, option
+from ._check import as_batch, as_float_array, check_size, is_real, option, state_shape
 from .errors import InputError, RandomnessError, ScheduleError, ShapeError
-from .sampling import _shape
 
 __all__ = [
     "SAMPLERS",
@@ -77,14 +76,14 @@ class _Loop:
         self.n = self.sigmas.shape[0] - 1
         if x_T is not None:
             x = as_batch(x_T, "x_T")
-            if shape is not None and _shape(shape) != x.shape:
+            if shape is not None and state_shape(shape) != x.shape:
                 raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
         else:
             if shape is None:
                 raise InputError("shape", "give shape= or x_T=")
             if not isinstance(rng, np.random.Generator):
                 raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy Generator")
-            x = rng.standard_normal(_shape(shape)) * (1.0 if flow else self.sigmas[0])
+            x = rng.standard_normal(state_shape(shape)) * (1.0 if flow else self.sigmas[0])
         if step_noise is not None:
             step_noise = as_float_array(step_noise, "step_noise")
             if step_noise.shape != (self.n, *x.shape):
@@ -435,6 +434,7 @@ def dpmpp_3m_sde(
     s_noise: float = 1.0,
     lower_order_final: bool = True,
     taylor_d2: bool = False,
+    diffusers_sde_d2: bool = False,
 ):
     """DPM-Solver++(3M) SDE (eq. 19.7), h = log(σ_i/σ_{i+1}), ĥ = (1+η)h,
     φ₂ = (e^{−ĥ} − 1)/ĥ + 1, φ₃ = φ₂/ĥ − ½:
@@ -448,8 +448,13 @@ def dpmpp_3m_sde(
     d₂ ≈ h²D''/2, and the Taylor term of the exponential integral is −2φ₃ d₂: the published
     −φ₃ d₂ (Lu et al.'s code, k-diffusion, diffusers; the default) leaves an O(h³) local error,
     so the solver is globally second order; ``taylor_d2=True`` uses −2φ₃ d₂ (third order;
-    eq. 19.7 and the note under it).
+    eq. 19.7 and the note under it).  ``diffusers_sde_d2=True`` reproduces diffusers'
+    third-order ``sde-dpmsolver++`` step, whose d₂ coefficient (1 − e^{−2h} − 2h)/(2h)² − ½ is
+    −φ₃ − 1 at η = 1: one d₂ more than the published form, an O(h²) local error (weak order 1,
+    measured; a peer bug).
     """
+    if taylor_d2 and diffusers_sde_d2:
+        raise InputError("diffusers_sde_d2", "cannot be combined with taylor_d2")
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
     loop = _Loop(
         denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
@@ -474,7 +479,8 @@ def dpmpp_3m_sde(
                 d10, d11 = (m - ms[0]) / r0, (ms[0] - ms[1]) / r1
                 d1 = d10 + (d10 - d11) * r0 / (r0 + r1)
                 d2 = (d10 - d11) / (r0 + r1)
-                x = x + phi2 * d1 - (2.0 if taylor_d2 else 1.0) * (phi2 / hh - 0.5) * d2
+                k = 2.0 if taylor_d2 else 1.0
+                x = x + phi2 * d1 - k * (phi2 / hh - 0.5) * d2 - (d2 if diffusers_sde_d2 else 0.0)
             elif p == 2:
                 x = x + phi2 * (m - ms[0]) / (hs[0] / h)
             if eta > 0:
@@ -701,7 +707,7 @@ def draw_noise(
         raise RandomnessError("rng", f"must be a numpy Generator; got {type(rng).__name__}")
     flow = option(sampler, "sampler", list(SAMPLERS)) == "flow_euler"
     sig = _sigmas(sigmas, flow)
-    shape = _shape(shape)
+    shape = state_shape(shape)
     check_size(shape, "shape", factor=sig.shape[0])
     x_T = rng.standard_normal(shape) * (1.0 if flow else sig[0])
     noisy = needs_noise(sampler, **options)

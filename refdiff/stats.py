@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from ._check import as_float_array
+from ._check import as_float_array, integer, real
 from .errors import InputError, ShapeError
 
 __all__ = [
@@ -220,21 +220,17 @@ def isolated_ledger() -> Iterator[list[LedgerEntry]]:
 
 # -- helpers --------------------------------------------------------------------------------
 def _check_rate(a: object, name: str) -> float:
-    if isinstance(a, bool) or not isinstance(a, int | float | np.floating) or not 0.0 < a < 1.0:
-        raise InputError(name, f"must be a probability in (0, 1); got {a!r}")
-    return float(a)
+    return real(
+        a, name, low=0.0, high=1.0, low_open=True, high_open=True, what="a probability in (0, 1)"
+    )
 
 
 def _check_n(n: object, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise InputError(name, f"must be an int >= 1; got {n!r}")
-    return int(n)
+    return integer(n, name, low=1)
 
 
 def _check_discrepancy(d: object, name: str = "discrepancy") -> float:
-    if isinstance(d, bool) or not isinstance(d, int | float | np.floating) or not d > 0:
-        raise InputError(name, f"must be a float > 0; got {d!r}")
-    return float(d)
+    return real(d, name, low=0.0, low_open=True, finite=False)
 
 
 def _samples(x: object, name: str = "samples", *, ndim: int | None = None) -> np.ndarray:
@@ -351,9 +347,7 @@ def _rates(false_fail_rate: float, false_pass_rate: float) -> tuple[float, float
 
 
 def _tolerance(tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or not 0 <= tol < 1:
-        raise InputError("tolerance", f"must be a float in [0, 1); got {tol!r}")
-    return float(tol)
+    return real(tol, "tolerance", low=0.0, high=1.0, high_open=True)
 
 
 # -- 1-D CDF (KS with the DKW bound) -------------------------------------------------------
@@ -535,9 +529,7 @@ def _noncentrality(dim: int, alpha: float, beta: float) -> float:
 
 
 def _check_dim(dim: object) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-        raise InputError("dim", f"must be an int >= 1; got {dim!r}")
-    return int(dim)
+    return integer(dim, "dim", low=1)
 
 
 def check_mean(

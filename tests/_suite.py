@@ -17,15 +17,16 @@ import os
 import numpy as np
 from hypothesis import strategies as st
 
-from refdiff import respacing as R
+from refdiff import respacing as RS
 from refdiff import schedule as S
 from refdiff.exact import Gaussian, GaussianMixture
 
 #: Per-assertion false-failure rate of the suite at example scale 1.
 ALPHA = 1e-6
-#: The whole session's budget: Σα over every statistical assertion (DESIGN §3).
+#: The whole session's budget: Σα over every statistical assertion (docs/stats.md).
 BUDGET = 1e-4
-#: Lines the calibration run (tests/test_calibration.py) reports in the terminal summary.
+#: Lines the calibration run (tests/ground_truth/test_calibration.py) reports in the terminal
+#: summary.
 CALIBRATION_REPORT: list[str] = []
 
 
@@ -80,16 +81,16 @@ def _times(draw, T: int, N: int) -> np.ndarray:
     rule = draw(st.sampled_from(RULES))
     if rule == "ddimN":
         try:
-            return R.space_timesteps(T, f"ddim{N}")
+            return RS.space_timesteps(T, f"ddim{N}")
         except ValueError:
             rule = "sections"
     if rule == "sections":
         parts = draw(st.integers(min_value=1, max_value=min(3, N)))
         counts = [N // parts + (1 if i < N % parts else 0) for i in range(parts)]
-        return R.space_timesteps(T, counts)
+        return RS.space_timesteps(T, counts)
     if rule == "leading+1":
-        return R.spaced_times(T, N, "leading", steps_offset=1)
-    return R.spaced_times(T, N, rule)
+        return RS.spaced_times(T, N, "leading", steps_offset=1)
+    return RS.spaced_times(T, N, rule)
 
 
 @st.composite
@@ -136,7 +137,7 @@ def forward_schedules(draw, max_T: int = 40, min_T: int = 1):
     if T >= 2 and draw(st.booleans()):
         k = draw(st.integers(min_value=min_T, max_value=T))
         base = S.respace(
-            base, R.spaced_times(T, k, draw(st.sampled_from(["trailing", "linspace"])))
+            base, RS.spaced_times(T, k, draw(st.sampled_from(["trailing", "linspace"])))
         )
     return base
 

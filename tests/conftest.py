@@ -15,7 +15,7 @@ imported (``python -m tests.mutants`` drives this).
 Error budget: every :mod:`refdiff.stats` assertion records its false-failure rate α in
 ``refdiff.stats.LEDGER``.  At the end of the session the terminal summary prints the number of
 statistical assertions, Σα and their detectable discrepancies, and the run FAILS if
-Σα > 1e-4 (DESIGN §3).
+Σα > 1e-4 (docs/stats.md).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ so the catalogue cannot silently rot when the core is edited).
     python -m tests.mutants --only v_sign_error --scope mine
     python -m tests.mutants --list
 
-Exit status 0 iff every mutant is caught.  tests/test_mutants_fast.py runs each mutant
+Exit status 0 iff every mutant is caught.  tests/support/test_mutants_fast.py runs each mutant
 against its ``fast`` catchers inside ``make test``.
 """
 
@@ -36,15 +36,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_EXACT = "tests/test_exact.py::"
+_EXACT = "tests/ground_truth/test_exact.py::"
 AFFINE_DDPM = _EXACT + "test_ddpm_sample_is_the_exact_affine_recursion"
 AFFINE_DDIM = _EXACT + "test_ddim_sample_is_the_exact_affine_recursion"
 COEFFS = _EXACT + "test_reverse_coefficients_match_the_posterior_module"
 NAMED = _EXACT + "test_named_schedules_have_their_published_alpha_bar"
 RATIO = _EXACT + "test_beta_is_the_alpha_bar_ratio"
-AFFINE_RNG = "tests/test_affine.py::test_affine_step_draws_what_the_reference_step_draws"
-AFFINE_LARGE = "tests/test_affine.py::test_large_states_are_stepped_block_by_block"
-_FWD = "tests/test_statistical_forward.py::"
+AFFINE_RNG = "tests/spec/test_affine.py::test_affine_step_draws_what_the_reference_step_draws"
+AFFINE_LARGE = "tests/spec/test_affine.py::test_large_states_are_stepped_block_by_block"
+_FWD = "tests/ground_truth/test_statistical_forward.py::"
 CHAIN = _FWD + "test_chained_forward_steps_have_the_closed_form_law"
 TRANSITION = _FWD + "test_transition_composes_with_the_closed_form"
 POSTERIOR = _FWD + "test_posterior_is_consistent_with_the_forward_process"
@@ -339,8 +339,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "dpmpp_3m_d2_taylor_ignored",
         "refdiff.solvers",
-        "(2.0 if taylor_d2 else 1.0)",
-        "(1.0 if taylor_d2 else 1.0)",
+        "k = 2.0 if taylor_d2 else 1.0",
+        "k = 1.0 if taylor_d2 else 1.0",
         "DPM-Solver++(3M) taylor_d2=True still uses the published −φ₃ d₂ (second order)",
         (_HAND + "test_dpmpp_3m_sde_by_hand", _CONV + "test_orders_of_the_multistep_solvers"),
     ),
@@ -510,22 +510,22 @@ def run_in_process(mutant: Mutant, catchers: Sequence[str]) -> Outcome:
 
 # -- running the suite against each mutant ----------------------------------------------------
 SCOPES = {
-    "mine": ["tests/test_exact.py", "tests/test_statistical_*.py"],
+    "mine": ["tests/ground_truth/test_exact.py", "tests/ground_truth/test_statistical_*.py"],
     "spec": [
-        "tests/test_exact.py",
-        "tests/test_statistical_*.py",
-        "tests/test_schedule.py",
-        "tests/test_respacing.py",
-        "tests/test_forward.py",
-        "tests/test_posterior.py",
-        "tests/test_parameterization.py",
-        "tests/test_reverse.py",
-        "tests/test_affine.py",
-        "tests/test_sampling.py",
+        "tests/ground_truth/test_exact.py",
+        "tests/ground_truth/test_statistical_*.py",
+        "tests/spec/test_schedule.py",
+        "tests/spec/test_respacing.py",
+        "tests/spec/test_forward.py",
+        "tests/spec/test_posterior.py",
+        "tests/spec/test_parameterization.py",
+        "tests/spec/test_reverse.py",
+        "tests/spec/test_affine.py",
+        "tests/spec/test_sampling.py",
     ],
     "all": ["tests"],
 }
-EXCLUDE = ["tests/test_mutants_fast.py", "tests/test_calibration.py"]
+EXCLUDE = ["tests/support/test_mutants_fast.py", "tests/ground_truth/test_calibration.py"]
 # i14spec: the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
 SCOPES["spec"] += [
     "tests/spec/test_solvers_*.py",

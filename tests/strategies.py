@@ -2,7 +2,7 @@
 
 Randomness for array *values* never comes from Hypothesis' own numpy state: strategies draw
 an integer seed and the test builds ``numpy.random.default_rng(seed)`` from it (Hypothesis
-does not reset Generator state between examples; DESIGN §3).
+does not reset Generator state between examples; docs/stats.md).
 """
 
 from __future__ import annotations

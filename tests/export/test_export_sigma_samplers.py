@@ -155,3 +155,33 @@ def test_a_sigma_sampler_file_runs_as_it_is(tmp_path):
     f = ex.OrtSampler(path, provider="cpu")
     assert f.num_steps == len(sig) - 1
     assert np.array_equal(f.sample(shape=(4, 2), seed=2), s.sample(shape=(4, 2), seed=2))
+
+
+@pytest.mark.parametrize("mode", ex.MODES)
+@pytest.mark.parametrize("gm", ["batched", "two_pass"])
+def test_guided_dpmpp_2m_matches_the_reference(mode, gm):
+    """Guidance composes with the σ view: the guided model output is converted to x̂_0."""
+    from refdiff.guidance import guided_denoiser
+    from tests.export.test_export_guidance import _conds, cond_model
+
+    sig = GRIDS["karras"]
+    kw = dict(prediction_type="epsilon", timestep_convention="refdiff", provider="cpu")
+    c, u = _conds(4)
+    s = ex.OrtSampler(
+        cond_model(),
+        BASE,
+        sampler="dpmpp_2m",
+        mode=mode,
+        sigmas=sig,
+        guidance_scale=3.0,
+        guidance_rescale=0.5,
+        guidance_mode=gm,
+        **kw,
+    )
+    y = s.sample(shape=(4, 2), seed=6, cond=c, uncond=u)
+    den = ex.OnnxDenoiser(cond_model(), **kw)
+    f = guided_denoiser(den.with_cond(c), den.with_cond(u), 3.0, 0.5)
+    D = sigma.denoiser_from_model(f, BASE, "epsilon", timestep="round")
+    z0, _ = host_noise(6, 0, (4, 2))
+    ref = solvers.dpmpp_2m(D, sig, x_T=sig[0] * z0.astype(np.float64))
+    assert rel_err(y, ref) < F32_TOL

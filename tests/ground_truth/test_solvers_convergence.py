@@ -15,7 +15,8 @@ every step is a regular step; ``lower_order_final=False``, which is moot at thes
   (exact_sigma.sampler_law, eq. 19.14), started from the exact marginal N(m, S + σ_max² I),
   against the exact marginal N(m, S + σ_min² I) that the reverse SDE preserves: Euler-churn 1,
   Euler ancestral 1, Heun-churn 2, DPM-Solver++(2M) SDE (midpoint and Heun) 2,
-  DPM-Solver++(3M) SDE 2.
+  DPM-Solver++(3M) SDE 2, and diffusers' third-order sde-dpmsolver++ (``diffusers_sde_d2``) 1:
+  its d₂ coefficient is off by −1, an O(h²) local error.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ SDE_CASES = {
     "dpmpp_2m_sde midpoint": ("dpmpp_2m_sde", LOF, 64, 2),
     "dpmpp_2m_sde heun": ("dpmpp_2m_sde", {**LOF, "solver_type": "heun"}, 64, 2),
     "dpmpp_3m_sde": ("dpmpp_3m_sde", LOF, 128, 2),
+    "dpmpp_3m_sde diffusers_sde_d2": ("dpmpp_3m_sde", {**LOF, "diffusers_sde_d2": True}, 128, 1),
 }
 
 

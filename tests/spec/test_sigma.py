@@ -191,3 +191,25 @@ def test_errors_name_their_argument():
     with pytest.raises(InputError) as e:
         S.karras(3, 1.0, 2.0, final_sigma=5.0)
     assert e.value.argument == "final_sigma"
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(
+    st.sampled_from(["epsilon", "x0", "v", "score"]),
+    st.sampled_from(["round", "nearest"]),
+    st.integers(1, 100),
+    seeds,
+)
+def test_denoiser_from_model_wraps_the_exact_vp_model(kind, how, t, seed):
+    """On the grid (σ = σ_t), the adapter around refdiff.exact's VP model of any prediction
+    type is the exact σ-view denoiser (eqs. 15.2, 18.9-18.12)."""
+    from refdiff import exact as E
+    from refdiff import exact_sigma as X
+
+    sch = Sch.cosine(100)
+    g = E.Gaussian(np.array([0.5, -1.0]), np.array([[0.6, 0.2], [0.2, 0.4]]))
+    D = S.denoiser_from_model(E.denoiser(g, sch, kind), sch, kind, timestep=how)
+    sig = float(sch.sigma[t])
+    x = np.random.default_rng(seed).standard_normal((4, 2)) * np.sqrt(1 + sig**2)
+    want = X.denoiser(g)(x, np.full(4, sig))
+    np.testing.assert_allclose(D(x, np.full(4, sig)), want, rtol=1e-8, atol=1e-8 * (1 + sig))

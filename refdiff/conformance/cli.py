@@ -1,0 +1,140 @@
+"""``refdiff verify``: load a target and print its report (docs/verify.md §Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any
+
+from .._io import write_json
+from ..errors import InputError
+from .adapters import DiffusersTarget, looks_like_diffusers_scheduler
+from .protocol import ProtocolTarget
+from .runner import run
+from .tolerance import Tolerance
+
+__all__ = ["load_object", "load_target", "main"]
+
+
+# -- loading targets and the command ------------------------------------------------------------
+def load_object(spec: str) -> Any:
+    """``module:object`` or ``path/to/file.py:object`` (attribute paths with dots allowed)."""
+    if ":" not in spec:
+        raise InputError("target", f"expected 'module:object' or 'file.py:object'; got {spec!r}")
+    mod_name, attr = spec.rsplit(":", 1)
+    if mod_name.endswith(".py") or os.sep in mod_name:
+        path = os.path.abspath(mod_name)
+        if not os.path.isfile(path):
+            raise InputError("target", f"no such file {mod_name!r}")
+        name = "_refdiff_verify_" + os.path.splitext(os.path.basename(path))[0]
+        spec_ = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec_)  # type: ignore[arg-type]
+        sys.modules[name] = mod
+        spec_.loader.exec_module(mod)  # type: ignore[union-attr]
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        mod = importlib.import_module(mod_name)
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError("target", f"{mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_target(spec: str, *, diffusers: bool | None = None):
+    """A verify target from a ``module:object`` spec (auto-detects diffusers schedulers)."""
+    obj = load_object(spec)
+    if diffusers or (diffusers is None and looks_like_diffusers_scheduler(obj)):
+        return DiffusersTarget(obj, name=spec)
+    if isinstance(obj, type):
+        obj = obj()
+    elif callable(obj) and not any(hasattr(obj, m) for m in ("ddpm_step", "ddim_step", "q_sample")):
+        obj = obj()
+    return ProtocolTarget(obj, name=spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``refdiff verify``; returns the exit status (0: pass, 1: fail, 2: usage)."""
+    p = argparse.ArgumentParser(
+        prog="refdiff verify",
+        description="Verify an implementation against the float64 reference, option by option.",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="module:object or file.py:object (protocol object "
+        "or a diffusers-style scheduler, auto-detected)",
+    )
+    p.add_argument(
+        "--diffusers",
+        metavar="MODULE:FACTORY",
+        help="a diffusers-style scheduler class or factory (forces the adapter)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="precision for the tolerance (float64, float32, "
+        "float16, bfloat16); default: the target's dtype",
+    )
+    p.add_argument(
+        "--factor", type=float, default=None, help="tolerance safety factor K (default 8)"
+    )
+    p.add_argument("--T", type=int, default=1000, help="training steps (default 1000)")
+    p.add_argument("--steps", type=int, default=30, help="kept steps of the respaced settings (30)")
+    p.add_argument("--quick", action="store_true", help="a smaller grid")
+    p.add_argument(
+        "--ops",
+        default=None,
+        help="comma list of ops to check "
+        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step)",
+    )
+    p.add_argument("--json", default=None, help="write every comparison to this JSON file")
+    p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
+    a = p.parse_args(argv)
+    spec = a.diffusers or a.target
+    if not spec:
+        p.print_usage(sys.stderr)
+        print(
+            "refdiff verify: give a target (module:object) or --diffusers MODULE:FACTORY",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        target = load_target(spec, diffusers=True if a.diffusers else None)
+    except (InputError, ImportError) as e:
+        print(f"refdiff verify: {e}", file=sys.stderr)
+        return 2
+    kw = {}
+    if a.factor is not None:
+        kw["factor"] = a.factor
+    dtype = a.dtype or getattr(target, "dtype", None) or "float64"
+    try:
+        tol = Tolerance.for_dtype(dtype, **kw)
+        ops = a.ops.split(",") if a.ops else None
+        rep = run(target, tolerance=tol, T=a.T, steps=a.steps, quick=a.quick, ops=ops)
+    except InputError as e:
+        print(f"refdiff verify: {e}", file=sys.stderr)
+        return 2
+    print(rep.table())
+    fails = rep.failure_summary(a.failures)
+    if fails:
+        print("\nFailures (worst case per op, setting and likely cause):")
+        for line in fails:
+            print("  - " + line)
+    if a.json:
+        write_json(
+            a.json,
+            {
+                "target": rep.name,
+                "tolerance": rep.tolerance.describe(),
+                "passed": rep.passed,
+                "checks": rep.to_json(),
+            },
+        )
+    print("\nresult: " + ("PASS" if rep.passed else "FAIL"))
+    return 0 if rep.passed else 1

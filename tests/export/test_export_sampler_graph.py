@@ -1,0 +1,131 @@
+"""The whole-sampler graph's layout: chunks of steps (outer Loop) run by a lean Scan body.
+
+- Chunking changes nothing: with ``CHUNK_BYTES`` shrunk so that 50 steps fall into chunks of
+  7 (the last one ragged), the outputs are bit for bit those of one chunk, for injected noise
+  (and within float32 tolerance of the reference) and for in-graph noise.
+- In-graph noise is the documented stream: x_T is one ``RandomNormalLike`` draw with seed
+  attribute 2·seed, the step noise the stream of seed 2·seed + 1 read in step-major order
+  (checked by feeding exactly those draws to the noise-as-input graph: same bits).
+- The Scan body holds only the embedded denoiser and the update's Mul/Mul/Sum (no Gather,
+  Shape, Expand or noise node): onnxruntime charges ~1 µs per node per step at batch 1, which
+  is what the 2× target of docs/benchmarks.md rests on (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import refdiff.export as ex
+import refdiff.export.sampler_graph as sg
+from onnx import TensorProto, helper
+
+from refdiff.sampling import ddpm_sample, draw_noise
+from refdiff.schedule import linear
+from tests.export.test_export_helpers import F32_TOL, rel_err, small_mlp
+
+BASE = linear(50)
+MLP = small_mlp(seed=3)
+
+
+def _den(data_dim: int = 2):
+    mlp = MLP if data_dim == 2 else small_mlp(seed=3, data_dim=data_dim)
+    return mlp, ex.open_denoiser(ex.mlp_denoiser_model(mlp, schedule=BASE))
+
+
+def _run(model, feeds):
+    return ex.make_session(model, "cpu", threads=1).run(["x_0"], feeds)[0]
+
+
+def _chunk_bytes_for(k: int, batch: int, data_dim: int) -> int:
+    """CHUNK_BYTES that makes chunks of k steps: 8 B per state element (z and S·z) plus the
+    MLP's int64 time per sample (the module docstring's rule)."""
+    return k * (8 * batch * data_dim + 8 * batch)
+
+
+def _scan_bodies(g: onnx.GraphProto, depth: int = 0):
+    """(depth, Scan body, the graph holding the Scan) for every Scan under ``g``."""
+    for node in g.node:
+        for a in node.attribute:
+            if a.HasField("g"):
+                if node.op_type == "Scan":
+                    yield depth + 1, a.g, g
+                yield from _scan_bodies(a.g, depth + 1)
+
+
+@pytest.mark.parametrize("batch,data_dim", [(16, 2), (5, 3)])  # 32 (even), 15 (odd) per step
+def test_chunked_steps_give_the_bits_of_one_chunk(monkeypatch, batch, data_dim):
+    mlp, den = _den(data_dim)
+    tb = ex.step_tables(BASE)
+    x_T, z = draw_noise(np.random.default_rng(4), BASE.T, (batch, data_dim))
+    feeds = {"x_T": x_T.astype(np.float32), "step_noise": z.astype(np.float32)}
+    whole_in = _run(sg.sampler_model(den, tb), feeds)
+    whole_graph = _run(
+        sg.sampler_model(den, tb, noise="graph", seed=9), {"batch_size": np.array(batch, np.int64)}
+    )
+    monkeypatch.setattr(sg, "CHUNK_BYTES", _chunk_bytes_for(7, batch, data_dim))
+    chunked = sg.sampler_model(den, tb, noise="graph", seed=9)
+    assert np.array_equal(_run(sg.sampler_model(den, tb), feeds), whole_in)
+    assert rel_err(whole_in, ddpm_sample(mlp, BASE, x_T=x_T, step_noise=z)) < F32_TOL
+    a = _run(chunked, {"batch_size": np.array(batch, np.int64)})
+    assert np.array_equal(
+        a, _run(chunked, {"batch_size": np.array(batch, np.int64)})
+    )  # fresh session: same bits
+    if batch * data_dim % 2 == 0:  # even count per step: the chunking does not move the stream
+        assert np.array_equal(a, whole_graph)
+
+
+def _draw(seed_attr: int, shape) -> np.ndarray:
+    """One RandomNormalLike draw of a fresh onnxruntime session (CPU), float32."""
+    g = helper.make_graph(
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape"],
+                ["zeros"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+            ),
+            helper.make_node(
+                "RandomNormalLike", ["zeros"], ["z"], dtype=TensorProto.FLOAT, seed=float(seed_attr)
+            ),
+        ],
+        "draw",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [len(shape)])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, list(shape))],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    return ex.make_session(m, "cpu").run(None, {"shape": np.array(shape, np.int64)})[0]
+
+
+@pytest.mark.parametrize("chunk_steps", [None, 7])
+def test_in_graph_noise_is_the_documented_stream(monkeypatch, chunk_steps):
+    _, den = _den()
+    tb, seed, batch = ex.step_tables(BASE), 21, 8
+    if chunk_steps is not None:
+        monkeypatch.setattr(sg, "CHUNK_BYTES", _chunk_bytes_for(chunk_steps, batch, 2))
+    y = _run(
+        sg.sampler_model(den, tb, noise="graph", seed=seed),
+        {"batch_size": np.array(batch, np.int64)},
+    )
+    x_T = _draw(2 * seed, (batch, 2))
+    z = _draw(2 * seed + 1, (BASE.T, batch, 2))
+    assert abs(float(z.std()) - 1.0) < 0.1 and not np.array_equal(z[0], z[1])
+    assert np.array_equal(y, _run(sg.sampler_model(den, tb), {"x_T": x_T, "step_noise": z}))
+
+
+def test_the_scan_body_is_the_denoiser_and_three_update_nodes():
+    _, den = _den()
+    for noise in ("input", "graph"):
+        m = sg.sampler_model(den, ex.step_tables(BASE), noise=noise, seed=1)
+        ((depth, body, parent),) = list(_scan_bodies(m.graph))
+        own = [n.op_type for n in body.node if not n.output[0].startswith("den/")]
+        assert sorted(own) == ["Mul", "Mul", "Sum"]
+        assert not {"Gather", "Shape", "Expand", "RandomNormalLike"} & set(own)
+        # the denoiser's weights sit in the graph right above the Scan (the chunk Loop's body)
+        assert depth == 2 and not len(body.initializer)
+        assert any(t.name.startswith("den/") for t in parent.initializer)
+        assert not any(t.name.startswith("den/") for t in m.graph.initializer)
+    traj = sg.sampler_model(den, ex.step_tables(BASE), trajectory=True)
+    ((depth, _, parent),) = list(_scan_bodies(traj.graph))
+    assert depth == 1 and parent is traj.graph
