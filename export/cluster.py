@@ -9,8 +9,8 @@ Why the result is bit-identical to one process with the same seed
 own streams (:mod:`refdiff.export.noise`: one ``SeedSequence(seed, spawn_key=(stream,
 block))`` per step and block of rows), so a shard draws exactly the rows it owns without
 drawing the rest; and with two rows or more onnxruntime computes every output row from its
-own row only (a one-row run is avoided: :func:`refdiff.export.serve.sample_rows`, and no
-shard is cut to a single row).  tests/export/test_cluster.py checks both.
+own row only (a one-row run is avoided: :func:`sample_rows`, and no shard is cut to a
+single row).  tests/export/test_cluster.py checks both.
 
 Files and faults.  Workers write their shard atomically (:mod:`refdiff._io`: a shard file is
 whole or absent) and return its SHA-256; the driver records it in the manifest (written
@@ -48,6 +48,8 @@ __all__ = [
     "SamplerSpec",
     "plan_shards",
     "shard_samples",
+    "host_rows",
+    "sample_rows",
     "cluster_sample",
     "load_samples",
 ]
@@ -155,6 +157,52 @@ def plan_shards(n: int, shard_rows: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def host_rows(sampler, seed: int, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x_T, step_noise or None) of samples rows[0]..rows[1]−1 of ``sampler.sample(shape=n,
+    seed=seed)`` for any n ≥ rows[1]: the layout of :mod:`refdiff.export.noise`, x_T scaled
+    as the sampler scales it (σ-view samplers start at σ_0 z)."""
+    from .noise import host_noise
+
+    shape = (rows[1] - rows[0], *sampler.dims[1:])
+    x_T, z = host_noise(seed, sampler.num_steps, shape, rows=rows)
+    scale = 1.0 if sampler.tables is None else sampler.tables.x_T_scale
+    if scale != 1.0:  # the expression of OrtSampler's own host noise
+        x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
+    return x_T, (z if sampler.noisy and sampler.noise == "input" else None)
+
+
+def sample_rows(
+    sampler,
+    x_T: np.ndarray,
+    step_noise: np.ndarray | None,
+    *,
+    cond: dict | None = None,
+    uncond: dict | None = None,
+    extras: tuple = (),
+) -> np.ndarray:
+    """``sampler.sample(x_T, step_noise, cond=, uncond=)``, run with at least two rows.
+
+    onnxruntime's CPU ``MatMul`` takes a matrix-vector kernel for a single row and a
+    matrix-matrix kernel otherwise; the two round differently (by float32 ulps), while for
+    two rows or more each output row depends on its own row only.  A lone row is therefore run
+    with a copy of itself, so a row's samples never depend on how requests were batched or
+    data was sharded (tests/export/test_serve.py, test_cluster.py).  ``extras``: the model's
+    conditioning inputs (their ``batched`` flag says which to repeat with the row).
+    """
+    if x_T.shape[0] != 1:
+        return sampler.sample(x_T, step_noise, cond=cond, uncond=uncond)
+
+    def twice(d):
+        if d is None:
+            return None
+        batched = {e.name for e in extras if e.batched}
+        return {k: np.concatenate([v, v]) if k in batched else v for k, v in d.items()}
+
+    z2 = None if step_noise is None else np.concatenate([step_noise, step_noise], axis=1)
+    x2 = np.concatenate([x_T, x_T])
+    return sampler.sample(x2, z2, cond=twice(cond), uncond=twice(uncond))[:1]
+
+
 def shard_samples(
     sampler,
     seed: int,
@@ -171,8 +219,6 @@ def shard_samples(
     states of float32, under 256 MiB), drawing only those rows' noise.  ``cond``/``uncond``:
     conditioning inputs with batch 1 (or none), the same for every row.
     """
-    from .serve import host_rows, sample_rows
-
     a, b = rows
     if not all(isinstance(d, int) for d in sampler.dims[1:]):
         raise InputError("model", f"the state {tuple(sampler.dims)} has open dims")

@@ -26,9 +26,10 @@ configuration run as one batch) behind an HTTP API on the Serve proxy:
     with the same configuration, bit for bit: batching concatenates requests along the batch
     axis, each with its own seed's noise, and with two rows or more every row of onnxruntime's
     output depends on its own row only.  A lone row is always run beside a copy of itself
-    (:func:`sample_rows`), so a one-sample request gets what a batch of two computes for it,
-    whatever it was batched with (it can differ from ``sample(shape=1)`` by a float32 ulp:
-    onnxruntime's one-row MatMul kernel).  tests/export/test_serve.py checks both.
+    (:func:`refdiff.export.cluster.sample_rows`), so a one-sample request gets what a batch
+    of two computes for it, whatever it was batched with (it can differ from
+    ``sample(shape=1)`` by a float32 ulp: onnxruntime's one-row MatMul kernel).
+    tests/export/test_serve.py checks both.
 
 ``GET /health``  ``{"status": "ok", "replica": ..., "provider": ..., "requests": ...,
     "batches": ..., "largest_batch": ...}``.  ``GET /info``: the model, its schedule and limits.
@@ -64,6 +65,7 @@ import numpy as np
 
 from refdiff.errors import InputError, RefdiffError
 
+from .cluster import SamplerSpec, host_rows, sample_rows
 from .tables import SAMPLERS
 
 __all__ = [
@@ -73,8 +75,6 @@ __all__ = [
     "serve_main",
     "post_sample",
     "get_json",
-    "sample_rows",
-    "host_rows",
     "build_app",
 ]
 
@@ -257,8 +257,6 @@ class SamplerServer:
 
     def sampler_for(self, key: tuple):
         """The :class:`OrtSampler` of a request configuration (built once, LRU-cached)."""
-        from .cluster import SamplerSpec
-
         with self._lock:
             s = self._samplers.get(key)
             if s is not None:
@@ -296,9 +294,10 @@ class SamplerServer:
     def prepare(self, req: dict) -> tuple:
         """A parsed request as a job ``(sampler, x_T, step_noise, cond, uncond, group)``.
 
-        Noise: the seed's (:func:`host_rows`) or the injected arrays; conditioning checked and
-        broadcast to the request's batch (:func:`refdiff.export.conditioning.
-        prepare_conditioning`), so a bad request fails here, alone, never inside a batch.
+        Noise: the seed's (:func:`~refdiff.export.cluster.host_rows`) or the injected arrays;
+        conditioning checked and broadcast to the request's batch
+        (:func:`refdiff.export.conditioning.prepare_conditioning`), so a bad request fails
+        here, alone, never inside a batch.
         ``group``: jobs with equal groups run as one batch.
         """
         from .conditioning import prepare_conditioning
@@ -404,52 +403,6 @@ class SamplerServer:
             "max_batch": c.max_batch,
             "request_keys": list(REQUEST_KEYS),
         }
-
-
-def host_rows(sampler, seed: int, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x_T, step_noise or None) of samples rows[0]..rows[1]−1 of ``sampler.sample(shape=n,
-    seed=seed)`` for any n ≥ rows[1]: the layout of :mod:`refdiff.export.noise`, x_T scaled
-    as the sampler scales it (σ-view samplers start at σ_0 z)."""
-    from .noise import host_noise
-
-    shape = (rows[1] - rows[0], *sampler.dims[1:])
-    x_T, z = host_noise(seed, sampler.num_steps, shape, rows=rows)
-    scale = 1.0 if sampler.tables is None else sampler.tables.x_T_scale
-    if scale != 1.0:  # the expression of OrtSampler's own host noise
-        x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
-    return x_T, (z if sampler.noisy and sampler.noise == "input" else None)
-
-
-def sample_rows(
-    sampler,
-    x_T: np.ndarray,
-    step_noise: np.ndarray | None,
-    *,
-    cond: dict | None = None,
-    uncond: dict | None = None,
-    extras: tuple = (),
-) -> np.ndarray:
-    """``sampler.sample(x_T, step_noise, cond=, uncond=)``, run with at least two rows.
-
-    onnxruntime's CPU ``MatMul`` takes a matrix-vector kernel for a single row and a
-    matrix-matrix kernel otherwise; the two round differently (by float32 ulps), while for
-    two rows or more each output row depends on its own row only.  A lone row is therefore run
-    with a copy of itself, so a row's samples never depend on how requests were batched or
-    data was sharded (tests/export/test_serve.py, test_cluster.py).  ``extras``: the model's
-    conditioning inputs (their ``batched`` flag says which to repeat with the row).
-    """
-    if x_T.shape[0] != 1:
-        return sampler.sample(x_T, step_noise, cond=cond, uncond=uncond)
-
-    def twice(d):
-        if d is None:
-            return None
-        batched = {e.name for e in extras if e.batched}
-        return {k: np.concatenate([v, v]) if k in batched else v for k, v in d.items()}
-
-    z2 = None if step_noise is None else np.concatenate([step_noise, step_noise], axis=1)
-    x2 = np.concatenate([x_T, x_T])
-    return sampler.sample(x2, z2, cond=twice(cond), uncond=twice(uncond))[:1]
 
 
 def _message(e: Exception) -> str:

@@ -22,7 +22,7 @@ output; :func:`triton_model` makes the sampler fit that rule where it can:
 
 Rows are independent in the sampler graph (each sample's noise comes in with it), so
 dynamic batching returns each request the samples it would get alone (onnxruntime's CPU
-kernels: two rows or more, see :func:`refdiff.export.serve.sample_rows`).
+kernels: two rows or more, see :func:`refdiff.export.cluster.sample_rows`).
 
 The ``config.pbtxt`` is written by hand (no ``tritonclient`` needed); tests/export/
 test_triton_repository.py parses it with Triton's own ``model_config.proto``
