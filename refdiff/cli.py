@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "vectors": ("refdiff.vectors:main", "write or check golden vectors", ""),
     "verify": ("refdiff.verify:main", "verify an implementation against the reference", ""),
     "bench": ("refdiff.export.bench:main", "run the benchmarks", "deploy"),
+    "serve": ("refdiff.export.serve:serve_main", "serve a sampler over HTTP (Ray Serve)", "serve"),
 }
 
 
