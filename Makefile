@@ -2,7 +2,7 @@
 # with exact versions from constraints.txt.
 #   make demo  -> .venv-demo: numpy, scipy, onnx, onnxruntime, matplotlib, tqdm (no torch)
 #   make test  -> .venv: the demo tier + pytest/hypothesis/ruff + the cross-check peers
-#                 (torch, diffusers, k-diffusion)
+#                 (torch, diffusers, k-diffusion) + Ray Serve (the serve extra)
 # Where an NVIDIA driver is present (nvidia-smi), the runtime is onnxruntime-gpu with NVIDIA's
 # CUDA 13 / cuDNN 9 libraries from PyPI (extra deploy-gpu-cuda), so that the demo runs on the
 # GPU; elsewhere the test tier keeps onnxruntime-gpu (it runs on CPU too, and the provider tests
@@ -17,12 +17,15 @@ comma  := ,
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 ifeq ($(HAS_GPU),yes)
 DEMO_EXTRAS ?= deploy-gpu,deploy-gpu-cuda,plots
-TEST_EXTRAS ?= test,deploy-gpu,deploy-gpu-cuda,plots,crosscheck
+TEST_EXTRAS ?= test,deploy-gpu,deploy-gpu-cuda,plots,crosscheck,serve
 else
 DEMO_EXTRAS ?= demo
-TEST_EXTRAS ?= test,deploy-gpu,plots,crosscheck
+TEST_EXTRAS ?= test,deploy-gpu,plots,crosscheck,serve
 endif
 KDIFFUSION = k-diffusion==0.1.1.post1
+# Triton's model-config schema (model_config_pb2.py, protobuf only) for the Triton repository
+# test; --no-deps: its client libraries pin ml-dtypes below what onnx takes.
+TRITONCLIENT = tritonclient==2.73.0
 # pip's own progress (what it downloads and how big); no -q
 PIP_FLAGS ?= --progress-bar on -c $(CONSTRAINTS)
 TEST_STAMP = $(VENV)/.installed-$(subst $(comma),_,$(TEST_EXTRAS))
@@ -31,13 +34,13 @@ DEMO_STAMP = $(DEMO_VENV)/.installed-$(subst $(comma),_,$(DEMO_EXTRAS))
 .PHONY: install install-demo test demo bench mutants calibrate lint conformance clean
 
 $(TEST_STAMP): pyproject.toml $(CONSTRAINTS)
-	@echo "== test tier -> $(VENV): refdiff[$(TEST_EXTRAS)] + $(KDIFFUSION) (no deps)"
+	@echo "== test tier -> $(VENV): refdiff[$(TEST_EXTRAS)] + $(KDIFFUSION) $(TRITONCLIENT) (no deps)"
 	@echo "   README 'Install tiers' has the measured download size and time"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) pip
 	$(PY) -m pip install $(PIP_FLAGS) "torch==2.13.0"
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[$(TEST_EXTRAS)]"
-	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(KDIFFUSION)"
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps "$(KDIFFUSION)" "$(TRITONCLIENT)"
 	touch $@
 
 $(DEMO_STAMP): pyproject.toml $(CONSTRAINTS)

@@ -595,6 +595,9 @@ def _export_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None, help="seed of the in-graph noise (--noise graph)"
     )
     p.add_argument("--trajectory", action="store_true", help="sampler: also output every state")
+    p.add_argument(
+        "--triton", metavar="DIR", help="sampler: also write a Triton model repository in DIR"
+    )
     p.add_argument("--quiet", action="store_true")
     _guidance_args(p)
     _common_schedule_args(p)
@@ -653,6 +656,8 @@ def _check_export(a: argparse.Namespace) -> None:
             pb.add("--seed", "seeds the in-graph noise: add --noise graph, or drop --seed")
         if a.trajectory and kind != "sampler":
             pb.add("--trajectory", f"only a --kind sampler outputs every state, not {kind}")
+    if a.triton is not None and kind != "sampler":
+        pb.add("--triton", f"a Triton repository holds a whole sampler: --kind sampler, not {kind}")
     if a.denoiser is not None:
         if a.dtype is not None:
             pb.add("--dtype", "is the wrapped denoiser's own (its input type); drop --dtype")
@@ -732,6 +737,12 @@ def _export(argv: list[str]) -> int:
 
         model = sampler_model(den, tables, trajectory=a.trajectory, **build)
     _write_output(Path(a.output), lambda f: f.write(model.SerializeToString()))
+    if a.triton is not None:
+        from .triton import write_triton_repository
+
+        folder = write_triton_repository(model, a.triton, name=Path(a.output).stem)
+        if not a.quiet:
+            print(f"wrote {folder}/config.pbtxt and {folder}/1/model.onnx")
     if not a.quiet:
         print(
             f"wrote {a.output}: {a.kind} ({sampler}, {tables.N} steps, "
@@ -827,6 +838,16 @@ def _sample_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.add_argument(
+        "--cluster",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="shard the sample over a Ray cluster (ADDRESS: auto, ray://host:port; none: a "
+        "local one); -o then names a folder of shards + manifest.json (reruns fill it in)",
+    )
+    p.add_argument("--shard-rows", type=int, default=65536, help="rows per shard (--cluster)")
+    p.add_argument(
         "--verbose", action="store_true", help="say why the provider was chosen, in full"
     )
     p.add_argument(
@@ -903,7 +924,12 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
     a.uncond_files = _named_files(a.uncond, "--uncond", pb)
     if a.png:
         pb.attempt("--png", check_output_path, str(Path(a.output).with_suffix(".png")), "--png")
-    out = pb.attempt("--output", check_output_path, a.output, "--output")
+    if a.cluster is None:
+        out = pb.attempt("--output", check_output_path, a.output, "--output")
+    else:  # a folder of shards, reused by a rerun
+        out = Path(a.output)
+        if a.png:
+            pb.add("--png", "applies to one .npy file, not to --cluster shards")
     model = pb.attempt("--model", check_model_path, a.model, "--model")
     pb.raise_any()
     return shape, out, model
@@ -1002,6 +1028,29 @@ def _sample(argv: list[str]) -> int:
     _check_cond_names(s, a)
     cond = _load_arrays(a.cond_files, "--cond") or None
     uncond = _load_arrays(a.uncond_files, "--uncond") or None  # checked per model kind above
+    if a.cluster is not None:
+        from .cluster import run_cli
+
+        options = None
+        if meta.get(PREFIX + "kind") != "sampler":  # what _denoiser_sampler gave the sampler
+            sampler = a.sampler or "ddpm"
+            den = s.denoiser
+            base_json = den.signature.metadata.get(PREFIX + "schedule")
+            _, grid = _walk(a, _base_schedule(a, base_json, den.label, sampler), sampler)
+            options = {**_options(a, sampler), **grid}
+        return run_cli(
+            s,
+            str(model_path),
+            str(out),
+            target[0],
+            seed=seed,
+            address=a.cluster,
+            shard_rows=a.shard_rows,
+            options=options,
+            cond=cond,
+            uncond=uncond,
+            quiet=a.quiet,
+        )
     t0 = time.perf_counter()
     try:
         x = s.sample(shape=target, seed=seed, cond=cond, uncond=uncond, progress=not a.quiet)
