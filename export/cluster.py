@@ -106,7 +106,7 @@ class SamplerSpec:
     def build(self, model: bytes, denoiser=None):
         """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``
         (``denoiser``: the model already opened with :func:`~refdiff.export.open_denoiser`)."""
-        from .cli import build_schedule
+        from .schedules import build_schedule
         from .metadata import PREFIX, schedule_from_json
         from .model_io import load_model, open_denoiser
         from .runtime import OrtSampler

@@ -28,10 +28,16 @@ README = ROOT / "README.md"
 
 #: shell lines not run (matched by substring), with the reason
 SKIP = {
-    "make demo": "builds .venv-demo and runs the whole demo (minutes); tests/test_demo.py runs "
+    "make demo": "builds .venv-demo and runs the whole demo (minutes); tests/support/test_demo.py runs "
     "the same code (refdiff.export.demo.main) on small settings",
     "make test": "is the command that runs this test",
     "--provider cuda": "needs an NVIDIA GPU and the reader's own unet.onnx",
+    "pip install": "installs packages; `make test` installs the same tiers",
+    "refdiff serve": "runs a server until it is stopped; tests/export/test_serve.py drives the "
+    "same deployment on a local Ray cluster",
+    "curl ": "needs the server above",
+    "--cluster": "starts a Ray cluster for 10⁷ samples; tests/export/test_cluster.py runs the "
+    "same code (cluster.run_cli) on small shards",
 }
 #: lines that are expected to exit non-zero, and with what
 EXIT = {"refdiff verify diffusers:DDIMScheduler": 1}
