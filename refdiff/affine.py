@@ -21,6 +21,9 @@ here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -100,6 +103,50 @@ def affine_coefficients(schedule: Schedule, method: str = "ddpm", **options) -> 
     return AffineStep(*coef, draws=draws, method=method)
 
 
+# Tables already read off, per schedule (weakly: they go with it) and per (method, options),
+# the most recent _CACHE_SIZE option sets each.  A Schedule's arrays are read-only, so its
+# identity fixes its content (as for its cached properties).
+_CACHE: weakref.WeakKeyDictionary[Schedule, OrderedDict] = weakref.WeakKeyDictionary()
+_CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()
+_KEY_TYPES = (type(None), bool, int, float, str, np.bool_, np.integer, np.floating)
+
+
+def _options_key(method: object, options: dict) -> tuple | None:
+    """A key telling option sets apart exactly (1, 1.0, True and -0.0, 0.0 differ), or None
+    when a value is not a plain scalar (such calls are not cached)."""
+    key: list = [(type(method), repr(method))]
+    for name in sorted(options):
+        v = options[name]
+        if not isinstance(v, _KEY_TYPES):
+            return None
+        key.append((name, type(v), repr(v)))
+    return tuple(key)
+
+
+def _cached_coefficients(schedule: Schedule, method: str, options: dict) -> AffineStep:
+    """:func:`affine_coefficients` ``(schedule, method, **options)``, computed once per
+    schedule and option set and then reused (the tables are read-only); what the sampling
+    loops call, so that a loop does not read the tables off the step again on every call."""
+    if not isinstance(schedule, Schedule):
+        raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
+    key = _options_key(method, options)
+    if key is not None:
+        with _CACHE_LOCK:
+            tables = _CACHE.get(schedule)
+            if tables is not None and key in tables:
+                tables.move_to_end(key)
+                return tables[key]
+    coef = affine_coefficients(schedule, method, **options)
+    if key is not None:
+        with _CACHE_LOCK:
+            tables = _CACHE.setdefault(schedule, OrderedDict())
+            tables[key] = coef
+            if len(tables) > _CACHE_SIZE:
+                tables.popitem(last=False)
+    return coef
+
+
 _F64 = np.dtype(np.float64)
 
 
@@ -137,6 +184,19 @@ def affine_step(
     o = _array(model_output, "model_output")
     if o.shape != x.shape:
         raise ShapeError("model_output", f"shape {o.shape} does not match x_t shape {x.shape}")
+    return _apply(coef, x, t, o, noise, rng)
+
+
+def _apply(
+    coef: AffineStep,
+    x: np.ndarray,
+    t: int,
+    o: np.ndarray,
+    noise: object,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """:func:`affine_step` once ``coef``, ``t`` (an int in [1, T]) and the float64 ``x`` and
+    ``o`` of one shape are known good (the sampling loops check them once, not per step)."""
     xo = ((x, coef.a[t]), (o, coef.b[t]))
     if not coef.draws:
         y, scale, terms = None, None, xo
