@@ -321,6 +321,31 @@ def _loops(sec: dict) -> list[tuple[str, list[str], list[list]]]:
     return [("sampling loops at batch 1 against their bare step", h, rows)]
 
 
+def _sigma(sec: dict) -> list[tuple[str, list[str], list[list]]]:
+    h = [
+        "sampler",
+        "shape",
+        "ref µs",
+        "floor µs",
+        "ref/floor",
+        "diffusers µs",
+        "diffusers/ref",
+    ]
+    rows = [
+        [
+            r["sampler"],
+            r["shape"],
+            r["us"]["ref"],
+            r["floor_us"],
+            r["ref_over_floor"],
+            r["us"].get("diffusers"),
+            r.get("diffusers_over_ref"),
+        ]
+        for r in sec.get("rows", [])
+    ]
+    return [("σ-view sampler steps against diffusers' (same sampler, float64 CPU)", h, rows)]
+
+
 BUILDERS = {
     "steps": _steps,
     "ort": _ort,
@@ -328,6 +353,7 @@ BUILDERS = {
     "stats": _stats,
     "assertions": _assertions,
     "loops": _loops,
+    "sigma": _sigma,
 }
 
 

@@ -8,7 +8,8 @@ Sections (``--only`` picks some):
 - ``scaling``  time against steps and batch, peak memory;
 - ``stats``    seconds per statistical assertion of the statistical test suite;
 - ``assertions`` each statistical check at n = 10⁶, d = 16 against its NumPy/SciPy primitive;
-- ``loops``    the sampling loops at batch 1 against their bare step (fixed cost per step).
+- ``loops``    the sampling loops at batch 1 against their bare step (fixed cost per step);
+- ``sigma``    each σ-view sampler's step against diffusers' step for it, and the floor.
 
 Prints a table per section and a summary of issue 7's targets, and writes every number as
 JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that keeps every
@@ -27,7 +28,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("steps", "ort", "scaling", "stats", "assertions", "loops")
+SECTIONS = ("steps", "ort", "scaling", "stats", "assertions", "loops", "sigma")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,6 +162,10 @@ def _run_section(name: str, args, bw: float) -> dict:
         from . import bench_scaling
 
         return bench_scaling.run(size=size, provider=args.provider, threads=threads)
+    if name == "sigma":
+        from . import bench_sigma
+
+        return bench_sigma.run(size=size, peers=peers, threads=threads)
     if name in ("assertions", "loops"):
         from . import bench_fixed_cost
 

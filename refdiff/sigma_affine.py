@@ -40,7 +40,16 @@ from ._check import as_float_array, option
 from .affine import _BLOCK, _combine
 from .errors import InputError, ShapeError
 
-__all__ = ["Call", "Step", "SigmaProgram", "program", "combine", "sample"]
+__all__ = [
+    "Call",
+    "Step",
+    "SigmaProgram",
+    "program",
+    "combine",
+    "model_input",
+    "update",
+    "sample",
+]
 
 # A coefficient whose magnitude is below this fraction of the largest coefficient of its
 # combination is the rounding residue of a coefficient that is exactly 0 (the read-off
@@ -296,6 +305,28 @@ def _output(out: object, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def model_input(call: Call, x: np.ndarray, z: np.ndarray | None, mine: list[np.ndarray]):
+    """The input of ``call``: α x_i + γ z_i + Σ β_k D_{i,k} (``mine``: this step's earlier
+    outputs, oldest first); x_i itself when that is all it is."""
+    terms = [(x, call.alpha)]
+    if call.gamma != 0.0:
+        terms.append((z, call.gamma))
+    terms += [(d, beta) for d, beta in zip(mine, call.betas) if beta != 0.0]
+    return x if len(terms) == 1 and call.alpha == 1.0 else combine(terms)
+
+
+def update(
+    step: Step, x: np.ndarray, history: list[np.ndarray], z: np.ndarray | None, past=()
+) -> np.ndarray:
+    """x_{i+1} = a x_i + Σ p_j x_{i−j} + Σ b_j history[j] + s z_i (``history``: the model
+    outputs, newest first; ``past``: x_{i−1}, x_{i−2}, …): a fresh array."""
+    terms = [(x, step.a)] + [(past[j - 1], v) for j, v in step.p]
+    terms += [(history[j], v) for j, v in step.b]
+    if step.s != 0.0:
+        terms.append((z, step.s))
+    return combine(terms)
+
+
 def sample(
     model,
     sigmas,
@@ -333,18 +364,9 @@ def sample(
         z = loop.noise(i, x.shape) if prog.noisy else None
         mine: list[np.ndarray] = []
         for c in st.calls:
-            terms = [(x, c.alpha)]
-            if c.gamma != 0.0:
-                terms.append((z, c.gamma))
-            terms += [(d, beta) for d, beta in zip(mine, c.betas) if beta != 0.0]
-            inp = x if len(terms) == 1 and c.alpha == 1.0 else combine(terms)
+            inp = model_input(c, x, z, mine)
             mine.append(_output(model(inp, np.full(B, c.sigma)), x))
         hist = (mine[::-1] + hist)[:keep]
-        terms = [(x, st.a)] + [(past[j - 1], v) for j, v in st.p] + [(hist[j], v) for j, v in st.b]
-        if st.s != 0.0:
-            terms.append((z, st.s))
-        if prog.states:
-            past = [x, *past][: prog.states]
-        x = combine(terms)
+        x, past = update(st, x, hist, z, past), [x, *past][: prog.states]
         loop.done(i, x)
     return loop.result(x)

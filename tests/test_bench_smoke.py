@@ -47,7 +47,8 @@ def test_top_level_schema(result):
     assert isinstance(m["cpu"], str) and m["cpu"]
     assert isinstance(m["cores"], int) and m["cores"] >= 1
     assert _pos(m["copy_bandwidth_GBps"])
-    assert set(result["sections"]) == {"steps", "ort", "scaling", "stats", "assertions", "loops"}
+    want = {"steps", "ort", "scaling", "stats", "assertions", "loops", "sigma"}
+    assert set(result["sections"]) == want
     for t in result["targets"]:
         assert set(t) >= {"section", "target", "value", "goal", "met"}
         assert isinstance(t["met"], bool) and _num(t["value"])
@@ -143,6 +144,17 @@ def test_assertions_and_loops_sections(result):
         for k in ("loop_us_per_step", "step_us", "loop_over_step", "peak_states"):
             assert _pos(row[f"{s}_{k}"]), (s, k)
     assert _pos(row["coefficients_us"])
+
+
+def test_sigma_section(result):
+    sec = result["sections"]["sigma"]
+    names = {"euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde"}
+    names |= {"dpmpp_3m_sde", "unipc", "flow_euler"}
+    assert {r["sampler"] for r in sec["rows"]} == names
+    for r in sec["rows"]:
+        assert _pos(r["us"]["ref"]) and _pos(r["floor_us"]) and _pos(r["ref_over_floor"])
+        assert "diffusers_over_ref" not in r  # --no-peers
+    assert any("skipped" in n for n in sec["notes"])
 
 
 def test_tables_render_from_json(result):
