@@ -15,10 +15,23 @@ Tolerances, relative to 1 + max |x| over the run:
   (α_t, σ_t, λ_t of DPM-Solver/UniPC): ``DF_TOL`` = 1e-5 (float32 tolerance: ~2⁻²⁴ per
   coefficient, amplified by ≤ 20 steps and the multistep weights).
 
-Named mechanisms where a peer differs from the stated form (each reproduced in refdiff):
-diffusers' DPM-Solver++ / UniPC take lower-order final steps (``lower_order_final=True``),
-k-diffusion does not (``False``); diffusers' EulerDiscrete evaluates the model before the churn
-(``churn_model_input="unchurned"``), k-diffusion after (``"churned"``).
+Named mechanisms where a peer differs from the stated form (each reproduced in refdiff or
+asserted step by step):
+
+- diffusers' DPM-Solver++ / UniPC take lower-order final steps (``lower_order_final=True``),
+  k-diffusion does not (``False``);
+- diffusers' EulerDiscrete evaluates the model before the churn (``churn_model_input=
+  "unchurned"``), k-diffusion after (``"churned"``); diffusers draws churn noise only on steps
+  with γ_i > 0, so it is handed slice i of refdiff's layout on step i;
+- an order-3 DPMSolverMultistep takes its second-order steps (warm-up, the one before the
+  last) in its ``solver_type``; k-diffusion's and refdiff's 3M use φ₂ there, diffusers'
+  ``solver_type="heun"``;
+- diffusers' sde-dpmsolver++ third-order D2 coefficient is (1 − e^{−2h} − 2h)/(2h)² − ½, where
+  its ODE branch and k-diffusion (ĥ = 2h) give −φ₃ = (1 − e^{−ĥ} − ĥ)/ĥ² + ½: each third-order
+  step differs by exactly D2 (asserted on diffusers' own inputs; the whole run is a strict
+  xfail);
+- diffusers' UniPC bh1 into σ = 0: B(h) = −h = −∞, its update is NaN; refdiff takes
+  x_n = D_{n−1} (with ``final_sigmas_type="sigma_min"`` both are finite and agree).
 """
 
 from __future__ import annotations
@@ -164,9 +177,28 @@ DF_CASES = {
         "vp",
         "sample",
     ),
+    # order 3: diffusers' second-order steps (the warm-up and the one before the last) use its
+    # solver_type; refdiff's and k-diffusion's 3M use φ₂ there, diffusers' "heun" form
+    "dpmpp_3m_sde-ode": (
+        "DPMSolverMultistepScheduler",
+        {
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 3,
+            "solver_type": "heun",
+            "prediction_type": "sample",
+        },
+        {"lower_order_final": True, "eta": 0.0},
+        "vp",
+        "sample",
+    ),
     "dpmpp_3m_sde": (
         "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 3, "prediction_type": "sample"},
+        {
+            "algorithm_type": "sde-dpmsolver++",
+            "solver_order": 3,
+            "solver_type": "heun",
+            "prediction_type": "sample",
+        },
         {"lower_order_final": True},
         "vp",
         "sample",
@@ -232,20 +264,17 @@ def _diffusers_run(case, x_T, z, monkeypatch):
         else:
             out = (xs - D(xs, np.full(B, s))) / s
         x = sch.step(torch.from_numpy(out), t, x, return_dict=False, **step_kw)[0]
-    if state == "vp":
+    x = x.numpy()
+    if state == "vp":  # back to the VE state (they differ unless the last σ is 0)
         before_last = before_last * math.sqrt(1.0 + grid[-2] ** 2)
-    return grid, options, x.numpy(), before_last
+        x = x * math.sqrt(1.0 + grid[-1] ** 2)
+    return grid, options, x, before_last
 
 
 UNATTRIBUTED = {
-    # diffusers' third-order update of DPMSolverMultistep differs from k-diffusion's 3M (which
-    # refdiff matches to 1e-10 above): its sde-dpmsolver++ D2 coefficient is
-    # (1 − e^{−2h} − 2h)/(2h)² − ½ = −φ₃ − 1 where k-diffusion has −φ₃ (ĥ = 2h); not yet
-    # reproduced step by step, so asserted to disagree (strict: it fails if they agree)
-    "dpmpp_3m_sde": "diffusers' third-order sde-dpmsolver++ D2 coefficient (−φ₃ − 1 vs −φ₃)",
-    # bh1 order 3 into σ_min: 3.7e-5 relative, above the float32 tolerance; bh2 order 3 agrees
-    # to 1e-7 on the same kind of grid, so the bh1-specific ρ / B(h) path is where to look
-    "unipc-3-bh1": "diffusers' UniPC bh1 order 3: 3.7e-5 relative, not attributed yet",
+    # the whole run disagrees (strict: this fails if they agree); the mechanism is asserted
+    # step by step in test_diffusers_3m_sde_third_order_steps_differ_by_exactly_d2
+    "dpmpp_3m_sde": "diffusers' third-order sde-dpmsolver++ D2 coefficient: see the test below",
 }
 
 
@@ -287,3 +316,51 @@ def test_diffusers_unipc_bh1_into_sigma_zero_is_nan_by_its_b_of_h(monkeypatch):
     assert np.isnan(got).all() and np.isfinite(want).all()
     h = math.inf  # λ(σ = 0) − λ(σ_{n−1})
     assert math.isnan(0.0 * -h)  # the product in the peer's update
+
+
+def test_diffusers_3m_sde_third_order_steps_differ_by_exactly_d2(monkeypatch):
+    """Mechanism: diffusers' sde-dpmsolver++ third-order update has the D2 coefficient
+    (1 − e^{−2h} − 2h)/(2h)² − ½, its ODE branch (and k-diffusion's 3M, with ĥ = 2h) has
+    (1 − e^{−ĥ} − ĥ)/ĥ² + ½ = −φ₃: they differ by exactly 1·D2, D2 = (d₁⁰ − d₁¹)/(r₀ + r₁).
+    On diffusers' own inputs at each third-order step, refdiff's step (its coefficients read
+    off refdiff.solvers by refdiff.sigma_affine) minus D2 is diffusers' step to float32."""
+    from refdiff import sigma_affine
+
+    cls, kw, options, _, _ = DF_CASES["dpmpp_3m_sde"]
+    sch = getattr(diffusers, cls)(num_train_timesteps=1000, **kw)
+    sch.set_timesteps(N)
+    grid = sch.sigmas.double().numpy()
+    prog = sigma_affine.program("dpmpp_3m_sde", grid, **options)
+    z = _noise(N)
+    seen = []
+    third = type(sch).multistep_dpm_solver_third_order_update
+
+    def spy(self, outputs, *a, sample=None, noise=None, **k):
+        out = third(self, outputs, *a, sample=sample, noise=noise, **k)
+        i = self.step_index
+        s0, t = grid[i], grid[i + 1]
+        ms = [o.double().numpy() for o in outputs[::-1][:3]]  # newest first
+        x_ve = sample.double().numpy() * math.sqrt(1.0 + s0**2)
+        ref = sigma_affine.update(prog.steps[i], x_ve, ms, z[i])
+        h, r0, r1 = (
+            math.log(s0 / t),
+            math.log(grid[i - 1] / s0),
+            math.log(grid[i - 2] / grid[i - 1]),
+        )
+        d2 = ((ms[0] - ms[1]) / (r0 / h) - (ms[1] - ms[2]) / (r1 / h)) / ((r0 + r1) / h)
+        peer = out.double().numpy() * math.sqrt(1.0 + t**2)
+        seen.append((np.max(np.abs(peer - ref)), np.max(np.abs(peer - (ref - d2))), _scale(ref)))
+        return out
+
+    monkeypatch.setattr(type(sch), "multistep_dpm_solver_third_order_update", spy)
+    x_T = grid[0] * np.random.default_rng(0).standard_normal((B, 2))
+    x = torch.from_numpy(x_T / math.sqrt(1.0 + grid[0] ** 2))
+    for k, t in enumerate(sch.timesteps):
+        s = grid[k]
+        out = D(x.numpy() * math.sqrt(1.0 + s**2), np.full(B, s))
+        noise = torch.from_numpy(z[k])
+        x = sch.step(torch.from_numpy(out), t, x, variance_noise=noise, return_dict=False)[0]
+    assert len(seen) == N - 4  # steps 2 … n−3 are third order (lower-order warm-up and end)
+    for off, off_by_d2, scale in seen:
+        assert off_by_d2 <= DF_TOL * scale  # the mechanism accounts for the whole step …
+        assert off > 100 * DF_TOL * scale  # … and the step disagrees without it
