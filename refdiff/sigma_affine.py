@@ -320,6 +320,15 @@ def update(
 ) -> np.ndarray:
     """x_{i+1} = a x_i + Σ p_j x_{i−j} + Σ b_j history[j] + s z_i (``history``: the model
     outputs, newest first; ``past``: x_{i−1}, x_{i−2}, …): a fresh array."""
+    if x.size <= _BLOCK:  # the same operations as combine, without building the term list
+        y = x * step.a
+        for j, v in step.p:
+            y += past[j - 1] * v
+        for j, v in step.b:
+            y += history[j] * v
+        if step.s != 0.0:
+            y += z * step.s
+        return y
     terms = [(x, step.a)] + [(past[j - 1], v) for j, v in step.p]
     terms += [(history[j], v) for j, v in step.b]
     if step.s != 0.0:
