@@ -25,9 +25,7 @@ each loop call used to redo), and the loops' peak memory in states.
 
 from __future__ import annotations
 
-import gc
 import math
-import tracemalloc
 
 import numpy as np
 from scipy import special
@@ -37,7 +35,7 @@ from refdiff import affine, sampling, stats
 from refdiff.respacing import spaced_times
 from refdiff.schedule import linear, respace
 
-from ._timing import race, ratio
+from ._timing import peak_python_bytes, race, ratio
 
 ALPHA = 1e-6
 # size → (n, d, rounds)
@@ -48,19 +46,6 @@ LOOP_PLANS = {
     "quick": (20, 5, 0.05, (4096, 64)),
     "full": (20, 9, 0.1, (4096, 64)),
 }
-
-
-def _peak_bytes(fn) -> int:
-    gc.collect()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base, _ = tracemalloc.get_traced_memory()
-        fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return int(peak - base)
 
 
 def _laws(d: int, rng: np.random.Generator):
@@ -151,8 +136,8 @@ def run_assertions(*, size: str, log=print) -> dict:
             "ours_ms": 1e3 * t["ours"].median,
             "primitive_ms": 1e3 * t["primitive"].median,
             "ours_over_primitive": ratio(t["ours"], t["primitive"]),
-            "ours_extra_mib": _peak_bytes(v["ours"]) / 2**20,
-            "primitive_extra_mib": _peak_bytes(v["primitive"]) / 2**20,
+            "ours_extra_mib": peak_python_bytes(v["ours"]) / 2**20,
+            "primitive_extra_mib": peak_python_bytes(v["primitive"]) / 2**20,
             "samples_mib": data_bytes / 2**20,
         }
         rows.append(row)
@@ -202,7 +187,7 @@ def _loop_peak_states(sampler: str, shape) -> float:
         fn(lambda x, t: 0.1 * x, sch, shape, rng=np.random.default_rng(0))
 
     run()
-    return _peak_bytes(run) / (8 * math.prod(shape))
+    return peak_python_bytes(run) / (8 * math.prod(shape))
 
 
 def run_loops(*, size: str, log=print) -> dict:

@@ -222,15 +222,21 @@ def _apply(
         for v, c in terms:
             y += v * c
         return y
-    # One pass over memory: each block is finished while it is in cache.
     if y is None:
         y = np.empty(x.shape)
+    _blocked(y, scale, terms)
+    return y
+
+
+def _blocked(y: np.ndarray, scale, terms) -> None:
+    """:func:`_combine` over ``y`` (and the ``terms``' arrays, of y's shape) block by block:
+    one pass over memory, each block finished while it is in cache."""
+    n = y.size
     flat = [(v.reshape(-1), c) for v, c in terms]
     yf, tmp = y.reshape(-1), np.empty(_BLOCK)
     for lo in range(0, n, _BLOCK):
         hi = min(lo + _BLOCK, n)
         _combine(yf[lo:hi], scale, [(v[lo:hi], c) for v, c in flat], tmp[: hi - lo])
-    return y
 
 
 def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:

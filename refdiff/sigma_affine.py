@@ -37,7 +37,7 @@ import numpy as np
 
 from . import solvers
 from ._check import as_float_array, option
-from .affine import _BLOCK, _combine
+from .affine import _BLOCK, _blocked
 from .errors import InputError, ShapeError
 
 __all__ = [
@@ -284,11 +284,7 @@ def combine(terms: list[tuple[np.ndarray, float]], out: np.ndarray | None = None
             y += v * c
         return y
     y = np.empty(v0.shape) if out is None else out
-    flat = [(v.reshape(-1), c) for v, c in terms]
-    yf, tmp = y.reshape(-1), np.empty(_BLOCK)
-    for lo in range(0, n, _BLOCK):
-        hi = min(lo + _BLOCK, n)
-        _combine(yf[lo:hi], None, [(v[lo:hi], c) for v, c in flat], tmp[: hi - lo])
+    _blocked(y, None, terms)
     return y
 
 

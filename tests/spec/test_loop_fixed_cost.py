@@ -5,12 +5,12 @@ x_T not kept alive, the per-step checks trimmed without losing a typed error
 from __future__ import annotations
 
 import gc
-import tracemalloc
 import weakref
 
 import numpy as np
 import pytest
 
+from benchmarks._timing import peak_python_bytes
 from refdiff import affine as A
 from refdiff import sampling as SM
 from refdiff import schedule as S
@@ -68,16 +68,7 @@ def test_only_plain_scalar_options_make_a_key():
 
 def _peak_states(sample, shape) -> float:
     """Peak bytes traced while ``sample()`` runs, in states of ``shape`` (float64)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base, _ = tracemalloc.get_traced_memory()
-        sample()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return (peak - base) / (8 * np.prod(shape))
+    return peak_python_bytes(sample) / (8 * np.prod(shape))
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
