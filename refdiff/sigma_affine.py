@@ -317,6 +317,15 @@ def update(
     """x_{i+1} = a x_i + Σ p_j x_{i−j} + Σ b_j history[j] + s z_i (``history``: the model
     outputs, newest first; ``past``: x_{i−1}, x_{i−2}, …): a fresh array."""
     if x.size <= _BLOCK:  # the same operations as combine, without building the term list
+        if step.a == 1.0 and step.b and not step.p:  # Euler-like: x + b·D, one product fewer
+            (j0, v0), *rest = step.b
+            y = history[j0] * v0
+            y += x
+            for j, v in rest:
+                y += history[j] * v
+            if step.s != 0.0:
+                y += z * step.s
+            return y
         y = x * step.a
         for j, v in step.p:
             y += past[j - 1] * v
