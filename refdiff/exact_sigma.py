@@ -1,15 +1,15 @@
-"""Exact ground truth for the σ-view and flow samplers (docs/math.md §19.4).
+"""Exact ground truth for the σ-view and flow samplers (docs/math.md §19.5).
 
 For data x_0 ~ N(m, S), S = U diag(s) Uᵀ, the VE marginal at σ is N(m, S + σ² I) and the
-exact denoiser is affine, D(x; σ) = m + U diag(s/(s+σ²)) Uᵀ (x − m) (eq. 19.21).  Then:
+exact denoiser is affine, D(x; σ) = m + U diag(s/(s+σ²)) Uᵀ (x − m) (eq. 19.11).  Then:
 
 - the probability-flow ODE dx/dσ = (x − D)/σ has the closed-form flow map
-  x(σ₁) = m + U diag(√((s+σ₁²)/(s+σ₀²))) Uᵀ (x(σ₀) − m) (eq. 19.22; :func:`ode_map`,
-  :func:`ode_solution`), and in flow coordinates (eq. 19.23; :func:`flow_ode_solution`);
+  x(σ₁) = m + U diag(√((s+σ₁²)/(s+σ₀²))) Uᵀ (x(σ₀) − m) (eq. 19.12; :func:`ode_map`,
+  :func:`ode_solution`), and in flow coordinates (eq. 19.13; :func:`flow_ode_solution`);
 - every sampler of :mod:`refdiff.solvers` run with this denoiser is affine in
   (x_T, z_0, …, z_{n−1}), so its output is exactly Gaussian: :func:`sampler_law` reads the
   affine map off the sampler by probing (one run on a batch holding the baseline and one unit
-  vector per input coordinate; Monte-Carlo-free, exact to rounding) (eq. 19.24).
+  vector per input coordinate; Monte-Carlo-free, exact to rounding) (eq. 19.14).
 
 Gaussian-mixture data: :func:`denoiser` is the exact mixture posterior mean (through
 :func:`refdiff.exact.posterior_mean_x0`, eq. 11.2), :func:`marginal` the exact law at σ.
@@ -53,7 +53,7 @@ def _flat(x: object, D: int, name: str = "x") -> np.ndarray:
 
 
 def denoiser(data: Gaussian | GaussianMixture) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """The exact D(x, σ) = E[x_0 | x_0 + σε = x] (eqs. 15.3, 19.21) for :mod:`refdiff.solvers`.
+    """The exact D(x, σ) = E[x_0 | x_0 + σε = x] (eqs. 15.3, 19.11) for :mod:`refdiff.solvers`.
 
     x (B, D) or (B, *shape); σ scalar or (B,), > 0.  Gaussian data: in the eigenbasis of S;
     mixtures: :func:`refdiff.exact.posterior_mean_x0` at x/√(1+σ²), ᾱ = 1/(1+σ²).
@@ -117,7 +117,7 @@ def marginal(data: Gaussian | GaussianMixture, sigma: float):
 
 
 def ode_map(data: Gaussian, sigma_from: float, sigma_to: float) -> tuple[np.ndarray, np.ndarray]:
-    """(A, b) with x(σ_to) = A x(σ_from) + b, the exact PF-ODE flow map (eq. 19.22).
+    """(A, b) with x(σ_to) = A x(σ_from) + b, the exact PF-ODE flow map (eq. 19.12).
 
     σ ≥ 0 finite; A = U diag(√((s+σ_to²)/(s+σ_from²))) Uᵀ, b = (I − A) m."""
     g = exact._gaussian(data, "ode_map")
@@ -129,13 +129,13 @@ def ode_map(data: Gaussian, sigma_from: float, sigma_to: float) -> tuple[np.ndar
 
 
 def ode_solution(data: Gaussian, x, sigma_from: float, sigma_to: float) -> np.ndarray:
-    """x(σ_to) of the PF-ODE from states x (B, D) at σ_from (eq. 19.22)."""
+    """x(σ_to) of the PF-ODE from states x (B, D) at σ_from (eq. 19.12)."""
     A, b = ode_map(data, sigma_from, sigma_to)
     return _flat(x, A.shape[0]) @ A.T + b
 
 
 def flow_ode_solution(data: Gaussian, x, t_from: float, t_to: float) -> np.ndarray:
-    """x(t_to) of the flow ODE dx/dt = u from states x (B, D) at t_from ∈ [0, 1] (eq. 19.23):
+    """x(t_to) of the flow ODE dx/dt = u from states x (B, D) at t_from ∈ [0, 1] (eq. 19.13):
     x(t₁) = (1−t₁) m + U diag(√(((1−t₁)² s + t₁²)/((1−t₀)² s + t₀²))) Uᵀ (x(t₀) − (1−t₀) m)."""
     g = exact._gaussian(data, "flow_ode_solution")
     w, U = np.linalg.eigh(g.cov)
@@ -154,7 +154,7 @@ def sampler_law(
     **options,
 ) -> Gaussian:
     """The exact law of ``solvers.sample(exact denoiser, sigmas, sampler=…, **options)``
-    for Gaussian data (eq. 19.24).
+    for Gaussian data (eq. 19.14).
 
     ``start``: the law of x_T (default what the sampler draws: N(0, σ_0² I), flow N(0, I)).
     The sampler is affine in u = (u_T, z_0, …, z_{n−1}) with x_T = m_start + L u_T; one run

@@ -334,20 +334,29 @@ def from_schedule(
     spacing: str = "linspace",
     interpolation: str = "linear",
     final_sigma: str | float = "zero",
+    steps_offset: int = 0,
 ) -> np.ndarray:
     """diffusers' default σ grid for a discrete schedule (eqs. 17.5-17.6).
 
     ``spacing="linspace"``: 1-based t_i = 1 + (T−1)(1 − i/(n−1)), i = 0..n−1 (diffusers'
-    ``linspace(0, T−1, n)`` reversed, +1); ``"trailing"``: t_i = round(T − iT/n).  σ at t by
+    ``linspace(0, T−1, n)`` reversed, +1); ``"trailing"``: t_i = round(T − iT/n);
+    ``"leading"``: t_i = (n−1−i)⌊T/n⌋ + ``steps_offset`` + 1 (diffusers then starts from
+    x_T = √(σ_0² + 1) z, not σ_0 z: pass x_T).  σ at t by
     ``interpolation`` (:func:`t_to_sigma`; diffusers Euler ``"linear"``, k-diffusion
     ``"log_linear"``), then the final σ (``"sigma_min"`` appends σ_1, the smallest training σ).
     """
     T = _train_sigmas(schedule).shape[0]
     n = _n(n)
-    option(spacing, "spacing", ("linspace", "trailing"))
+    option(spacing, "spacing", ("linspace", "trailing", "leading"))
     if spacing == "linspace":
         t = np.linspace(T, 1.0, n) if n > 1 else np.array([float(T)])
-    else:
+    elif spacing == "trailing":
         t = np.round(T - np.arange(n) * (T / n))
+    else:
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+            raise InputError("steps_offset", f"must be an int >= 0; got {steps_offset!r}")
+        t = (np.arange(n)[::-1] * (T // n) + steps_offset + 1).astype(np.float64)
+        if t[0] > T or T // n == 0:
+            raise InputError("steps_offset", f"leading spacing of {n} steps leaves [1, T={T}]")
     s = t_to_sigma(schedule, t, interpolation)
     return append_final(s, final_sigma, float(schedule.sigma[1]))

@@ -27,8 +27,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, is_real, option
+from ._check import as_batch, as_float_array, check_size, is_real, option
 from .errors import InputError, RandomnessError, ScheduleError, ShapeError
+from .sampling import _shape
 
 __all__ = [
     "SAMPLERS",
@@ -41,6 +42,7 @@ __all__ = [
     "heun",
     "lms",
     "lms_coefficients",
+    "linear_coefficients",
     "dpmpp_2m",
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
@@ -75,14 +77,14 @@ class _Loop:
         self.n = self.sigmas.shape[0] - 1
         if x_T is not None:
             x = as_batch(x_T, "x_T")
-            if shape is not None and tuple(shape) != x.shape:
+            if shape is not None and _shape(shape) != x.shape:
                 raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
         else:
             if shape is None:
                 raise InputError("shape", "give shape= or x_T=")
             if not isinstance(rng, np.random.Generator):
                 raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy Generator")
-            x = rng.standard_normal(tuple(shape)) * (1.0 if flow else self.sigmas[0])
+            x = rng.standard_normal(_shape(shape)) * (1.0 if flow else self.sigmas[0])
         if step_noise is not None:
             step_noise = as_float_array(step_noise, "step_noise")
             if step_noise.shape != (self.n, *x.shape):
@@ -433,6 +435,7 @@ def dpmpp_3m_sde(
     s_noise: float = 1.0,
     lower_order_final: bool = True,
     taylor_d2: bool = False,
+    diffusers_sde_d2: bool = False,
 ):
     """DPM-Solver++(3M) SDE (eq. 19.7), h = log(σ_i/σ_{i+1}), ĥ = (1+η)h,
     φ₂ = (e^{−ĥ} − 1)/ĥ + 1, φ₃ = φ₂/ĥ − ½:
@@ -446,8 +449,13 @@ def dpmpp_3m_sde(
     d₂ ≈ h²D''/2, and the Taylor term of the exponential integral is −2φ₃ d₂: the published
     −φ₃ d₂ (Lu et al.'s code, k-diffusion, diffusers; the default) leaves an O(h³) local error,
     so the solver is globally second order; ``taylor_d2=True`` uses −2φ₃ d₂ (third order;
-    eq. 19.7 and the note under it).
+    eq. 19.7 and the note under it).  ``diffusers_sde_d2=True`` reproduces diffusers'
+    third-order ``sde-dpmsolver++`` step, whose d₂ coefficient (1 − e^{−2h} − 2h)/(2h)² − ½ is
+    −φ₃ − 1 at η = 1: one d₂ more than the published form, an O(h²) local error (weak order 1,
+    measured; a peer bug).
     """
+    if taylor_d2 and diffusers_sde_d2:
+        raise InputError("diffusers_sde_d2", "cannot be combined with taylor_d2")
     eta, s_noise = _real(eta, "eta"), _real(s_noise, "s_noise")
     loop = _Loop(
         denoiser, sigmas, shape, x_T, step_noise, rng, eta > 0, callback, return_trajectory, False
@@ -472,7 +480,8 @@ def dpmpp_3m_sde(
                 d10, d11 = (m - ms[0]) / r0, (ms[0] - ms[1]) / r1
                 d1 = d10 + (d10 - d11) * r0 / (r0 + r1)
                 d2 = (d10 - d11) / (r0 + r1)
-                x = x + phi2 * d1 - (2.0 if taylor_d2 else 1.0) * (phi2 / hh - 0.5) * d2
+                k = 2.0 if taylor_d2 else 1.0
+                x = x + phi2 * d1 - k * (phi2 / hh - 0.5) * d2 - (d2 if diffusers_sde_d2 else 0.0)
             elif p == 2:
                 x = x + phi2 * (m - ms[0]) / (hs[0] / h)
             if eta > 0:
@@ -616,6 +625,47 @@ def flow_euler(
     return loop.result(x)
 
 
+# -- coefficient tables (for graphs and fast loops) ------------------------------------------------
+def linear_coefficients(sampler: str, sigmas, **options) -> np.ndarray:
+    """(n, 3) float64 rows (a_i, b_i, c_i) with x_{i+1} = a_i x_i + b_i M_i + c_i M_{i−1} for
+    the deterministic samplers whose step is linear in (x_i, M_i, M_{i−1}); M = D (σ view) or
+    the velocity u (flow).  ``"euler"`` (no churn; eq. 19.1): a = σ_{i+1}/σ_i, b = 1 − a,
+    c = 0.  ``"dpmpp_2m"`` (eq. 19.5, with ``lower_order_final``): a = σ_{i+1}/σ_i,
+    b = −(e^{−h}−1)(1 + 1/(2r)), c = (e^{−h}−1)/(2r) (c = 0 on first-order steps; on a step to
+    σ = 0, a = 0, b = 1).  ``"flow_euler"`` (eq. 19.10): a = 1, b = σ_{i+1} − σ_i, c = 0.
+    The tables reproduce :func:`euler`, :func:`dpmpp_2m` and :func:`flow_euler` (tested)."""
+    option(sampler, "sampler", ("euler", "dpmpp_2m", "flow_euler"))
+    flow = sampler == "flow_euler"
+    sig = _sigmas(sigmas, flow)
+    n = sig.shape[0] - 1
+    allowed = {"euler": (), "dpmpp_2m": ("lower_order_final",), "flow_euler": ()}[sampler]
+    for k in options:
+        if k not in allowed:
+            raise InputError("options", f"{sampler}: no option {k!r} in a linear table")
+    out = np.zeros((n, 3))
+    h_last = None
+    for i in range(n):
+        s, s_next = sig[i], sig[i + 1]
+        if flow:
+            out[i] = (1.0, s_next - s, 0.0)
+        elif sampler == "euler":
+            out[i] = (s_next / s, 1.0 - s_next / s, 0.0)
+        elif s_next == 0:
+            out[i] = (0.0, 1.0, 0.0)
+        else:
+            h = math.log(s / s_next)
+            lof = options.get("lower_order_final", True)
+            p = _order_here(i, n, 0 if i == 0 else 1, lof, 2)
+            e = math.expm1(-h)
+            if p == 1:
+                out[i] = (s_next / s, -e, 0.0)
+            else:
+                r = h_last / h
+                out[i] = (s_next / s, -e * (1 + 1 / (2 * r)), e / (2 * r))
+            h_last = h
+    return out
+
+
 # -- dispatch ----------------------------------------------------------------------------------
 SAMPLERS: dict[str, Callable] = {
     "euler": euler,
@@ -658,7 +708,9 @@ def draw_noise(
         raise RandomnessError("rng", f"must be a numpy Generator; got {type(rng).__name__}")
     flow = option(sampler, "sampler", list(SAMPLERS)) == "flow_euler"
     sig = _sigmas(sigmas, flow)
-    x_T = rng.standard_normal(tuple(shape)) * (1.0 if flow else sig[0])
+    shape = _shape(shape)
+    check_size(shape, "shape", factor=sig.shape[0])
+    x_T = rng.standard_normal(shape) * (1.0 if flow else sig[0])
     noisy = needs_noise(sampler, **options)
     return x_T, rng.standard_normal((sig.shape[0] - 1, *shape)) if noisy else None
 

@@ -339,8 +339,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "dpmpp_3m_d2_taylor_ignored",
         "refdiff.solvers",
-        "(2.0 if taylor_d2 else 1.0)",
-        "(1.0 if taylor_d2 else 1.0)",
+        "k = 2.0 if taylor_d2 else 1.0",
+        "k = 1.0 if taylor_d2 else 1.0",
         "DPM-Solver++(3M) taylor_d2=True still uses the published −φ₃ d₂ (second order)",
         (_HAND + "test_dpmpp_3m_sde_by_hand", _CONV + "test_orders_of_the_multistep_solvers"),
     ),
@@ -509,6 +509,13 @@ SCOPES = {
     "all": ["tests"],
 }
 EXCLUDE = ["tests/test_mutants_fast.py", "tests/test_calibration.py"]
+# i14spec: the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
+SCOPES["spec"] += [
+    "tests/spec/test_solvers_*.py",
+    "tests/spec/test_sigma.py",
+    "tests/spec/test_flow.py",
+    "tests/ground_truth/test_solvers_*.py",
+]
 
 
 def _paths(scope: str) -> list[str]:

@@ -1,8 +1,8 @@
-"""The σ-view samplers against exact laws (docs/math.md §19.4).
+"""The σ-view samplers against exact laws (docs/math.md §19.5).
 
 - Small step counts, Gaussian data: with the exact denoiser every sampler is affine in
   (x_T, z_0, …, z_{n−1}), so its output law is exactly Gaussian (exact_sigma.sampler_law,
-  eq. 19.24).  Samples drawn through the ``rng`` path must follow it: one
+  eq. 19.14).  Samples drawn through the ``rng`` path must follow it: one
   stats.assert_gaussian per sampler at α = 1e-7 (n = 20 000; it detects a Mahalanobis mean
   shift 0.057 and a relative variance error 0.083 with probability 0.99).
 - Point-mass data: D(x; σ) = m for every σ, and every step of every sampler then maps

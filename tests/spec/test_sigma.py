@@ -151,6 +151,9 @@ def test_from_schedule_grids():
     # trailing: t = 1000, 900, …, 100
     s = S.from_schedule(sch, 10, spacing="trailing", final_sigma="none")
     np.testing.assert_allclose(s, sch.sigma[np.arange(1000, 0, -100)], rtol=1e-12)
+    # leading with steps_offset 1 (Stable Diffusion): 0-based 900, 800, …, 0 → +1 +1
+    s = S.from_schedule(sch, 10, spacing="leading", steps_offset=1, final_sigma="none")
+    np.testing.assert_allclose(s, sch.sigma[np.arange(902, 0, -100)], rtol=1e-12)
     # final σ_min appends the smallest training σ
     s = S.from_schedule(sch, 4, spacing="trailing", final_sigma="sigma_min")
     assert s[-1] == sch.sigma[1]
@@ -188,3 +191,25 @@ def test_errors_name_their_argument():
     with pytest.raises(InputError) as e:
         S.karras(3, 1.0, 2.0, final_sigma=5.0)
     assert e.value.argument == "final_sigma"
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(
+    st.sampled_from(["epsilon", "x0", "v", "score"]),
+    st.sampled_from(["round", "nearest"]),
+    st.integers(1, 100),
+    seeds,
+)
+def test_denoiser_from_model_wraps_the_exact_vp_model(kind, how, t, seed):
+    """On the grid (σ = σ_t), the adapter around refdiff.exact's VP model of any prediction
+    type is the exact σ-view denoiser (eqs. 15.2, 18.9-18.12)."""
+    from refdiff import exact as E
+    from refdiff import exact_sigma as X
+
+    sch = Sch.cosine(100)
+    g = E.Gaussian(np.array([0.5, -1.0]), np.array([[0.6, 0.2], [0.2, 0.4]]))
+    D = S.denoiser_from_model(E.denoiser(g, sch, kind), sch, kind, timestep=how)
+    sig = float(sch.sigma[t])
+    x = np.random.default_rng(seed).standard_normal((4, 2)) * np.sqrt(1 + sig**2)
+    want = X.denoiser(g)(x, np.full(4, sig))
+    np.testing.assert_allclose(D(x, np.full(4, sig)), want, rtol=1e-8, atol=1e-8 * (1 + sig))

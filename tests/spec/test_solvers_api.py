@@ -138,3 +138,35 @@ def test_deterministic_samplers_ignore_no_noise_and_draw_none():
     r2 = np.random.default_rng(3)
     r2.standard_normal((2, 4))
     assert r.standard_normal() == r2.standard_normal()
+
+
+@pytest.mark.parametrize(
+    "sampler, options",
+    [
+        ("euler", {}),
+        ("dpmpp_2m", {}),
+        ("dpmpp_2m", {"lower_order_final": False}),
+        ("flow_euler", {}),
+    ],
+)
+def test_linear_coefficient_tables_reproduce_the_samplers(sampler, options):
+    model, _ = _setup(sampler)
+    for sig in (
+        S.karras(7, 0.05, 20.0),
+        S.karras(20, 0.05, 20.0, final_sigma="none"),
+        F.flow_sigmas(6, shift_factor=3.0),
+    ):
+        if (sampler == "flow_euler") != (sig[0] == 1.0):
+            continue
+        x_T = np.random.default_rng(2).standard_normal((3, 4)) * sig[0]
+        want = solvers.sample(model, sig, sampler=sampler, x_T=x_T, **options)
+        tab = solvers.linear_coefficients(sampler, sig, **options)
+        x, prev = x_T, None
+        for i, (a, b, c) in enumerate(tab):
+            m = model(x, np.full(3, sig[i]))
+            x = a * x + b * m + (c * prev if c else 0.0)
+            prev = m
+        np.testing.assert_allclose(x, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(InputError) as e:
+        solvers.linear_coefficients("euler", S.karras(3, 0.1, 1.0), s_churn=1.0)
+    assert e.value.argument == "options"

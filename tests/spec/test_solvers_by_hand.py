@@ -1,7 +1,7 @@
 """Every σ-view sampler, two or three steps, against numbers worked out by hand.
 
 Data N(0, 1) in one dimension: the exact denoiser is D(x; σ) = x/(1+σ²) (docs/math.md
-eq. 19.21 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
+eq. 19.11 with S = 1), written out here, not taken from refdiff.exact_sigma.  σ halves at each
 step, so h = log 2 and e^{−h} = 1/2: the exponential-integrator coefficients are rational and
 the expected values are exact fractions (comments show the arithmetic).  DPM-Solver++ and
 UniPC are checked in diffusers' VP notation (α_t, s_t, λ = log α − log s) where the samplers
@@ -119,7 +119,6 @@ def test_dpmpp_2m_by_hand():
     x1 = (s1 / s0) * (a0 * 1.0) - a1 * (math.exp(-(l1 - l0)) - 1) * m0
     m1 = (x1 / a1) / 2
     h, h0 = l2 - l1, l1 - l0
-    dbar = (1 + h0 / (2 * h)) * m1 - (h0 / (2 * h)) * m0  # r = h0/h ... D̄ = (1 + 1/(2r))…
     dbar = (1 + 1 / (2 * (h0 / h))) * m1 - m0 / (2 * (h0 / h))
     x2 = (s2 / s1) * x1 - a2 * (math.exp(-h) - 1) * dbar
     assert run("dpmpp_2m", [2, 1, 0.5], lower_order_final=False) == pytest.approx(
@@ -185,6 +184,31 @@ def test_dpmpp_3m_sde_by_hand():
     want = (x + m2) / 2
     got = run("dpmpp_3m_sde", [4, 2, 1, 0.5], eta=0.0)
     assert got == pytest.approx(want, abs=1e-14)
+    # η = 1, z = 0, the same grid: ĥ = 2h, e^{−ĥ} = 1/4, e^{−ηh} = 1/2, φ₂(ĥ), φ₃(ĥ).
+    # step 0: x = (1/2)(1/2)·1 + (3/4)(1/17);  step 1: x = x/4 + (3/4) D₁ + φ₂(ĥ)(D₁ − D₀)
+    # step 2, published (k-diffusion):  x/4 + (3/4) D₂ + φ₂(ĥ) d₁ − φ₃(ĥ) d₂;
+    # diffusers' sde-dpmsolver++ order 3, in VE terms (÷ α_t):
+    #   x/4 + (1 − e^{−2h}) D₂ + ((1 − e^{−2h})/(−2h) + 1) d₁ + ((1 − e^{−2h} − 2h)/(2h)² − ½) d₂
+    q2 = -0.75 / (2 * h) + 1
+    q3 = q2 / (2 * h) - 0.5
+    x = 0.25 + 0.75 / 17
+    m1 = x / 5
+    x = x / 4 + 0.75 * m1 + q2 * (m1 - m0)
+    m2 = x / 2
+    d10, d11 = m2 - m1, m1 - m0
+    d1, d2 = d10 + (d10 - d11) / 2, (d10 - d11) / 2
+    zero = [0.0, 0.0, 0.0]
+    published = x / 4 + 0.75 * m2 + q2 * d1 - q3 * d2
+    got = run("dpmpp_3m_sde", [4, 2, 1, 0.5], noise=zero, lower_order_final=False)
+    assert got == pytest.approx(published, abs=1e-14)
+    diffusers = (
+        x / 4 + 0.75 * m2 + (0.75 / (-2 * h) + 1) * d1 + ((0.75 - 2 * h) / (2 * h) ** 2 - 0.5) * d2
+    )
+    got = run(
+        "dpmpp_3m_sde", [4, 2, 1, 0.5], noise=zero, lower_order_final=False, diffusers_sde_d2=True
+    )
+    assert got == pytest.approx(diffusers, abs=1e-14)
+    assert diffusers - published == pytest.approx(-d2, abs=1e-14)
     # η = 1, first step: e^{−ĥ} = 1/4, x = 1/4 + (3/4)(1/17) + 2·√(3/4)·z₀
     got = run("dpmpp_3m_sde", [4, 2], noise=[1.0])
     assert got == pytest.approx(0.25 + 0.75 / 17 + math.sqrt(3), abs=1e-14)
@@ -214,7 +238,7 @@ def test_unipc_by_hand():
 
 
 def _exact_step(x, s0, t, prim):
-    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.8):
+    """x(σ=t) of dx/dσ = (x − m(λ))/σ, λ = −log σ, from x at σ = s0 (eq. 15.7):
     x_t = (t/s0) x + t (P(λ_t) − P(λ_s0)) with P a primitive of e^u m(u)."""
     return (t / s0) * x + t * (prim(-math.log(t)) - prim(-math.log(s0)))
 
@@ -306,9 +330,9 @@ def test_flow_euler_by_hand():
     # t = 1: x̂_0 = 0, u = x = 1, x = 1 + (1/2 − 1)·1 = 1/2
     # t = 1/2: x̂_0 = (1/2)(1/2)/(1/4 + 1/4) = 1/2, u = (1/2 − 1/2)/(1/2) = 0, x = 1/2
     assert run("flow_euler", [1, 0.5, 0]) == pytest.approx(0.5, abs=1e-15)
-    # stochastic: x = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z: step 0: (1/2)(1 − 1) + z₀/2 = 1
-    # (z₀ = 2); step 1: u = 0 at x = 1/2·…: x̂_0 = (1/2)·1/(1/2) = 1, u = (1 − 1)/(1/2) = 0,
-    # x = (1 − 0)(1 − 0) + 0 = 1
+    # stochastic: x = (1 − σ_{i+1})(x − σ_i u) + σ_{i+1} z.  Step 0 (t = 1, x = 1, u = 1):
+    # x̂_0 = 0, x = (1/2)·0 + (1/2)·2 = 1 (z₀ = 2).  Step 1 (t = 1/2, x = 1): x̂_0 =
+    # (1/2)/(1/4 + 1/4) = 1, u = 0, x = (1 − 0)·1 + 0·z₁ = 1
     assert run("flow_euler", [1, 0.5, 0], noise=[2, 5], stochastic=True) == pytest.approx(1.0)
 
 
