@@ -364,3 +364,35 @@ def test_diffusers_3m_sde_third_order_steps_differ_by_exactly_d2(monkeypatch):
     for off, off_by_d2, scale in seen:
         assert off_by_d2 <= DF_TOL * scale  # the mechanism accounts for the whole step …
         assert off > 100 * DF_TOL * scale  # … and the step disagrees without it
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_diffusers_sigma_grids_are_refdiffs_named_options(spacing, final):
+    """EulerDiscrete's σ grids are refdiff's ``sigma.from_schedule`` with the named ``spacing``
+    and ``final_sigma`` (σ interpolated linearly in t; float32 grid).  (DPMSolverMultistep and
+    UniPC space their timesteps otherwise — integer-rounded linspace(0, T−1, n+1) without its
+    last point — which ``from_schedule`` does not name; the runs above take the peer's grid.)"""
+    cls = "EulerDiscreteScheduler"
+    from refdiff import schedule as S
+
+    kw = {"timestep_spacing": spacing, "final_sigmas_type": final}
+    if spacing == "leading":
+        kw["steps_offset"] = 1
+    sch = getattr(diffusers, cls)(num_train_timesteps=1000, **kw)
+    sch.set_timesteps(N)
+    want = sigma.from_schedule(
+        S.linear(1000),
+        N,
+        spacing=spacing,
+        final_sigma=final,
+        steps_offset=kw.get("steps_offset", 0),
+    )
+    got = sch.sigmas.double().numpy()
+    assert got.shape == want.shape and (want[-1] > 0) == (final == "sigma_min")
+    # diffusers forms σ = √((1 − ᾱ)/ᾱ) from float32 ᾱ: 1 − ᾱ cancels near t = 1, a relative
+    # error of about 2⁻²⁴/σ² (σ_min = σ(t=1) ≈ 0.01: ~6e-4); elsewhere float32 interpolation
+    pos = want > 0
+    s = want[pos]
+    assert np.all(np.abs(got[pos] - s) <= (2e-6 + 2.0**-24 / s**2) * s)
+    assert np.all(got[~pos] == 0.0)
