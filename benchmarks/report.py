@@ -263,7 +263,98 @@ def _stats(sec: dict) -> list[tuple[str, list[str], list[list]]]:
     return out
 
 
-BUILDERS = {"steps": _steps, "ort": _ort, "scaling": _scaling, "stats": _stats}
+def _assertions(sec: dict) -> list[tuple[str, list[str], list[list]]]:
+    h = [
+        "check",
+        "n",
+        "d",
+        "ours ms",
+        "primitive ms",
+        "ours/primitive",
+        "ours extra MiB",
+        "primitive extra MiB",
+        "samples MiB",
+    ]
+    rows = [
+        [
+            r["check"],
+            r["n"],
+            r["d"],
+            r["ours_ms"],
+            r["primitive_ms"],
+            r["ours_over_primitive"],
+            r["ours_extra_mib"],
+            r["primitive_extra_mib"],
+            r["samples_mib"],
+        ]
+        for r in sec.get("rows", [])
+    ]
+    return [("statistical checks against their NumPy/SciPy primitive", h, rows)]
+
+
+def _loops(sec: dict) -> list[tuple[str, list[str], list[list]]]:
+    h = [
+        "sampler",
+        "steps",
+        "loop µs/step",
+        "bare step µs",
+        "loop/step",
+        "tables µs (once per schedule)",
+        "peak states",
+        "at",
+    ]
+    rows = []
+    for r in sec.get("rows", []):
+        for s in ("ddpm", "ddim"):
+            rows.append(
+                [
+                    f"{s.upper()} {r['shape']}",
+                    r["steps"],
+                    r[f"{s}_loop_us_per_step"],
+                    r[f"{s}_step_us"],
+                    r[f"{s}_loop_over_step"],
+                    r["coefficients_us"],
+                    r[f"{s}_peak_states"],
+                    r["memory_shape"],
+                ]
+            )
+    return [("sampling loops at batch 1 against their bare step", h, rows)]
+
+
+def _sigma(sec: dict) -> list[tuple[str, list[str], list[list]]]:
+    h = [
+        "sampler",
+        "shape",
+        "ref µs",
+        "floor µs",
+        "ref/floor",
+        "diffusers µs",
+        "diffusers/ref",
+    ]
+    rows = [
+        [
+            r["sampler"],
+            r["shape"],
+            r["us"]["ref"],
+            r["floor_us"],
+            r["ref_over_floor"],
+            r["us"].get("diffusers"),
+            r.get("diffusers_over_ref"),
+        ]
+        for r in sec.get("rows", [])
+    ]
+    return [("σ-view sampler steps against diffusers' (same sampler, float64 CPU)", h, rows)]
+
+
+BUILDERS = {
+    "steps": _steps,
+    "ort": _ort,
+    "scaling": _scaling,
+    "stats": _stats,
+    "assertions": _assertions,
+    "loops": _loops,
+    "sigma": _sigma,
+}
 
 
 def section_rows(name: str, sec: dict):

@@ -6,7 +6,10 @@ Sections (``--only`` picks some):
 - ``ort``      the onnxruntime samplers: per-step loop vs the bare denoiser, the whole-sampler
                graph vs the loop, both vs the diffusers/optimum-style loop;
 - ``scaling``  time against steps and batch, peak memory;
-- ``stats``    seconds per statistical assertion of the statistical test suite.
+- ``stats``    seconds per statistical assertion of the statistical test suite;
+- ``assertions`` each statistical check at n = 10⁶, d = 16 against its NumPy/SciPy primitive;
+- ``loops``    the sampling loops at batch 1 against their bare step (fixed cost per step);
+- ``sigma``    each σ-view sampler's step against diffusers' step for it, and the floor.
 
 Prints a table per section and a summary of the targets of docs/benchmarks.md, and writes
 every number as JSON (atomically).  ``--quick`` runs a smaller version (a few minutes) that
@@ -28,7 +31,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("steps", "ort", "scaling", "stats")
+SECTIONS = ("steps", "ort", "scaling", "stats", "assertions", "loops", "sigma")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,6 +165,16 @@ def _run_section(name: str, args, bw: float) -> dict:
         from . import bench_scaling
 
         return bench_scaling.run(size=size, provider=args.provider, threads=threads)
+    if name == "sigma":
+        from . import bench_sigma
+
+        return bench_sigma.run(size=size, peers=peers, threads=threads)
+    if name in ("assertions", "loops"):
+        from . import bench_fixed_cost
+
+        if name == "assertions":
+            return bench_fixed_cost.run_assertions(size=size)
+        return bench_fixed_cost.run_loops(size=size)
     from . import bench_stats
 
     if size != "smoke":

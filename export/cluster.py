@@ -106,10 +106,10 @@ class SamplerSpec:
     def build(self, model: bytes, denoiser=None):
         """The :class:`~refdiff.export.OrtSampler` of this configuration for ``model``
         (``denoiser``: the model already opened with :func:`~refdiff.export.open_denoiser`)."""
-        from .schedules import build_schedule
         from .metadata import PREFIX, schedule_from_json
         from .model_io import load_model, open_denoiser
         from .runtime import OrtSampler
+        from .schedules import build_schedule
 
         proto, _ = load_model(model)
         kind = {p.key: p.value for p in proto.metadata_props}.get("refdiff.kind")

@@ -128,7 +128,7 @@ def as_float_array(x: object, name: str, *, finite: bool = True) -> np.ndarray:
     if a.dtype.kind not in "fiu":
         raise DTypeError(name, f"dtype {a.dtype} is not a real number type")
     a = a.astype(np.float64, copy=False)
-    if finite and a.size and not _all_finite(a):
+    if finite and a.size and not all_finite(a):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise NonFiniteError(name, f"{bad} of {a.size} values are NaN or Inf")
     return a
@@ -148,7 +148,7 @@ def check_size(shape: tuple[int, ...], name: str, *, factor: int = 1) -> None:
         )
 
 
-def _all_finite(a: np.ndarray) -> bool:
+def all_finite(a: np.ndarray) -> bool:
     """True when no value of the float64 array ``a`` is NaN or ±Inf.
 
     For large arrays a finite sum proves every value finite (NaN and ±Inf propagate through

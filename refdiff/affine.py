@@ -21,7 +21,10 @@ here (:func:`is_affine` says which); use :mod:`refdiff.reverse` for those.
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +48,7 @@ METHODS = SAMPLERS  # the former name
 
 # Elements per block of the fused update: the block's temporary stays in L2, so a large
 # state is read once per term instead of also writing and re-reading a full-size temporary.
-_BLOCK = 1 << 15
+BLOCK = 1 << 15
 
 
 class AffineCoefficients(NamedTuple):
@@ -128,6 +131,50 @@ def affine_coefficients(
     return AffineCoefficients(*coef, draws=draws, sampler=sampler)
 
 
+# Tables already read off, per schedule (weakly: they go with it) and per (sampler, options),
+# the most recent _CACHE_SIZE option sets each.  A Schedule's arrays are read-only, so its
+# identity fixes its content (as for its cached properties).
+_CACHE: weakref.WeakKeyDictionary[Schedule, OrderedDict] = weakref.WeakKeyDictionary()
+_CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()
+_KEY_TYPES = (type(None), bool, int, float, str, np.bool_, np.integer, np.floating)
+
+
+def _options_key(sampler: object, options: dict) -> tuple | None:
+    """A key telling option sets apart exactly (1, 1.0, True and -0.0, 0.0 differ), or None
+    when a value is not a plain scalar (such calls are not cached)."""
+    key: list = [(type(sampler), repr(sampler))]
+    for name in sorted(options):
+        v = options[name]
+        if not isinstance(v, _KEY_TYPES):
+            return None
+        key.append((name, type(v), repr(v)))
+    return tuple(key)
+
+
+def cached_coefficients(schedule: Schedule, sampler: str, options: dict) -> AffineCoefficients:
+    """:func:`affine_coefficients` ``(schedule, sampler, **options)``, computed once per
+    schedule and option set and then reused (the tables are read-only); what the sampling
+    loops call, so that a loop does not read the tables off the step again on every call."""
+    if not isinstance(schedule, Schedule):
+        raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
+    key = _options_key(sampler, options)
+    if key is not None:
+        with _CACHE_LOCK:
+            tables = _CACHE.get(schedule)
+            if tables is not None and key in tables:
+                tables.move_to_end(key)
+                return tables[key]
+    coef = affine_coefficients(schedule, sampler, **options)
+    if key is not None:
+        with _CACHE_LOCK:
+            tables = _CACHE.setdefault(schedule, OrderedDict())
+            tables[key] = coef
+            if len(tables) > _CACHE_SIZE:
+                tables.popitem(last=False)
+    return coef
+
+
 _F64 = np.dtype(np.float64)
 
 
@@ -171,6 +218,19 @@ def affine_step(
     o = _array(model_output, "model_output")
     if o.shape != x.shape:
         raise ShapeError("model_output", f"shape {o.shape} does not match x_t shape {x.shape}")
+    return apply_unchecked(coef, x, t, o, noise, rng)
+
+
+def apply_unchecked(
+    coef: AffineCoefficients,
+    x: np.ndarray,
+    t: int,
+    o: np.ndarray,
+    noise: object,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """:func:`affine_step` once ``coef``, ``t`` (an int in [1, T]) and the float64 ``x`` and
+    ``o`` of one shape are known good (the sampling loops check them once, not per step)."""
     xo = ((x, coef.a[t]), (o, coef.b[t]))
     if not coef.draws:
         y, scale, terms = None, None, xo
@@ -187,7 +247,7 @@ def affine_step(
             "rng", f"pass injected noise= or a numpy.random.Generator; got {type(rng).__name__}"
         )
     n = x.size
-    if n <= _BLOCK:  # whole arrays, operator forms: the same IEEE ops, less call overhead
+    if n <= BLOCK:  # whole arrays, operator forms: the same IEEE ops, less call overhead
         if scale is None:
             (v, c), *terms = terms
             y = v * c
@@ -196,15 +256,21 @@ def affine_step(
         for v, c in terms:
             y += v * c
         return y
-    # One pass over memory: each block is finished while it is in cache.
     if y is None:
         y = np.empty(x.shape)
-    flat = [(v.reshape(-1), c) for v, c in terms]
-    yf, tmp = y.reshape(-1), np.empty(_BLOCK)
-    for lo in range(0, n, _BLOCK):
-        hi = min(lo + _BLOCK, n)
-        _combine(yf[lo:hi], scale, [(v[lo:hi], c) for v, c in flat], tmp[: hi - lo])
+    blocked_combine(y, scale, terms)
     return y
+
+
+def blocked_combine(y: np.ndarray, scale, terms) -> None:
+    """:func:`_combine` over ``y`` (and the ``terms``' arrays, of y's shape) block by block:
+    one pass over memory, each block finished while it is in cache."""
+    n = y.size
+    flat = [(v.reshape(-1), c) for v, c in terms]
+    yf, tmp = y.reshape(-1), np.empty(BLOCK)
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        _combine(yf[lo:hi], scale, [(v[lo:hi], c) for v, c in flat], tmp[: hi - lo])
 
 
 def _combine(y: np.ndarray, scale, terms, tmp: np.ndarray) -> None:

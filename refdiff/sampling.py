@@ -14,20 +14,26 @@ and ``step_noise[k]`` is used by the k-th step taken (from time N − k to N −
 so ``sample(rng=Generator(s))`` equals ``sample(*draw_noise(Generator(s), N, shape))``.
 
 Each step is the affine form (7.12) of :mod:`refdiff.affine` (coefficients read off
-:mod:`refdiff.reverse` once per call) when the options allow it — no clip, no threshold, a
-fixed variance — and the step of :mod:`refdiff.reverse` otherwise; both agree up to rounding
-and draw the same noise.
+:mod:`refdiff.reverse` once per schedule and options, then reused) when the options allow
+it — no clip, no threshold, a fixed variance — and the step of :mod:`refdiff.reverse`
+otherwise; both agree up to rounding and draw the same noise.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
 from ._check import as_batch, as_float_array, check_size, integer, noise_or_rng, option
 from ._check import state_shape as _shape
-from .affine import affine_coefficients, affine_step, is_affine
+from .affine import (
+    affine_step,
+    apply_unchecked,
+    cached_coefficients,
+    is_affine,
+)
 from .errors import InputError, RandomnessError, ShapeError
 from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
 from .schedule import Schedule
@@ -73,22 +79,41 @@ def _start(schedule, shape, x_T, step_noise, rng):
     return x
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _call(denoiser: Denoiser, x: np.ndarray, t_model: int) -> np.ndarray:
     out = denoiser(x, np.full(x.shape[0], t_model, dtype=np.int64))
+    if type(out) is np.ndarray and out.dtype is _F64 and _small_finite(out):
+        return out  # what as_float_array would return, without its general checks
     return as_float_array(out, "denoiser output")
 
 
-def _loop(denoiser, schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback):
-    """x ← step(x, t, f(x, t), z, rng) for t = N … 1 (z: slice k of step_noise, or None)."""
+def _small_finite(a: np.ndarray) -> bool:
+    """True for a small array with every value finite (False means: check it in full)."""
+    return a.size <= 16 and all(map(math.isfinite, a.flat))
+
+
+def _loop(
+    denoiser, schedule, state, step_noise, rng, needs_noise, step, return_trajectory, callback
+):
+    """x ← step(x, t, f(x, t), z, rng) for t = N … 1 (z: slice k of step_noise, or None).
+
+    ``state`` is a one-element list holding x_T; the loop takes it out, so that no reference
+    keeps x_T alive once the first step is taken (peak memory: x_t, model output, x_{t−1}).
+    """
+    x = state.pop()
     N = schedule.T
     if needs_noise and step_noise is None and not isinstance(rng, np.random.Generator):
         raise RandomnessError("rng", "x_T was given without step_noise: pass one of them")
     traj = [x] if return_trajectory else None
+    draw = rng if needs_noise and step_noise is None else None
     for k in range(N):
         t = N - k
         z = step_noise[k] if step_noise is not None else None
         out = _call(denoiser, x, int(schedule.timesteps[t]))
-        x = step(x, t, out, z, rng if needs_noise and z is None else None)
+        x = step(x, t, out, z, draw)
+        del out  # not alive during the next denoiser call
         if traj is not None:
             traj.append(x)
         if callback is not None:
@@ -102,8 +127,14 @@ def _affine_or(schedule, method, options, spec_step):
     Both draw the same noise from ``rng`` (one standard-normal draw of the state shape).
     """
     if is_affine(method, **options):
-        coef = affine_coefficients(schedule, method, **options)
-        return lambda x, t, out, z, rng: affine_step(coef, x, t, out, noise=z, rng=rng)
+        coef = cached_coefficients(schedule, method, options)  # once per schedule and options
+
+        def affine(x, t, out, z, rng):
+            if out.shape != x.shape:  # the only check left per step: t and coef are good
+                return affine_step(coef, x, t, out, noise=z, rng=rng)  # raises its ShapeError
+            return apply_unchecked(coef, x, t, out, z, rng)
+
+        return affine
 
     def step(x, t, out, z, rng):
         if z is None and rng is not None:
@@ -134,7 +165,7 @@ def ddpm_sample(
     """
     if not callable(denoiser):
         raise InputError("denoiser", f"must be callable f(x_t, t); got {type(denoiser).__name__}")
-    x = _start(schedule, shape, x_T, step_noise, rng)
+    state = [_start(schedule, shape, x_T, step_noise, rng)]  # handed to _loop (it pops it)
     vt = options.get("variance_type", "fixed_small")
     option(vt, "variance_type", VARIANCE_TYPES)
     learned = vt in LEARNED
@@ -150,7 +181,9 @@ def ddpm_sample(
         return ddpm_step(schedule, x, t, out, noise=z, model_variance=mv, **options)
 
     step = _affine_or(schedule, "ddpm", options, spec_step)
-    return _loop(denoiser, schedule, x, step_noise, rng, True, step, return_trajectory, callback)
+    return _loop(
+        denoiser, schedule, state, step_noise, rng, True, step, return_trajectory, callback
+    )
 
 
 def ddim_sample(
@@ -174,7 +207,7 @@ def ddim_sample(
     """
     if not callable(denoiser):
         raise InputError("denoiser", f"must be callable f(x_t, t); got {type(denoiser).__name__}")
-    x = _start(schedule, shape, x_T, step_noise, rng)
+    state = [_start(schedule, shape, x_T, step_noise, rng)]  # handed to _loop (it pops it)
     needs_noise = options.get("eta", 0.0) != 0.0
 
     def spec_step(x, t, out, z):
@@ -182,5 +215,5 @@ def ddim_sample(
 
     step = _affine_or(schedule, "ddim", options, spec_step)
     return _loop(
-        denoiser, schedule, x, step_noise, rng, needs_noise, step, return_trajectory, callback
+        denoiser, schedule, state, step_noise, rng, needs_noise, step, return_trajectory, callback
     )

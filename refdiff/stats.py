@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from ._check import as_float_array, integer, real
+from ._check import all_finite, as_float_array, integer, real
 from .errors import InputError, ShapeError
 
 __all__ = [
@@ -233,13 +233,20 @@ def _check_discrepancy(d: object, name: str = "discrepancy") -> float:
     return real(d, name, low=0.0, low_open=True, finite=False)
 
 
-def _samples(x: object, name: str = "samples", *, ndim: int | None = None) -> np.ndarray:
-    """Samples as float64; non-finite samples are a failure of what is tested, not bad input."""
+def _samples(
+    x: object, name: str = "samples", *, ndim: int | None = None, finite: bool = True
+) -> np.ndarray:
+    """Samples as float64 (no copy when they already are: nothing here writes to them).
+
+    Non-finite samples are a failure of what is tested, not bad input.  ``finite=False``
+    leaves that check to the caller (:func:`_require_finite`), which can often read it off a
+    reduction it computes anyway.
+    """
     try:
         a = np.asarray(x)
         if a.dtype.kind == "c":  # would silently drop the imaginary part
             raise TypeError(f"dtype {a.dtype} is not real")
-        a = a.astype(np.float64)
+        a = a.astype(np.float64, copy=False)
     except (TypeError, ValueError) as e:
         raise InputError(name, f"cannot be read as a float array ({e})") from None
     if ndim == 1:
@@ -252,10 +259,47 @@ def _samples(x: object, name: str = "samples", *, ndim: int | None = None) -> np
             raise ShapeError(name, f"must be (n, d) or (n,); got shape {a.shape}")
     if a.shape[0] < 1:
         raise ShapeError(name, "needs at least one sample")
-    if not np.isfinite(a).all():
+    if finite:
+        _require_finite(a, name)
+    return a
+
+
+def _require_finite(a: np.ndarray, name: str = "samples") -> None:
+    """Raise :class:`StatisticalAssertionError` when any sample is NaN or ±Inf.
+
+    One summing pass without a temporary (a finite sum proves every term finite); the count
+    in the message is only computed on failure.
+    """
+    if not all_finite(a):
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))
         raise StatisticalAssertionError(f"{name}: {bad} of {a.size} samples are NaN or Inf")
-    return a
+
+
+# Elements per row block of the blocked passes over (n, d) samples: a block's temporaries
+# stay in cache and the extra memory stays O(d²) however many samples there are.
+BLOCK = 1 << 13
+
+
+def _row_blocks(n: int, d: int) -> Iterator[slice]:
+    rows = max(1, BLOCK // max(d, 1))
+    for lo in range(0, n, rows):
+        yield slice(lo, min(lo + rows, n))
+
+
+def _scatter(x: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Σᵢ (xᵢ − c)(xᵢ − c)ᵀ for samples ``x`` (n, d) and a centre ``c`` (d,): (d, d) float64.
+
+    Computed block by block (one pass over ``x``, no (n, d) temporary); for any unit u,
+    uᵀ S u = Σᵢ (uᵀ(xᵢ − c))², the sum of squares of the projections.
+    """
+    n, d = x.shape
+    out = np.zeros((d, d))
+    buf = np.empty((min(n, max(1, BLOCK // d)), d))
+    for blk in _row_blocks(n, d):
+        b = buf[: blk.stop - blk.start]
+        np.subtract(x[blk], centre, out=b)
+        out += b.T @ b
+    return out
 
 
 def _mean_cov(mean: object, cov: object, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -289,13 +333,24 @@ def dkw_epsilon(n: int, false_fail_rate: float) -> float:
 
 def ks_statistic(samples: np.ndarray, cdf: Callable[[np.ndarray], np.ndarray]) -> float:
     """sup_x |F_n(x) − F(x)| for 1-D ``samples`` (n,) and a vectorised CDF."""
-    x = np.sort(np.asarray(samples, dtype=np.float64))
+    return _ks_sorted(np.sort(np.asarray(samples, dtype=np.float64)), cdf)
+
+
+def _ks_sorted(x: np.ndarray, cdf: Callable[[np.ndarray], np.ndarray]) -> float:
+    """:func:`ks_statistic` of already sorted ``x`` (n,): max(i/n − F(x₍ᵢ₎), F(x₍ᵢ₎) − (i−1)/n)
+    with two (n,) temporaries."""
     n = x.size
     f = np.asarray(cdf(x), dtype=np.float64)
-    if f.shape != x.shape or not np.isfinite(f).all():
+    if f.shape != x.shape or not all_finite(f):
         raise InputError("cdf", f"must map (n,) to finite (n,) values; got shape {f.shape}")
     i = np.arange(1, n + 1, dtype=np.float64)
-    return float(max(np.max(i / n - f), np.max(f - (i - 1.0) / n)))
+    tmp = np.divide(i, n)
+    tmp -= f
+    d_plus = np.max(tmp)
+    i -= 1.0
+    i /= n
+    np.subtract(f, i, out=i)
+    return float(max(d_plus, np.max(i)))
 
 
 def _ks_discrepancy(n: int, alpha: float, beta: float) -> float:
@@ -547,10 +602,13 @@ def check_mean(
     fails when Q > χ²_d quantile 1 − α.  Detects a Mahalanobis shift ‖Σ^{-½}Δm‖ ≥ √(λ*/n).
     """
     a, b = _rates(false_fail_rate, false_pass_rate)
-    x = _samples(samples, ndim=2)
+    x = _samples(samples, ndim=2, finite=False)
     n, d = x.shape
+    xbar = x.mean(axis=0)
+    if not np.isfinite(xbar).all():  # else every sample is finite (NaN and Inf propagate)
+        _require_finite(x)
     m, _, chol = _mean_cov(mean, cov, d)
-    z = np.linalg.solve(chol, (x.mean(axis=0) - m))
+    z = np.linalg.solve(chol, (xbar - m))
     stat = float(n * z @ z)
     thr = _chi2_isf(a, d)
     disc = math.sqrt(_noncentrality(d, a, b) / n)
@@ -651,18 +709,19 @@ def check_covariance(
     n, d = x.shape
     if mean is None:
         _, c, _ = _mean_cov(np.zeros(d), cov, d)
-        centred = x - x.mean(axis=0)
+        m = x.mean(axis=0)
         df = n - 1
         if df < 1:
             raise ShapeError("samples", "needs n >= 2 when the mean is estimated")
     else:
         m, c, _ = _mean_cov(mean, cov, d)
-        centred = x - m
         df = n
     dirs = _directions_cov(d)
     k = dirs.shape[0]
-    proj = centred @ dirs.T  # (n, k)
-    ss = np.einsum("nk,nk->k", proj, proj) / np.einsum("kd,de,ke->k", dirs, c, dirs)
+    # S_u = Σᵢ (uᵀ(xᵢ − m))² = uᵀ S u with the d×d scatter matrix S: no (n, k) projection.
+    ss = np.einsum("kd,de,ke->k", dirs, _scatter(x, m), dirs) / np.einsum(
+        "kd,de,ke->k", dirs, c, dirs
+    )
     lo, hi = _variance_bounds(df, a, k)
     ratio = ss / df
     excess = np.maximum((lo / df - ratio) / (1.0 - lo / df), (ratio - hi / df) / (hi / df - 1.0))
@@ -782,9 +841,17 @@ def check_mvn(
     x = _samples(samples, ndim=2)
     n, d = x.shape
     m, _, chol = _mean_cov(mean, cov, d)
-    z = np.linalg.solve(chol, (x - m).T)
-    r2 = np.einsum("dn,dn->n", z, z)
-    stat = ks_statistic(r2, lambda v: _chi2_cdf(v, d))
+    # (x − m)ᵀΣ⁻¹(x − m) = ‖L⁻¹(x − m)‖², block by block (no (n, d) temporary)
+    linv_t = np.linalg.solve(chol, np.eye(d)).T
+    r2 = np.empty(n)
+    buf = np.empty((min(n, max(1, BLOCK // d)), d))
+    for blk in _row_blocks(n, d):
+        c = buf[: blk.stop - blk.start]
+        np.subtract(x[blk], m, out=c)
+        z = c @ linv_t
+        np.einsum("nd,nd->n", z, z, out=r2[blk])
+    r2.sort()
+    stat = _ks_sorted(r2, lambda v: _chi2_cdf(v, d))
     thr = dkw_epsilon(n, a) + tol
     return CheckResult(
         name,
@@ -882,13 +949,21 @@ def _mixture_params(law, means, covs) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _projected_cdf(
     w: np.ndarray, mu: np.ndarray, sd: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray]:
+    """y ↦ Σ_k w_k Φ((y − μ_k)/s_k) (a step at μ_k where s_k = 0), with two (n,) temporaries."""
+
     def cdf(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(
-                sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), np.where(x >= mu, np.inf, -np.inf)
-            )
-        return np.clip(special.ndtr(z) @ w, 0.0, 1.0)
+        x = np.asarray(x, dtype=np.float64)
+        out, tmp = np.zeros(x.shape), np.empty(x.shape)
+        for wk, mk, sk in zip(w, mu, sd, strict=True):
+            if sk > 0:
+                np.subtract(x, mk, out=tmp)
+                tmp /= sk
+                special.ndtr(tmp, out=tmp)
+            else:
+                np.greater_equal(x, mk, out=tmp)
+            tmp *= wk
+            out += tmp
+        return np.clip(out, 0.0, 1.0, out=out)
 
     return cdf
 
@@ -936,7 +1011,9 @@ def check_mixture(
     for u in dirs:
         pm = mu @ u
         ps = np.sqrt(np.maximum(np.einsum("d,kde,e->k", u, cv, u), 0.0))
-        stats_.append(ks_statistic(x @ u, _projected_cdf(w, pm, ps)))
+        proj = x @ u
+        proj.sort()
+        stats_.append(_ks_sorted(proj, _projected_cdf(w, pm, ps)))
     worst = int(np.argmax(stats_))
     stat = float(stats_[worst])
     disc = tol + dkw_epsilon(n, a / L) + dkw_epsilon(n, b)

@@ -238,8 +238,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "affine_last_block_short",
         "refdiff.affine",
-        "hi = min(lo + _BLOCK, n)",
-        "hi = min(lo + _BLOCK, n - 1)",
+        "hi = min(lo + BLOCK, n)",
+        "hi = min(lo + BLOCK, n - 1)",
         "the blocked update of a large state leaves its last element unstepped",
         (AFFINE_LARGE,),
     ),
@@ -384,6 +384,54 @@ MUTANTS: tuple[Mutant, ...] = (
         "g = c + scale * (c - u)",
         "the guided output starts from o_c instead of o_u (20.1)",
         ("tests/export/test_export_guidance.py::test_guide_formulas_by_hand",),
+    ),
+    # i14perf: the O(d²) statistics, the loops' fixed cost, the σ-samplers' affine programs
+    Mutant(
+        "stats_scatter_uncentred",
+        "refdiff.stats",
+        "np.subtract(x[blk], centre, out=b)",
+        "np.copyto(b, x[blk])",
+        "the covariance check's scatter matrix is taken around 0 instead of the mean",
+        (
+            "tests/ground_truth/test_stats.py::"
+            "test_scatter_matrix_covariance_statistic_equals_the_projection_statistic",
+        ),
+    ),
+    Mutant(
+        "stats_mvn_distances_unsorted",
+        "refdiff.stats",
+        "    r2.sort()\n",
+        "",
+        "the Mahalanobis distances go to the KS statistic unsorted",
+        (
+            "tests/ground_truth/test_stats.py::test_blocked_statistics_equal_the_whole_array_formulas",
+        ),
+    ),
+    Mutant(
+        "affine_cache_key_without_options",
+        "refdiff.affine",
+        "        key.append((name, type(v), repr(v)))\n",
+        "        pass\n",
+        "the coefficient-table cache keys on the schedule and sampler only, not the options",
+        (
+            "tests/spec/test_loop_fixed_cost.py::test_tables_are_read_off_once_per_schedule_and_options",
+        ),
+    ),
+    Mutant(
+        "sampling_keeps_x_T",
+        "refdiff.sampling",
+        "x = state.pop()",
+        "x = state[0]",
+        "the sampling loops keep x_T alive (a fourth state of peak memory)",
+        ("tests/spec/test_loop_fixed_cost.py::test_peak_memory_is_three_states",),
+    ),
+    Mutant(
+        "sigma_affine_history_reversed",
+        "refdiff.sigma_affine",
+        "hist = (mine[::-1] + hist)[:keep]",
+        "hist = (hist + mine[::-1])[:keep]",
+        "the affine σ-sampler run keeps its model outputs oldest first",
+        ("tests/spec/test_sigma_affine.py::test_fast_run_is_the_specification",),
     ),
 )
 

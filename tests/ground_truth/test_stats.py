@@ -77,6 +77,99 @@ def test_covariance_bounds_are_chi2_quantiles():
     assert got == pytest.approx(want, rel=1e-10)
 
 
+# The formulas the checks used before they were made O(d²) in memory, kept here as the
+# independent references: the (n, k) projection for the covariance, a full solve for the
+# Mahalanobis distances, the (n, K) matrix of component CDFs for the mixture projections.
+def _old_covariance_statistic(x, cov, mean, alpha):
+    n, d = x.shape
+    centred = x - (x.mean(axis=0) if mean is None else mean)
+    df = n - 1 if mean is None else n
+    eye = np.eye(d)
+    dirs = [eye[i] for i in range(d)]
+    dirs += [(eye[i] + eye[j]) / math.sqrt(2.0) for i in range(d) for j in range(i + 1, d)]
+    dirs = np.array(dirs)
+    k = dirs.shape[0]
+    proj = centred @ dirs.T  # (n, k)
+    ss = np.einsum("nk,nk->k", proj, proj) / np.einsum("kd,de,ke->k", dirs, cov, dirs)
+    lo, hi = sps.chi2.ppf(alpha / (2 * k), df), sps.chi2.isf(alpha / (2 * k), df)
+    ratio = ss / df
+    excess = np.maximum((lo / df - ratio) / (1 - lo / df), (ratio - hi / df) / (hi / df - 1))
+    worst = int(np.argmax(excess))
+    return abs(ratio[worst] - 1.0), bool(np.all((ss >= lo) & (ss <= hi))), ss
+
+
+def _old_mvn_statistic(x, mean, cov):
+    z = np.linalg.solve(np.linalg.cholesky(cov), (x - mean).T)
+    r2 = np.einsum("dn,dn->n", z, z)
+    return sps.kstest(r2, sps.chi2(x.shape[1]).cdf).statistic
+
+
+def _old_mixture_statistic(x, law):
+    w, mu, cv = np.asarray(law.weights), np.asarray(law.means), np.asarray(law.covs)
+    out = []
+    for u in stats.default_directions(x.shape[1]):
+        pm, ps = mu @ u, np.sqrt(np.einsum("d,kde,e->k", u, cv, u))
+
+        def cdf(y, pm=pm, ps=ps):
+            return sps.norm.cdf((y[:, None] - pm) / ps) @ w
+
+        out.append(sps.kstest(x @ u, cdf).statistic)
+    return max(out)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("known_mean", [True, False])
+def test_scatter_matrix_covariance_statistic_equals_the_projection_statistic(d, known_mean):
+    """uᵀ(Σᵢ cᵢcᵢᵀ)u = Σᵢ(uᵀcᵢ)²: the d×d scatter matrix gives the old (n, k) statistic."""
+    g = rng(20 + d)
+    a = g.standard_normal((d, d))
+    cov = a @ a.T + 0.5 * np.eye(d)
+    mean = 3.0 * g.standard_normal(d)
+    for n, scale in ((7, 1.0), (300, 1.0), (300, 1.5)):  # the last one fails
+        x = mean + scale * g.standard_normal((n, d)) @ np.linalg.cholesky(cov).T
+        m = mean if known_mean else None
+        r = stats.check_covariance(x, cov, mean=m, false_fail_rate=1e-3)
+        stat, passed, ss = _old_covariance_statistic(x, cov, m, 1e-3)
+        assert r.statistic == pytest.approx(stat, rel=1e-12, abs=1e-14)
+        assert r.passed == passed
+        dirs = stats._directions_cov(d)
+        centre = mean if known_mean else x.mean(axis=0)
+        new_ss = np.einsum("kd,de,ke->k", dirs, stats._scatter(x, centre), dirs)
+        new_ss /= np.einsum("kd,de,ke->k", dirs, cov, dirs)
+        np.testing.assert_allclose(new_ss, ss, rtol=1e-12)
+    assert not r.passed  # the inflated variance is seen
+
+
+def test_blocked_statistics_equal_the_whole_array_formulas(monkeypatch):
+    """Row blocks smaller than n (and a last partial block) change only the rounding."""
+    monkeypatch.setattr(stats, "BLOCK", 24)  # 8 rows of d = 3 per block
+    mix = EX.GaussianMixture(
+        [0.2, 0.5, 0.3],
+        [[0.0, 1.0, -1.0], [2.0, 0.0, 0.5], [-1.0, -1.0, 0.0]],
+        [np.eye(3) * 0.5, np.diag([1.0, 0.2, 0.7]), np.eye(3)],
+    )
+    x = mix.sample(rng(30), 1001)
+    g3 = EX.Gaussian(x.mean(axis=0), np.cov(x, rowvar=False))
+    r = stats.check_mvn(x, g3.mean, g3.cov, false_fail_rate=0.01)
+    assert r.statistic == pytest.approx(_old_mvn_statistic(x, g3.mean, g3.cov), rel=1e-12)
+    r = stats.check_mixture(x, mix, false_fail_rate=0.01)
+    assert r.statistic == pytest.approx(_old_mixture_statistic(x, mix), rel=1e-12)
+    r = stats.check_covariance(x, g3.cov, mean=g3.mean, false_fail_rate=0.01)
+    assert r.statistic == pytest.approx(
+        _old_covariance_statistic(x, g3.cov, g3.mean, 0.01)[0], rel=1e-12
+    )
+
+
+def test_samples_are_not_copied_or_written():
+    x = rng(31).standard_normal((2000, 3))
+    before = x.copy()
+    assert stats._samples(x, ndim=2) is x
+    stats.check_gaussian(x, np.zeros(3), np.eye(3), false_fail_rate=0.01)
+    stats.check_mvn(x, np.zeros(3), np.eye(3), false_fail_rate=0.01)
+    stats.check_mixture(x, EX.Gaussian(np.zeros(3), np.eye(3)), false_fail_rate=0.01)
+    np.testing.assert_array_equal(x, before)
+
+
 # -- the three forms agree -------------------------------------------------------------------
 FORMS = {
     "cdf": (stats.min_discrepancy_cdf, stats.min_num_samples_cdf, {}),

@@ -134,7 +134,7 @@ def test_affine_step_draws_what_the_reference_step_draws(seed, method_options):
 def test_large_states_are_stepped_block_by_block(method, options):
     """A state of 2 blocks + 3 elements: every element, the block edges and the tail."""
     s = S.cosine(50)
-    n = 2 * A._BLOCK + 3
+    n = 2 * A.BLOCK + 3
     rng = np.random.default_rng(7)
     x, o, z = rng.standard_normal((3, n, 1))
     c = A.affine_coefficients(s, method, **options)

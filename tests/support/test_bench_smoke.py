@@ -47,7 +47,8 @@ def test_top_level_schema(result):
     assert isinstance(m["cpu"], str) and m["cpu"]
     assert isinstance(m["cores"], int) and m["cores"] >= 1
     assert _pos(m["copy_bandwidth_GBps"])
-    assert set(result["sections"]) == {"steps", "ort", "scaling", "stats"}
+    want = {"steps", "ort", "scaling", "stats", "assertions", "loops", "sigma"}
+    assert set(result["sections"]) == want
     for t in result["targets"]:
         assert set(t) >= {"section", "target", "value", "goal", "met"}
         assert isinstance(t["met"], bool) and _num(t["value"])
@@ -127,6 +128,33 @@ def test_stats_section(result):
     assert sec["exit_code"] == 0 and sec["tests"] == 1 and sec["statistical_tests"] == 1
     assert sec["assertions"] == 1 and sec["alpha_total"] == pytest.approx(1e-6)
     assert _pos(sec["s_per_assertion"]) and sec["s_per_assertion"] <= sec["wall_s"]
+
+
+def test_assertions_and_loops_sections(result):
+    rows = result["sections"]["assertions"]["rows"]
+    want = {"cdf", "two_sample", "mean", "covariance", "gaussian", "mvn", "mixture"}
+    assert {r["check"] for r in rows} == want
+    for r in rows:
+        for k in ("ours_ms", "primitive_ms", "ours_over_primitive", "samples_mib"):
+            assert _pos(r[k]), k
+        assert r["ours_extra_mib"] >= 0 and r["primitive_extra_mib"] >= 0
+    assert len(result["sections"]["assertions"]["targets"]) == len(want)
+    (row,) = result["sections"]["loops"]["rows"]
+    for s in ("ddpm", "ddim"):
+        for k in ("loop_us_per_step", "step_us", "loop_over_step", "peak_states"):
+            assert _pos(row[f"{s}_{k}"]), (s, k)
+    assert _pos(row["coefficients_us"])
+
+
+def test_sigma_section(result):
+    sec = result["sections"]["sigma"]
+    names = {"euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde"}
+    names |= {"dpmpp_3m_sde", "unipc", "flow_euler"}
+    assert {r["sampler"] for r in sec["rows"]} == names
+    for r in sec["rows"]:
+        assert _pos(r["us"]["ref"]) and _pos(r["floor_us"]) and _pos(r["ref_over_floor"])
+        assert "diffusers_over_ref" not in r  # --no-peers
+    assert any("skipped" in n for n in sec["notes"])
 
 
 def test_tables_render_from_json(result):

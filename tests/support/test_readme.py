@@ -28,8 +28,8 @@ README = ROOT / "README.md"
 
 #: shell lines not run (matched by substring), with the reason
 SKIP = {
-    "make demo": "builds .venv-demo and runs the whole demo (minutes); tests/support/test_demo.py runs "
-    "the same code (refdiff.export.demo.main) on small settings",
+    "make demo": "builds .venv-demo and runs the whole demo (minutes); "
+    "tests/support/test_demo.py runs the same code (refdiff.export.demo.main) on small settings",
     "make test": "is the command that runs this test",
     "--provider cuda": "needs an NVIDIA GPU and the reader's own unet.onnx",
     "pip install": "installs packages; `make test` installs the same tiers",
