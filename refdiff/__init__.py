@@ -10,6 +10,9 @@ Imports numpy and scipy only.  The modules, one math object each (docs/math.md):
 - :mod:`refdiff.reverse`           one DDPM or DDIM step
 - :mod:`refdiff.affine`            the same step as an affine map (what the loops run)
 - :mod:`refdiff.sampling`          the sampling loops
+- :mod:`refdiff.sigma`             the σ (VE) view, the denoiser D(x; σ), conversions, σ schedules
+- :mod:`refdiff.flow`              flow matching: straight path, velocity, shifts
+- :mod:`refdiff.solvers`           σ-view ODE/SDE samplers (Euler … UniPC) and flow Euler
 - :mod:`refdiff.losses`            training targets, MSE, VLB, bits/dim
 - :mod:`refdiff.errors`            the typed errors
 """
@@ -17,6 +20,7 @@ Imports numpy and scipy only.  The modules, one math object each (docs/math.md):
 from . import (
     affine,
     errors,
+    flow,
     forward,
     losses,
     parameterization,
@@ -25,6 +29,8 @@ from . import (
     reverse,
     sampling,
     schedule,
+    sigma,
+    solvers,
 )
 from .errors import RefdiffError
 from .schedule import Schedule, make_schedule, respace
@@ -34,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "affine",
     "errors",
+    "flow",
     "forward",
     "losses",
     "parameterization",
@@ -42,6 +49,8 @@ __all__ = [
     "reverse",
     "sampling",
     "schedule",
+    "sigma",
+    "solvers",
     "RefdiffError",
     "Schedule",
     "make_schedule",

@@ -48,6 +48,10 @@ _FWD = "tests/ground_truth/test_statistical_forward.py::"
 CHAIN = _FWD + "test_chained_forward_steps_have_the_closed_form_law"
 TRANSITION = _FWD + "test_transition_composes_with_the_closed_form"
 POSTERIOR = _FWD + "test_posterior_is_consistent_with_the_forward_process"
+_HAND = "tests/spec/test_solvers_by_hand.py::"
+_SIGMA = "tests/spec/test_sigma.py::"
+_FLOW = "tests/spec/test_flow.py::"
+_CONV = "tests/ground_truth/test_solvers_convergence.py::"
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,131 @@ MUTANTS: tuple[Mutant, ...] = (
         "the blocked update of a large state leaves its last element unstepped",
         (AFFINE_LARGE,),
     ),
+    # i14spec: the σ-view samplers, σ schedules and flow matching (docs/math.md §15-§19)
+    Mutant(
+        "karras_rho_wrong",
+        "refdiff.sigma",
+        "a, b = hi ** (1.0 / rho), lo ** (1.0 / rho)",
+        "a, b = hi ** (1.0 / (rho + 1)), lo ** (1.0 / (rho + 1))",
+        "Karras σ interpolate σ^{1/(ρ+1)} but raise to ρ (the endpoints move)",
+        (_SIGMA + "test_karras_by_hand",),
+    ),
+    Mutant(
+        "sigma_t_interp_linear_not_log",
+        "refdiff.sigma",
+        "return np.exp(np.interp(tt, grid, np.log(sig)))",
+        "return np.interp(tt, grid, sig)",
+        "t → σ interpolates σ linearly where log-linear was asked (k-diffusion's t_to_sigma)",
+        (_SIGMA + "test_sigma_interpolation_by_hand",),
+    ),
+    Mutant(
+        "v_to_denoised_wrong_skip",
+        "refdiff.sigma",
+        "out = c * c * xa - np.where(np.isinf(s), 1.0, s * c) * p",
+        "out = c * xa - np.where(np.isinf(s), 1.0, s * c) * p",
+        "v → x̂_0 in the σ view scales x by 1/√(1+σ²) instead of 1/(1+σ²)",
+        (_SIGMA + "test_conversions_by_hand",),
+    ),
+    Mutant(
+        "flow_shift_applied_twice",
+        "refdiff.flow",
+        "s = time_shift(s, mu) if mu is not None else shift(s, shift_factor)",
+        "s = time_shift(s, mu) if mu is not None else shift(shift(s, shift_factor), shift_factor)",
+        "the flow σ grid is shifted twice (σ' = shift(shift(σ, s), s) = shift(σ, s²))",
+        (_FLOW + "test_path_and_shift_by_hand",),
+    ),
+    Mutant(
+        "churn_gamma_wrong",
+        "refdiff.solvers",
+        "return min(s_churn / n, math.sqrt(2.0) - 1.0)",
+        "return min(s_churn / (n + 1), math.sqrt(2.0) - 1.0)",
+        "Karras churn γ = S_churn/(n+1) instead of S_churn/n",
+        (_HAND + "test_euler_churn_by_hand",),
+    ),
+    Mutant(
+        "ancestral_up_down_swapped",
+        "refdiff.solvers",
+        "s_down = math.sqrt(s_next**2 - s_up**2)",
+        "s_up, s_down = math.sqrt(s_next**2 - s_up**2), s_up",
+        "Euler ancestral: σ_up and σ_down swapped",
+        (_HAND + "test_euler_ancestral_by_hand",),
+    ),
+    Mutant(
+        "heun_correction_dropped",
+        "refdiff.solvers",
+        "x_pred = x + (s_next - s_hat) * 0.5 * (d + d2)",
+        "x_pred = x + (s_next - s_hat) * d",
+        "Heun evaluates the second slope but takes the Euler step",
+        (_HAND + "test_heun_by_hand", _CONV + "test_orders_of_the_karras_solvers"),
+    ),
+    Mutant(
+        "lms_nodes_off_by_one",
+        "refdiff.solvers",
+        "nodes = sig[i - np.arange(p)]",
+        "nodes = sig[i + 1 - np.arange(p)]",
+        "LMS builds its Lagrange basis on the σ nodes shifted by one step",
+        (_HAND + "test_lms_by_hand",),
+    ),
+    Mutant(
+        "dpmpp_step_ratio_inverted",
+        "refdiff.solvers",
+        "dbar = m if p == 1 else (1 + 1 / (2 * (h_last / h))) * m - old / (2 * (h_last / h))",
+        "dbar = m if p == 1 else (1 + 1 / (2 * (h / h_last))) * m - old / (2 * (h / h_last))",
+        "DPM-Solver++(2M): r = h_i/h_{i−1} instead of h_{i−1}/h_i (identical on uniform λ steps)",
+        (_HAND + "test_dpmpp_2m_by_hand",),
+    ),
+    Mutant(
+        "lower_order_final_missing",
+        "refdiff.solvers",
+        "    if lower_order_final and n < 15:",
+        "    if False:",
+        "DPM-Solver++ ignores lower_order_final (diffusers' first-order last step when n < 15)",
+        (_HAND + "test_dpmpp_2m_by_hand",),
+    ),
+    Mutant(
+        "dpmpp_sde_noise_variance_for_std",
+        "refdiff.solvers",
+        "                x = x + c * (m - old) / (h_last / h)\n"
+        "            if eta > 0:\n"
+        "                x = x + s_noise * s_next * math.sqrt(-math.expm1(-2.0 * eta * h)) * z",
+        "                x = x + c * (m - old) / (h_last / h)\n"
+        "            if eta > 0:\n"
+        "                x = x + s_noise * s_next * -math.expm1(-2.0 * eta * h) * z",
+        "DPM-Solver++(2M) SDE adds σ(1 − e^{−2ηh}) z instead of σ√(1 − e^{−2ηh}) z",
+        (_HAND + "test_dpmpp_2m_sde_by_hand",),
+    ),
+    Mutant(
+        "dpmpp_3m_d2_taylor_ignored",
+        "refdiff.solvers",
+        "k = 2.0 if taylor_d2 else 1.0",
+        "k = 1.0 if taylor_d2 else 1.0",
+        "DPM-Solver++(3M) taylor_d2=True still uses the published −φ₃ d₂ (second order)",
+        (_HAND + "test_dpmpp_3m_sde_by_hand", _CONV + "test_orders_of_the_multistep_solvers"),
+    ),
+    Mutant(
+        "unipc_bh_variant_swapped",
+        "refdiff.solvers",
+        'B = hh if variant == "bh1" else phi',
+        'B = phi if variant == "bh1" else hh',
+        "UniPC: B(h) of bh1 and bh2 swapped",
+        (_HAND + "test_unipc_by_hand",),
+    ),
+    Mutant(
+        "unipc_corrector_from_predicted_state",
+        "refdiff.solvers",
+        "            x = _unipc(\n                x_prev,",
+        "            x = _unipc(\n                x,",
+        "UniC corrects from the predicted x_i instead of the previous state x_{i−1}",
+        (_HAND + "test_unipc_by_hand",),
+    ),
+    Mutant(
+        "exact_ode_map_missing_sqrt",
+        "refdiff.exact_sigma",
+        "f = np.sqrt((w + sigma_to**2) / (w + sigma_from**2))",
+        "f = (w + sigma_to**2) / (w + sigma_from**2)",
+        "the closed-form PF-ODE map scales by the variance ratio, not its square root",
+        (_CONV + "test_orders_of_the_karras_solvers",),
+    ),
 )
 
 BY_NAME = {m.name: m for m in MUTANTS}
@@ -380,6 +509,13 @@ SCOPES = {
     "all": ["tests"],
 }
 EXCLUDE = ["tests/support/test_mutants_fast.py", "tests/ground_truth/test_calibration.py"]
+# i14spec: the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
+SCOPES["spec"] += [
+    "tests/spec/test_solvers_*.py",
+    "tests/spec/test_sigma.py",
+    "tests/spec/test_flow.py",
+    "tests/ground_truth/test_solvers_*.py",
+]
 
 
 def _paths(scope: str) -> list[str]:
