@@ -119,7 +119,7 @@ def compare(
     if bad.any():
         n = int(bad.sum())
         return _failed(
-            base,
+            {**base, "actual": np.array(a)},
             f"{n} of {a.size} output values are NaN or Inf "
             f"(the reference is finite, max |x| {np.max(np.abs(exp)):.3g})",
         )
