@@ -42,8 +42,8 @@ def grids(draw, flow: bool):
     """A strictly decreasing σ grid of 1-8 steps, ending at 0 or not."""
     n = draw(st.integers(1, 8))
     hi = 1.0 if flow else draw(st.floats(1.0, 100.0))
-    u = sorted(set(draw(st.lists(st.floats(0.01, 0.99), min_size=n, max_size=n))))
-    inner = [hi * (1 - v) for v in u]  # descending, in (0, hi)
+    u = draw(st.lists(st.floats(0.01, 0.99), min_size=n, max_size=n))
+    inner = sorted({hi * (1 - v) for v in u} - {hi}, reverse=True)  # strictly descending
     end = [0.0] if draw(st.booleans()) else []
     g = np.array([hi, *inner, *end])
     return g[: max(2, len(g))]
