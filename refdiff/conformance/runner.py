@@ -214,8 +214,15 @@ def kind_plan(target: Any, *, T: int = 1000, steps: int = 30, quick: bool = Fals
         for i in plan(set(), T=T, steps=steps, quick=quick)
         if i.op in ("alpha_bar", "timesteps", "q_sample")
     ]
-    items = [] if fam == "flow" else base
+    items = [] if fam in ("flow", "ksampler") else base
     N = min(steps, T)
+    if fam == "ksampler":
+        from .sigmaview import TRAJECTORY_STEPS
+
+        n = min(TRAJECTORY_STEPS, T)
+        items = [Item("trajectory", Setting(sch, T, n, "linspace")) for sch in ("linear",)]
+        if not quick:
+            items.append(Item("trajectory", Setting("scaled_linear", T, n, "linspace")))
     if fam == "ddim_inverse":
         for st in step_settings(T, N)[1:5]:
             items.append(Item("ddim_inverse_step", st, {"prediction_type": "epsilon"}, step_times(st)))
@@ -580,7 +587,8 @@ def run(
     :class:`ProtocolTarget`, a :class:`~refdiff.adapters.DiffusersTarget`, or a
     diffusers-style scheduler)."""
     tgt = as_target(target)
-    tol = tolerance or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
+    tol = tolerance or getattr(tgt, "tolerance", None)
+    tol = tol or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
     fam = getattr(tgt, "family", None)
     if items is None:
         if fam is not None and fam not in ("ddpm", "ddim"):
@@ -624,10 +632,15 @@ def _convention(c: Comparison) -> Comparison:
 
 def as_target(obj: Any):
     """``obj`` as a verify target (protocol wrapper or diffusers adapter)."""
-    if isinstance(obj, ProtocolTarget | DiffusersTarget):
+    if isinstance(obj, ProtocolTarget | DiffusersTarget) or hasattr(obj, "kind_info"):
         return obj
     if looks_like_diffusers_scheduler(obj):
         return DiffusersTarget(obj)
+    from .peers import as_peer_target
+
+    peer = as_peer_target(obj)
+    if peer is not None:
+        return peer
     if isinstance(obj, type):
         obj = obj()
     return ProtocolTarget(obj)
