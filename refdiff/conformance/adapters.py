@@ -444,6 +444,11 @@ class DiffusersTarget:
             if self.accepted is None or "timestep_spacing" in self.accepted:
                 cfg = {**cfg, "timestep_spacing": "trailing"}
             sched = self._build(cfg, setting.T)
+            if not np.any(to_numpy(sched.timesteps).astype(np.float64) == t - 1):
+                raise Unsupported(
+                    f"add_noise reads σ at the index of t in its timesteps; t={t - 1} is not "
+                    "one of them (its own spacing)"
+                )
         if not callable(getattr(sched, "add_noise", None)):
             raise Unsupported("no add_noise method")
         like = self._like(sched)

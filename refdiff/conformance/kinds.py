@@ -216,20 +216,26 @@ def _dpm_multistep(cfg: Mapping[str, object]) -> SchedulerKind:
     }
     label = f"{names.get(algo, algo)} {order}M{suffix}"
     lof = bool(cfg.get("lower_order_final", True))
-    if cfg.get("final_sigmas_type", "zero") != "zero":
-        lof = lof  # the grid's final σ is read from the scheduler; nothing else changes
-    if str(cfg.get("solver_type", "midpoint")) != "midpoint" and algo == "dpmsolver++":
-        why = f"solver_type={cfg.get('solver_type')!r} with dpmsolver++ is not in refdiff.solvers"
+    st = str(cfg.get("solver_type", "midpoint"))
+    if order == 3 and algo in ("dpmsolver++", "sde-dpmsolver++"):
+        if st != "heun":
+            why = (
+                f"{label} with solver_type={st!r} takes its second-order steps (warm-up, "
+                "lower-order final) in diffusers' midpoint form; refdiff.solvers' dpmpp_3m_sde "
+                "(k-diffusion's) uses φ₂ there: configure solver_type='heun' to check it"
+            )
+            return SchedulerKind("refused", label, refused=why)
+        sde = algo == "sde-dpmsolver++"
+        opts = {"lower_order_final": lof, "diffusers_sde_d2": sde, "eta": 1.0 if sde else 0.0}
+        return SchedulerKind("sigma", label, "dpmpp_3m_sde", opts, "vp")
+    if st != "midpoint" and algo == "dpmsolver++":
+        why = f"solver_type={st!r} with dpmsolver++ 2M is not in refdiff.solvers"
         return SchedulerKind("refused", label, refused=why)
     if algo == "dpmsolver++" and order == 2:
         return SchedulerKind("sigma", label, "dpmpp_2m", {"lower_order_final": lof}, "vp")
     if algo == "sde-dpmsolver++" and order == 2:
-        st = str(cfg.get("solver_type", "midpoint"))
         opts = {"lower_order_final": lof, "solver_type": st, "eta": 1.0}
         return SchedulerKind("sigma", label, "dpmpp_2m_sde", opts, "vp")
-    if algo == "sde-dpmsolver++" and order == 3:
-        opts = {"lower_order_final": lof, "diffusers_sde_d2": True, "eta": 1.0}
-        return SchedulerKind("sigma", label, "dpmpp_3m_sde", opts, "vp")
     if algo in ("dpmsolver", "sde-dpmsolver"):
         why = f"{names[algo]} (the noise-prediction form) is not in refdiff.solvers; only the "
         why += "data-prediction DPM-Solver++ forms are"

@@ -149,7 +149,10 @@ def reference_sigmas(setting: Setting, cfg: Mapping[str, object], own_t=None) ->
         T = int(cfg.get("num_train_timesteps", 1000))  # type: ignore[arg-type]
         return flow.flow_sigmas(n, shift_factor=s, sigma_min=float(flow.shift(1.0 / T, s)))
     base = setting.base()
-    lo, hi = float(base.sigma[1]), float(base.sigma[base.T])
+    # diffusers takes σ_min, σ_max of a Karras/exponential/beta grid from the σ at its
+    # spaced timesteps (the first and the last kept step)
+    kept = setting.times().astype(np.float64)
+    lo, hi = (float(v) for v in sg.t_to_sigma(base, [kept.min(), kept.max()], "linear"))
     fin = _final(cfg)
     if cfg.get("use_karras_sigmas"):
         return sg.karras(n, lo, hi, rho=7.0, final_sigma=fin)
@@ -158,7 +161,7 @@ def reference_sigmas(setting: Setting, cfg: Mapping[str, object], own_t=None) ->
     if cfg.get("use_beta_sigmas"):
         return sg.beta_sigmas(n, lo, hi, final_sigma=fin)
     t = np.asarray(own_t, dtype=np.float64) + 1.0
-    return sg.append_final(sg.t_to_sigma(base, t, "linear"), fin, lo)
+    return sg.append_final(sg.t_to_sigma(base, t, "linear"), fin, float(base.sigma[1]))
 
 
 def karras_rho(grid: np.ndarray) -> float | None:
@@ -213,6 +216,8 @@ def compare_sigmas(
     # ≈ u/(2σ²) (flow σ: no cancellation)
     with np.errstate(divide="ignore"):
         amp = 16.0 if "shift" in cfg else 16.0 + 1.0 / np.maximum(mag, 1e-12) ** 2
+        if any(cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")):
+            amp = 16.0 + 1.0 / float(np.min(mag[mag > 0])) ** 2  # every σ inherits σ_min's
     tarr = tol.factor * tol.u_schedule * amp * np.maximum(mag, 1e-12)
     with np.errstate(all="ignore"):
         ratio = float(np.nanmax(np.where(err == 0, 0.0, err / tarr)))
