@@ -607,6 +607,7 @@ def ddim_direction_ignores_sigma(c: Case) -> np.ndarray:
     reference="docs/math.md eqs. 7.9–7.10",
     example={"op": "ddim_step", "setting": _LEADING, "options": _ETA1, "t": 15},
     applies=lambda c: _eta(c) > 0,
+    planted="EtaIgnored",
 )
 def ddim_eta_ignored(c: Case) -> np.ndarray:
     """DDIM with η taken as 0."""
@@ -670,6 +671,22 @@ def x0_over_alpha_bar(c: Case) -> np.ndarray:
 
 
 @known_bug(
+    *STEPS,
+    message="looks like x̂0 divided by ᾱ_t instead of √ᾱ_t (x̂0 = (x_t − √(1−ᾱ) ε̂)/ᾱ)",
+    reference="docs/math.md eq. 5.1",
+    example={"op": "ddim_step", "setting": _LEADING, "options": _EPS, "t": 15},
+    applies=lambda c: _eps_only(c) and c.op == "ddim_step",
+    planted="X0OverAlphaBar",
+)
+def x0_over_alpha_bar_rederived(c: Case) -> np.ndarray:
+    """As :func:`x0_over_alpha_bar`, with ε̂ then re-derived from the wrong x̂0."""
+    ab, i = _ab(c), c.inputs
+    x0 = (i["x_t"] - math.sqrt(1 - ab) * i["model_output"]) / ab
+    eps = (i["x_t"] - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    return _with_x0(replace(c, inputs={**i, "model_output": eps}), x0)
+
+
+@known_bug(
     "ddim_step",
     message="looks like a wrong DDIM σ: the ratio inverted "
     "(σ = η √((1−ᾱ_t)/(1−ᾱ_prev)) √(1−ᾱ_t/ᾱ_prev))",
@@ -686,7 +703,7 @@ def ddim_sigma_ratio_inverted(c: Case) -> np.ndarray:
 
 
 def _prev_applies(c: Case) -> bool:
-    return c.t > 1
+    return c.t > 1 and _stride_prev(c)[1] + 1 < c.base_time
 
 
 def _prev_off_message(c: Case) -> str:

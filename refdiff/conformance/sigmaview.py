@@ -180,10 +180,10 @@ def karras_rho(grid: np.ndarray) -> float | None:
     mid = body.size // 2
     for _ in range(100):
         m = 0.5 * (a + b)
-        if grid_for(m)[mid] > body[mid]:
-            b = m
-        else:
+        if grid_for(m)[mid] > body[mid]:  # a larger ρ moves the middle towards σ_min
             a = m
+        else:
+            b = m
     rho = 0.5 * (a + b)
     err = np.max(np.abs(grid_for(rho) - body) / body)
     return rho if err < 1e-4 else None
