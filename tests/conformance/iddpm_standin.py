@@ -190,3 +190,8 @@ def create_gaussian_diffusion(
         model_var_type=var,
         loss_type=LossType.MSE,
     )
+
+
+# what a user's script holds: `refdiff verify path/to/this.py:diffusion` takes it as is
+diffusion = create_gaussian_diffusion()
+diffusion_learned = create_gaussian_diffusion(learn_sigma=True, noise_schedule="cosine")
