@@ -125,13 +125,17 @@ _DF_VARIANCE = {
 }
 
 
-def from_diffusers_config(config: Mapping[str, Any], class_name: str | None = None) -> dict:
-    """refdiff's schedule and options for a diffusers ``scheduler.config`` dict (its
-    ``_class_name`` or ``class_name`` says which scheduler): ``{"schedule", "T", "num_steps",
-    "spacing", "steps_offset", "zero_terminal_snr", "sampler", "options", "kind"}``.
+def from_diffusers_config(config: Any, class_name: str | None = None) -> dict:
+    """refdiff's schedule and options for a diffusers scheduler or its ``scheduler.config``
+    dict (``class_name``, the dict's ``_class_name`` or the scheduler's class says which
+    scheduler; default DDPMScheduler): ``{"schedule", "T", "num_steps", "spacing",
+    "steps_offset", "zero_terminal_snr", "sampler", "options", "kind"}``.
     ``learned`` (a linear variance in diffusers) is refdiff's ``learned_linear``."""
     from .kinds import scheduler_kind
 
+    if not isinstance(config, Mapping) and isinstance(getattr(config, "config", None), Mapping):
+        class_name = class_name or type(config).__name__
+        config = config.config
     name = class_name or str(config.get("_class_name", "DDPMScheduler"))
     bs = str(config.get("beta_schedule", "linear"))
     b0, b1 = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)

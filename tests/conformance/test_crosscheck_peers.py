@@ -22,6 +22,7 @@ from refdiff.conformance.peers import (  # noqa: E402
     from_improved_diffusion,
 )
 from refdiff.schedule import make_schedule  # noqa: E402
+from refdiff.testing import Setting  # noqa: E402
 from tests.conformance import iddpm_standin as iddpm  # noqa: E402
 
 pytestmark = pytest.mark.crosscheck
@@ -62,7 +63,7 @@ def test_a_bug_in_the_peer_is_caught_through_the_adapter(monkeypatch):
         return {"sample": out["mean"] + nz * out["variance"] * noise}
 
     monkeypatch.setattr(iddpm.GaussianDiffusion, "p_sample", bad)
-    items = [verify.Item("ddpm_step", verify.Setting("linear", 1000),
+    items = [verify.Item("ddpm_step", Setting("linear", 1000),
                          {"prediction_type": "epsilon", "variance_type": "fixed_small"}, (2, 500))]
     rep = verify.run(GaussianDiffusionTarget(iddpm.diffusion), items)
     assert rep.verdict == "FAIL"
@@ -88,10 +89,11 @@ def test_diffusers_config_preset():
     assert p["sampler"] == "ddpm" and p["options"]["variance_type"] == "learned_linear"
     e = from_diffusers_config(
         diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                         beta_end=0.012, use_karras_sigmas=True).config
+                                         beta_end=0.012, use_karras_sigmas=True)
     )
     assert e["schedule"] == "scaled_linear" and e["kind"] == "σ-view Euler, Karras σ"
-    f = from_diffusers_config(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    f = from_diffusers_config(dict(flow.config), class_name="FlowMatchEulerDiscreteScheduler")
     assert f["sampler"] == "flow_euler" and f["kind"] == "flow matching Euler, shift 3"
 
 
