@@ -184,7 +184,9 @@ class _SigmaSampler:
         from refdiff.conformance.kinds import SchedulerKind
 
         self.name = type(self).__name__
-        self.kind_info = SchedulerKind("sigma", f"NumPy {self.sampler}", self.sampler, self.claimed, "ve")
+        self.kind_info = SchedulerKind(
+            "sigma", f"NumPy {self.sampler}", self.sampler, self.claimed, "ve"
+        )
 
     def sigmas(self, setting):
         from refdiff import sigma
@@ -198,8 +200,13 @@ class _SigmaSampler:
         grid = self.sigmas(setting)
         noise = step_noise if solvers.needs_noise(self.sampler, **self.actual) else None
         _, traj = solvers.sample(
-            denoiser, grid, sampler=self.sampler, x_T=x_T, step_noise=noise,
-            return_trajectory=True, **self.actual,
+            denoiser,
+            grid,
+            sampler=self.sampler,
+            x_T=x_T,
+            step_noise=noise,
+            return_trajectory=True,
+            **self.actual,
         )
         return grid, traj[1:]
 

@@ -46,9 +46,7 @@ def load_object(spec: str) -> Any:
     return obj
 
 
-def load_target(
-    spec: str, *, diffusers: bool | None = None, variance_aliases: dict | None = None
-):
+def load_target(spec: str, *, diffusers: bool | None = None, variance_aliases: dict | None = None):
     """A verify target from a ``module:object`` spec (auto-detects diffusers schedulers,
     improved-/guided-diffusion ``GaussianDiffusion`` objects and k-diffusion samplers)."""
     obj = load_object(spec)
@@ -133,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     for pair in a.variance_alias:
         k, sep, v = pair.partition("=")
         if not sep or not k or not v:
-            print(f"refdiff verify: --variance-alias wants REFDIFF=NATIVE; got {pair!r}", file=sys.stderr)
+            print(
+                f"refdiff verify: --variance-alias wants REFDIFF=NATIVE; got {pair!r}",
+                file=sys.stderr,
+            )
             return 2
         aliases[k] = v
     try:
@@ -154,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tol = Tolerance.for_dtype(dtype, **kw)
         ops = a.ops.split(",") if a.ops else None
-        rep = run(target, tolerance=tol, T=a.T, steps=a.steps, quick=a.quick, ops=ops)
+        rep = run(
+            target,
+            tolerance=tol,
+            T=a.T,
+            steps=a.steps,
+            quick=a.quick,
+            ops=ops,
+            native_variances=True,
+        )
     except InputError as e:
         print(f"refdiff verify: {e}", file=sys.stderr)
         return 2

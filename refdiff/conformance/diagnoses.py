@@ -631,7 +631,6 @@ def ddim_sigma_unrespaced_beta(c: Case) -> np.ndarray:
     return _ddim_custom(c, sigma_fn=lambda ab, abp, e: _unrespaced(ab, abp, e, c))
 
 
-
 # -- the catalogue of first-party bug signatures (docs/verify.md §Diagnoses) -------------------
 def _eps_only(c: Case) -> bool:
     return str(_opt(c, "prediction_type", "epsilon")) == "epsilon" and not _restricted(c)

@@ -522,7 +522,12 @@ class KDiffusionTarget:
         th.randn_like = lambda x, *a, **k: th.from_numpy(next(z))
         try:
             out = self.fn(
-                model, th.from_numpy(x_T), th.from_numpy(grid), callback=callback, **self.kw, **extra
+                model,
+                th.from_numpy(x_T),
+                th.from_numpy(grid),
+                callback=callback,
+                **self.kw,
+                **extra,
             )
         finally:
             th.randn_like = orig
@@ -537,4 +542,3 @@ def as_peer_target(obj: Any, name: str | None = None):
     if looks_like_k_sampler(obj):
         return KDiffusionTarget(obj, name=name)
     return None
-

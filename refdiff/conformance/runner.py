@@ -225,7 +225,9 @@ def kind_plan(target: Any, *, T: int = 1000, steps: int = 30, quick: bool = Fals
             items.append(Item("trajectory", Setting("scaled_linear", T, n, "linspace")))
     if fam == "ddim_inverse":
         for st in step_settings(T, N)[1:5]:
-            items.append(Item("ddim_inverse_step", st, {"prediction_type": "epsilon"}, step_times(st)))
+            items.append(
+                Item("ddim_inverse_step", st, {"prediction_type": "epsilon"}, step_times(st))
+            )
     if fam in ("sigma", "flow"):
         for sp in ("linspace", "leading", "trailing"):
             items.append(Item("sigmas", Setting("linear", T, N, sp)))
@@ -581,11 +583,14 @@ def run(
     *,
     tolerance: Tolerance | None = None,
     name: str | None = None,
+    native_variances: bool = False,
     **plan_kw: Any,
 ) -> Report:
     """Run ``items`` (default :func:`plan`) against ``target`` (a protocol object, a
     :class:`ProtocolTarget`, a :class:`~refdiff.adapters.DiffusersTarget`, or a
-    diffusers-style scheduler)."""
+    diffusers-style scheduler).  ``native_variances``: also check the target's own other
+    names for a variance type (diffusers' ``fixed_small_log``/``fixed_large_log``; on by
+    default in the command line)."""
     tgt = as_target(target)
     tol = tolerance or getattr(tgt, "tolerance", None)
     tol = tol or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
@@ -597,7 +602,8 @@ def run(
             samplers = getattr(tgt, "samplers", None) or getattr(tgt, "kinds", None)
             samplers = samplers or {getattr(tgt, "sampler", "ddpm")}
             items = plan(samplers, **plan_kw)
-            items += native_variance_items(tgt, samplers, **plan_kw)
+            if native_variances:
+                items += native_variance_items(tgt, samplers, **plan_kw)
     checks: list[Comparison] = []
     for it in items:
         checks += _run_item(tgt, it, tol)

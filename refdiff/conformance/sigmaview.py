@@ -12,13 +12,11 @@ state is compared with :func:`refdiff.solvers.sample` on the σ grid read from t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from .. import exact, exact_sigma, flow, solvers
 from .. import sigma as sg
@@ -216,7 +214,9 @@ def compare_sigmas(
     # ≈ u/(2σ²) (flow σ: no cancellation)
     with np.errstate(divide="ignore"):
         amp = 16.0 if "shift" in cfg else 16.0 + 1.0 / np.maximum(mag, 1e-12) ** 2
-        if any(cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")):
+        if any(
+            cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+        ):
             amp = 16.0 + 1.0 / float(np.min(mag[mag > 0])) ** 2  # every σ inherits σ_min's
     tarr = tol.factor * tol.u_schedule * amp * np.maximum(mag, 1e-12)
     with np.errstate(all="ignore"):
@@ -227,9 +227,7 @@ def compare_sigmas(
     if not ok and cfg.get("use_karras_sigmas"):
         rho = karras_rho(a)
         if rho is not None and abs(rho - 7.0) > 1e-3:
-            diag = (
-                f"looks like a wrong Karras ρ (the grid is eq. 17.1 with ρ = {rho:.3g}, not 7)"
-            )
+            diag = f"looks like a wrong Karras ρ (the grid is eq. 17.1 with ρ = {rho:.3g}, not 7)"
     return Comparison(
         **base,
         max_abs=float(np.nanmax(err)),
@@ -334,7 +332,12 @@ def run_reference(sampler, options, model, grid, x_T, z) -> np.ndarray:
     noise = z if solvers.needs_noise(sampler, **options) else None
     with np.errstate(all="ignore"):
         _, ref = solvers.sample(
-            model, grid, sampler=sampler, x_T=x_T, step_noise=noise, return_trajectory=True,
+            model,
+            grid,
+            sampler=sampler,
+            x_T=x_T,
+            step_noise=noise,
+            return_trajectory=True,
             **options,
         )
     return ref[1:]

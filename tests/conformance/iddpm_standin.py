@@ -59,7 +59,9 @@ def _extract_into_tensor(arr: np.ndarray, timesteps: th.Tensor, shape) -> th.Ten
 
 
 class GaussianDiffusion:
-    def __init__(self, *, betas, model_mean_type, model_var_type, loss_type, rescale_timesteps=False):
+    def __init__(
+        self, *, betas, model_mean_type, model_var_type, loss_type, rescale_timesteps=False
+    ):
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
         self.loss_type = loss_type
@@ -176,7 +178,11 @@ class GaussianDiffusion:
 
 
 def create_gaussian_diffusion(
-    *, steps=1000, learn_sigma=False, sigma_small=False, noise_schedule="linear",
+    *,
+    steps=1000,
+    learn_sigma=False,
+    sigma_small=False,
+    noise_schedule="linear",
     predict_xstart=False,
 ):
     """The subset of script_util.create_gaussian_diffusion the tests use (no respacing)."""

@@ -25,7 +25,9 @@ LEADING = Setting("linear", 1000, 30, "leading")
 TRAILING = Setting("cosine", 1000, 30, "trailing")
 LINSPACE = Setting("linear", 1000, 30, "linspace")
 EPS_DDIM = [{"prediction_type": "epsilon", "eta": e} for e in (0.0, 1.0)]
-EPS_DDPM = [{"prediction_type": "epsilon", "variance_type": v} for v in ("fixed_small", "fixed_large")]
+EPS_DDPM = [
+    {"prediction_type": "epsilon", "variance_type": v} for v in ("fixed_small", "fixed_large")
+]
 
 
 def _items(op, settings, option_sets):
@@ -35,8 +37,7 @@ def _items(op, settings, option_sets):
 # planted class: (plan items, the phrase every failure line must carry, phrases none may carry)
 CATALOGUE = {
     "X0OverAlphaBar": (
-        _items("ddim_step", [LEADING, TRAILING], EPS_DDIM)
-        + _items("ddpm_step", [FULL], EPS_DDPM),
+        _items("ddim_step", [LEADING, TRAILING], EPS_DDIM) + _items("ddpm_step", [FULL], EPS_DDPM),
         "x̂0 divided by ᾱ_t instead of √ᾱ_t",
         (),
     ),
@@ -117,7 +118,9 @@ def test_sigma_view_signatures_are_named_on_whole_trajectories(name):
     assert c.status == "FAIL"
     assert planted[name].message in (c.diagnosis or ""), c.message()
     rep = verify.run(tgt)
-    assert rep.verdict == "FAIL" and all(planted[name].message in ln for ln in rep.failure_summary())
+    assert rep.verdict == "FAIL" and all(
+        planted[name].message in ln for ln in rep.failure_summary()
+    )
 
 
 def test_correct_sigma_sampler_passes():
@@ -133,8 +136,9 @@ def test_wrong_karras_rho_is_named_with_its_rho():
     c = compare_sigmas(s, grid, {"use_karras_sigmas": True}, Tolerance("float32"))
     assert c.status == "FAIL"
     assert "wrong Karras ρ" in c.diagnosis and "ρ = 5" in c.diagnosis
-    good = compare_sigmas(s, bugs.NoLowerOrderFinal().sigmas(s), {"use_karras_sigmas": True},
-                          Tolerance("float32"))
+    good = compare_sigmas(
+        s, bugs.NoLowerOrderFinal().sigmas(s), {"use_karras_sigmas": True}, Tolerance("float32")
+    )
     assert good.status == "ok"
 
 
@@ -166,6 +170,7 @@ def test_improved_diffusion_float32_lookups_diagnosed_at_float64_tolerance():
     items = _items("ddpm_step", [FULL], [EPS_DDPM[0]])
     rep = verify.run(d, items, tolerance=Tolerance("float64"))
     lines = rep.failure_summary()
-    assert lines and all("coefficients (ᾱ, β and what is built from them) look float32" in ln
-                         for ln in lines), lines
+    assert lines and all(
+        "coefficients (ᾱ, β and what is built from them) look float32" in ln for ln in lines
+    ), lines
     assert verify.run(d, items).passed  # float64 states, float32 schedule: the adapter's own

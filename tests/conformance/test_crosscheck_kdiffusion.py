@@ -79,7 +79,7 @@ def render(runs) -> str:
     lines += [
         "",
         "Named choices where k-diffusion differs from diffusers (refdiff options): "
-        "`churn_model_input=\"churned\"` (the model sees the churned state), "
+        '`churn_model_input="churned"` (the model sees the churned state), '
         "`lower_order_final=False` (no lower-order final steps), "
         "`diffusers_sde_d2=False` (the 3M SDE's d₂ coefficient −φ₃). See docs/samplers.md and "
         "docs/math.md §19.6.",

@@ -43,9 +43,20 @@ def test_improved_diffusion_verified_with_no_wrapper(obj):
 
 def test_improved_diffusion_from_the_cli():
     p = subprocess.run(
-        [sys.executable, "-m", "refdiff.cli", "verify",
-         "tests/conformance/iddpm_standin.py:diffusion", "--quick", "--ops", "ddpm_step,ddim_step"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "refdiff.cli",
+            "verify",
+            "tests/conformance/iddpm_standin.py:diffusion",
+            "--quick",
+            "--ops",
+            "ddpm_step,ddim_step",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "scheduler: improved-diffusion GaussianDiffusion (EPSILON, FIXED_LARGE" in p.stdout
@@ -63,8 +74,14 @@ def test_a_bug_in_the_peer_is_caught_through_the_adapter(monkeypatch):
         return {"sample": out["mean"] + nz * out["variance"] * noise}
 
     monkeypatch.setattr(iddpm.GaussianDiffusion, "p_sample", bad)
-    items = [verify.Item("ddpm_step", Setting("linear", 1000),
-                         {"prediction_type": "epsilon", "variance_type": "fixed_small"}, (2, 500))]
+    items = [
+        verify.Item(
+            "ddpm_step",
+            Setting("linear", 1000),
+            {"prediction_type": "epsilon", "variance_type": "fixed_small"},
+            (2, 500),
+        )
+    ]
     rep = verify.run(GaussianDiffusionTarget(iddpm.diffusion), items)
     assert rep.verdict == "FAIL"
     assert "missing sqrt" in "\n".join(rep.failure_summary())
@@ -88,8 +105,12 @@ def test_diffusers_config_preset():
     p = from_diffusers_config(diffusers.DDPMScheduler(variance_type="learned").config)
     assert p["sampler"] == "ddpm" and p["options"]["variance_type"] == "learned_linear"
     e = from_diffusers_config(
-        diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                         beta_end=0.012, use_karras_sigmas=True)
+        diffusers.EulerDiscreteScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            use_karras_sigmas=True,
+        )
     )
     assert e["schedule"] == "scaled_linear" and e["kind"] == "σ-view Euler, Karras σ"
     flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
@@ -110,8 +131,16 @@ def test_posterior_mean_variance_logvariance_in_one_call():
     assert logv[0, 0, 0, 0] == np.log(posterior.posterior_variance(s, 2))
 
 
-K_FUNCS = ["sample_euler", "sample_euler_ancestral", "sample_heun", "sample_lms",
-           "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_dpm_2"]
+K_FUNCS = [
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_lms",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+    "sample_dpm_2",
+]
 
 
 @pytest.mark.parametrize("fn", K_FUNCS)

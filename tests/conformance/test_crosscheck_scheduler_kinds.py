@@ -147,7 +147,9 @@ def test_a_wrong_option_is_caught_and_named_on_a_trajectory():
         solver_order=3, solver_type="heun", lower_order_final=False
     )
     tgt = DiffusersTarget(sched)
-    tgt.kind_info = replace(tgt.kind_info, options={**tgt.kind_info.options, "lower_order_final": True})
+    tgt.kind_info = replace(
+        tgt.kind_info, options={**tgt.kind_info.options, "lower_order_final": True}
+    )
     c = compare_trajectory(tgt, Setting("linear", 1000, 12, "linspace"), Tolerance("float32"))
     assert c.status == "FAIL"
     assert "lower-order final steps missing" in c.diagnosis
