@@ -350,6 +350,8 @@ def diagnose_trajectory(sampler, options, model, grid, x_T, z, got, tol_abs) -> 
         o2 = bug.change(sampler, options)
         if o2 is None:
             continue
+        if callable(getattr(model, "fresh", None)):
+            model.fresh()  # a replayed model starts again at its first call
         try:
             alt = run_reference(sampler, o2, model, grid, x_T, z)[: got.shape[0]]
         except Exception:  # noqa: BLE001 - a hypothesis that cannot run explains nothing
