@@ -98,16 +98,51 @@ def test_catalogue_covers_every_planted_step_bug():
 
 
 def test_every_distinct_cause_of_a_setting_is_reported():
-    """Two bugs at once (x̂0/ᾱ and no noise scale √): the per-setting cause names both."""
+    """Two bugs in one implementation, at different steps of the same setting (the last step's
+    final ᾱ flipped, σ without its square root elsewhere): the setting's line names both."""
 
-    class Two(bugs.X0OverAlphaBar, bugs.MissingSqrt):
+    class Two(bugs.AlphaToOneFlipped, bugs.WrongDDIMSigma):
         pass
 
-    items = _items("ddpm_step", [LEADING], [EPS_DDPM[0]])
+    items = _items("ddim_step", [LEADING], [{"prediction_type": "epsilon", "eta": 1.0}])
     lines = verify.run(Two(), items).failure_summary()
-    text = "\n".join(lines)
-    assert "x̂0 divided by ᾱ_t" in text
-    assert lines
+    assert len(lines) == 1, lines
+    assert "set_alpha_to_one flipped" in lines[0] and "missing sqrt" in lines[0], lines[0]
+    assert "; also: " in lines[0]
+
+
+def test_mixed_tolerance_from_the_cli():
+    """--schedule-dtype float32 with float64 states: improved-diffusion's float32 look-ups
+    pass; at the plain float64 tolerance they fail with the precision diagnosis."""
+    pytest.importorskip("torch")
+    import subprocess
+
+    def cli(*extra):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "refdiff.cli",
+                "verify",
+                "tests/conformance/iddpm_standin.py:diffusion",
+                "--quick",
+                "--ops",
+                "q_sample",
+                "--dtype",
+                "float64",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
+
+    bad = cli()
+    assert bad.returncode == 1 and "look float32" in bad.stdout, bad.stdout[-2000:]
+    good = cli("--schedule-dtype", "float32")
+    assert good.returncode == 0, good.stdout[-2000:]
+    assert "float64 states, float32 schedule" in good.stdout
 
 
 @pytest.mark.parametrize("name", ["NoLowerOrderFinal", "EtaMissing"])
