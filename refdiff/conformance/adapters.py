@@ -202,6 +202,8 @@ class DiffusersTarget:
         self.dtype = dtype
         self.name = name or getattr(factory, "__name__", type(factory).__name__)
         self.conventions = dict(DIFFUSERS_CONVENTIONS)
+        if self.family not in ("ddpm", "ddim"):  # the σ-view options naming its choices
+            self.conventions = dict(self.kind_info.options)
         self.index_base = 0
         # diffusers' other names for the fixed variances, checked too (docs/verify.md)
         self.native_variances: dict[str, str] = {}
