@@ -875,6 +875,13 @@ def nan_cause(case: Case, actual: np.ndarray) -> str | None:
                 "a square root of a negative number (e.g. the √ of a log-variance, "
                 "diffusers#14569) or of a negative variance"
             )
+    if case.op == "ddim_step" and float(case.options.get("eta", 0.0)) >= 1.0:
+        if float(case.schedule.alpha_bar[case.t]) == 0.0:
+            return (
+                "NaN at ᾱ_t = 0 (zero terminal SNR) with η = 1: σ² = 1 − ᾱ_prev exactly, so "
+                "√(1 − ᾱ_prev − σ²) is the square root of a negative rounding residue — clamp "
+                "it at 0 (docs/math.md §7; diffusers#5969)"
+            )
     if bad.all():
         return "every value NaN/Inf: a coefficient of the step is NaN/Inf (0/0, √ of < 0)"
     for key in ("model_output", "x_t"):

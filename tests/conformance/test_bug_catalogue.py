@@ -209,3 +209,11 @@ def test_improved_diffusion_float32_lookups_diagnosed_at_float64_tolerance():
         "coefficients (ᾱ, β and what is built from them) look float32" in ln for ln in lines
     ), lines
     assert verify.run(d, items).passed  # float64 states, float32 schedule: the adapter's own
+
+
+def test_nan_at_zero_terminal_snr_with_eta_one_is_named():
+    zs = Setting("scaled_linear", 1000, 30, "trailing", 0, True)
+    case = DG.example_case("ddim_step", zs, {"prediction_type": "v", "eta": 1.0}, t=30)
+    assert float(case.schedule.alpha_bar[30]) == 0.0
+    why = DG.nan_cause(case, np.full(case.inputs["x_t"].shape, np.nan))
+    assert "negative rounding residue" in why and "diffusers#5969" in why
