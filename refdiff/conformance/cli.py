@@ -61,6 +61,12 @@ def load_target(spec: str, *, diffusers: bool | None = None, variance_aliases: d
         obj = obj()
     elif callable(obj) and not any(hasattr(obj, m) for m in ("ddpm_step", "ddim_step", "q_sample")):
         obj = obj()
+    if hasattr(obj, "kind_info") and callable(getattr(obj, "trajectory", None)):
+        obj.name = spec  # a σ-view sampler object (docs/verify.md §Your own σ-view sampler)
+        return obj
+    peer = as_peer_target(obj, name=spec)
+    if peer is not None:
+        return peer
     return ProtocolTarget(obj, name=spec)
 
 

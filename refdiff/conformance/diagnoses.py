@@ -880,7 +880,7 @@ def nan_cause(case: Case, actual: np.ndarray) -> str | None:
             return (
                 "NaN at ᾱ_t = 0 (zero terminal SNR) with η = 1: σ² = 1 − ᾱ_prev exactly, so "
                 "√(1 − ᾱ_prev − σ²) is the square root of a negative rounding residue — clamp "
-                "it at 0 (docs/math.md §7; diffusers#5969)"
+                "it at 0 (docs/math.md §7.2; diffusers#5969)"
             )
     if bad.all():
         return "every value NaN/Inf: a coefficient of the step is NaN/Inf (0/0, √ of < 0)"

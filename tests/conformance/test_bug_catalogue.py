@@ -217,3 +217,11 @@ def test_nan_at_zero_terminal_snr_with_eta_one_is_named():
     assert float(case.schedule.alpha_bar[30]) == 0.0
     why = DG.nan_cause(case, np.full(case.inputs["x_t"].shape, np.nan))
     assert "negative rounding residue" in why and "diffusers#5969" in why
+
+
+def test_cli_takes_a_sigma_view_sampler_object(capsys):
+    from refdiff import cli
+
+    rc = cli.main(["verify", f"{ROOT}/examples/planted_bugs.py:EtaMissing", "--quick"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "η missing" in out and "scheduler: NumPy euler_ancestral" in out
