@@ -53,15 +53,22 @@ class BetaForBetaTilde(Float32):
         return super().ddpm_step(*a, variance_type=variance_type, **kw)
 
 
+def _mean_std(step, z):
+    """(mean, σ) of a correct DDPM ``step(noise)``: run it without and with the noise."""
+    mean = step(0 * z)
+    with np.errstate(all="ignore"):
+        return mean, np.where(z != 0, (step(z).astype(np.float64) - mean) / z, 0.0)
+
+
 class MissingSqrt(Float32):
     """DDPM adds σ² z instead of σ z."""
 
     def ddpm_step(self, alpha_bar, timesteps, t, x_t, model_output, noise, **kw):
         z = np.asarray(noise, dtype=np.float64)
-        mean = super().ddpm_step(alpha_bar, timesteps, t, x_t, model_output, 0 * z, **kw)
-        full = super().ddpm_step(alpha_bar, timesteps, t, x_t, model_output, z, **kw)
-        with np.errstate(all="ignore"):
-            std = np.where(z != 0, (full.astype(np.float64) - mean) / z, 0.0)
+        step = super().ddpm_step
+        mean, std = _mean_std(
+            lambda n: step(alpha_bar, timesteps, t, x_t, model_output, n, **kw), z
+        )
         return (mean + std**2 * z).astype(np.float32)
 
 
@@ -156,12 +163,13 @@ class SqrtOfLogVariance(Float32):
 
     def ddpm_step(self, alpha_bar, timesteps, t, x_t, model_output, noise, **kw):
         z = np.asarray(noise, dtype=np.float64)
-        mean = super().ddpm_step(alpha_bar, timesteps, t, x_t, model_output, 0 * z, **kw)
-        full = super().ddpm_step(alpha_bar, timesteps, t, x_t, model_output, z, **kw)
+        step = super().ddpm_step
+        mean, std = _mean_std(
+            lambda n: step(alpha_bar, timesteps, t, x_t, model_output, n, **kw), z
+        )
+        if self._prev(timesteps, t) < 0:
+            return mean
         with np.errstate(all="ignore"):
-            std = np.where(z != 0, (full.astype(np.float64) - mean) / z, 0.0)
-            if self._prev(timesteps, t) < 0:
-                return mean
             return (mean + np.sqrt(np.log(std**2)) * z).astype(np.float32)
 
 
