@@ -38,7 +38,10 @@ def _runs():
     from refdiff import verify
     from tests._kdiffusion import load_sampling
 
-    K = load_sampling()
+    try:
+        K = load_sampling()
+    except ModuleNotFoundError as e:  # torchsde's own dependency (trampoline) may be absent
+        pytest.skip(f"k-diffusion's sampling module cannot be imported: {e}")
     return {fn: verify.run(getattr(K, fn)) for fn in FUNCS}
 
 

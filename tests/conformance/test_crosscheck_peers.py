@@ -131,6 +131,15 @@ def test_posterior_mean_variance_logvariance_in_one_call():
     assert logv[0, 0, 0, 0] == np.log(posterior.posterior_variance(s, 2))
 
 
+def _k_sampling():
+    from tests._kdiffusion import load_sampling
+
+    try:
+        return load_sampling()
+    except ModuleNotFoundError as e:  # torchsde's own dependency (trampoline) may be absent
+        pytest.skip(f"k-diffusion's sampling module cannot be imported: {e}")
+
+
 K_FUNCS = [
     "sample_euler",
     "sample_euler_ancestral",
@@ -145,9 +154,7 @@ K_FUNCS = [
 
 @pytest.mark.parametrize("fn", K_FUNCS)
 def test_k_diffusion_functions_verified_with_no_wrapper(fn):
-    from tests._kdiffusion import load_sampling
-
-    K = load_sampling()
+    K = _k_sampling()
     rep = verify.run(getattr(K, fn))
     assert isinstance(verify.as_target(getattr(K, fn)), KDiffusionTarget)
     if fn == "sample_dpm_2":
