@@ -219,6 +219,20 @@ def _randn_like_returns(noise: Any) -> Iterator[None]:
         th.randn_like = orig
 
 
+def _base_diffusion_class(cls: type) -> type:
+    """The class in ``cls``'s MRO built from ``betas`` (a ``SpacedDiffusion`` is built from
+    ``use_timesteps`` and wraps the model: its ``GaussianDiffusion`` base is rebuilt instead,
+    with the respaced β — what ``SpacedDiffusion`` itself computes)."""
+    for c in cls.__mro__:
+        try:
+            params = inspect.signature(c.__init__).parameters
+        except (TypeError, ValueError):
+            continue
+        if "betas" in params and "use_timesteps" not in params:
+            return c
+    raise InputError("obj", f"{cls.__name__}: no class in its MRO is built from betas")
+
+
 class _GDProtocol:
     """The verify protocol (index_base 0) on top of a GaussianDiffusion class."""
 
@@ -226,7 +240,7 @@ class _GDProtocol:
 
     def __init__(self, obj: Any, state_dtype: str):
         self.obj = obj
-        self.cls = type(obj)
+        self.cls = _base_diffusion_class(type(obj))
         self.mean_enum = type(obj.model_mean_type)
         self.var_enum = type(obj.model_var_type)
         self.mod = sys.modules.get(self.cls.__module__)
@@ -406,7 +420,7 @@ class GaussianDiffusionTarget(ProtocolTarget):
         mean = str(getattr(obj.model_mean_type, "name", obj.model_mean_type))
         self.kind_info = SchedulerKind(
             "ddpm",
-            f"improved-diffusion GaussianDiffusion ({mean}, {var} → refdiff "
+            f"improved-diffusion {type(obj).__name__} ({mean}, {var} → refdiff "
             f"{IDDPM_MEANS.get(mean)}, {IDDPM_VARIANCES.get(var)})",
         )
 

@@ -177,6 +177,47 @@ class GaussianDiffusion:
         return {"sample": mean + nonzero * sigma * noise, "pred_xstart": out["pred_xstart"]}
 
 
+class SpacedDiffusion(GaussianDiffusion):
+    """The diffusion on the kept steps ``use_timesteps``: β from the kept ᾱ, the model called
+    with the original step (``timestep_map``)."""
+
+    def __init__(self, use_timesteps, **kwargs):
+        self.use_timesteps = set(use_timesteps)
+        self.original_num_steps = len(kwargs["betas"])
+        full = np.cumprod(1.0 - np.asarray(kwargs["betas"], dtype=np.float64))
+        self.timestep_map = sorted(self.use_timesteps)
+        kept = full[self.timestep_map]
+        kwargs["betas"] = 1.0 - kept / np.append(1.0, kept[:-1])
+        super().__init__(**kwargs)
+
+    def _wrap(self, model):
+        table = th.tensor(self.timestep_map)
+
+        def wrapped(x, t, **kw):
+            return model(x, table[t], **kw)
+
+        return wrapped
+
+    def p_mean_variance(self, model, *args, **kwargs):
+        return super().p_mean_variance(self._wrap(model), *args, **kwargs)
+
+
+def space_timesteps(num_timesteps: int, section_counts: str):
+    """``"ddimN"``: every s-th step from 0 for the first stride s giving exactly N steps;
+    ``"N"``: N steps evenly spread (one section)."""
+    if section_counts.startswith("ddim"):
+        n = int(section_counts[4:])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == n:
+                return set(range(0, num_timesteps, stride))
+        raise ValueError(f"cannot take exactly {n} steps with a fixed stride")
+    n = int(section_counts)
+    if n == 1:
+        return {0}
+    frac = (num_timesteps - 1) / (n - 1)
+    return {round(i * frac) for i in range(n)}
+
+
 def create_gaussian_diffusion(
     *,
     steps=1000,
@@ -184,13 +225,16 @@ def create_gaussian_diffusion(
     sigma_small=False,
     noise_schedule="linear",
     predict_xstart=False,
+    timestep_respacing="",
 ):
-    """The subset of script_util.create_gaussian_diffusion the tests use (no respacing)."""
+    """script_util.create_gaussian_diffusion's interface: a SpacedDiffusion (all steps kept
+    when ``timestep_respacing`` is empty)."""
     if learn_sigma:
         var = ModelVarType.LEARNED_RANGE
     else:
         var = ModelVarType.FIXED_SMALL if sigma_small else ModelVarType.FIXED_LARGE
-    return GaussianDiffusion(
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(steps, timestep_respacing or str(steps)),
         betas=get_named_beta_schedule(noise_schedule, steps),
         model_mean_type=ModelMeanType.START_X if predict_xstart else ModelMeanType.EPSILON,
         model_var_type=var,
@@ -201,3 +245,4 @@ def create_gaussian_diffusion(
 # what a user's script holds: `refdiff verify path/to/this.py:diffusion` takes it as is
 diffusion = create_gaussian_diffusion()
 diffusion_learned = create_gaussian_diffusion(learn_sigma=True, noise_schedule="cosine")
+diffusion_ddim50 = create_gaussian_diffusion(timestep_respacing="ddim50")

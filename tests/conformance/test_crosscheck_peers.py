@@ -29,13 +29,13 @@ pytestmark = pytest.mark.crosscheck
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("obj", ["diffusion", "diffusion_learned"])
+@pytest.mark.parametrize("obj", ["diffusion", "diffusion_learned", "diffusion_ddim50"])
 def test_improved_diffusion_verified_with_no_wrapper(obj):
     """The user's GaussianDiffusion object, as it is: every check it supports passes at the
     mixed tolerance (float64 states, float32 coefficient look-ups)."""
     rep = verify.run(getattr(iddpm, obj), quick=True)
     assert rep.verdict == "PASS", "\n".join(rep.failure_summary())
-    assert "improved-diffusion GaussianDiffusion" in rep.kind
+    assert "improved-diffusion SpacedDiffusion" in rep.kind
     ops = {c.op for c in rep.checks if c.status == "ok"}
     assert {"q_sample", "posterior_mean", "posterior_variance", "ddpm_step", "ddim_step"} <= ops
     assert rep.tolerance.state == "float64" and rep.tolerance.schedule_precision == "float32"
@@ -59,7 +59,7 @@ def test_improved_diffusion_from_the_cli():
         timeout=600,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    assert "scheduler: improved-diffusion GaussianDiffusion (EPSILON, FIXED_LARGE" in p.stdout
+    assert "scheduler: improved-diffusion SpacedDiffusion (EPSILON, FIXED_LARGE" in p.stdout
     assert "float64 states, float32 schedule" in p.stdout
 
 
