@@ -86,6 +86,14 @@ def from_improved_diffusion(
         r = str(timestep_respacing)
         if r.startswith("ddim"):
             num_steps, spacing = int(r[4:]), "leading"
+            T = int(diffusion_steps)
+            stride = next((s for s in range(1, T) if len(range(0, T, s)) == num_steps), None)
+            if stride != T // num_steps:
+                raise Unsupported(
+                    f"timestep_respacing={r!r} strides by {stride} (the first stride giving "
+                    f"exactly {num_steps} steps), refdiff's leading spacing by T//N = "
+                    f"{T // num_steps}: no refdiff spacing matches"
+                )
         elif r.isdigit():
             num_steps, spacing = int(r), "linspace"
         else:

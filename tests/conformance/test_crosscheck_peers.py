@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from refdiff import posterior, verify  # noqa: E402
+from refdiff.conformance.adapters import Unsupported  # noqa: E402
 from refdiff.conformance.peers import (  # noqa: E402
     GaussianDiffusionTarget,
     KDiffusionTarget,
@@ -98,6 +99,8 @@ def test_improved_diffusion_preset_names():
     assert q["sampler"] == "ddim" and q["num_steps"] == 50
     assert q["options"]["final_step_noise"] is False
     assert from_improved_diffusion(sigma_small=True)["options"]["variance_type"] == "fixed_small"
+    with pytest.raises(Unsupported, match="strides by 34"):
+        from_improved_diffusion(timestep_respacing="ddim30")  # 0, 34, …: not leading (33)
 
 
 def test_diffusers_config_preset():
