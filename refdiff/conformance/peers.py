@@ -557,7 +557,7 @@ class KDiffusionTarget:
         return grid, np.stack(states).astype(np.float64)
 
 
-def as_peer_target(obj: Any, name: str | None = None):
+def as_peer_target(obj: Any, name: str | None = None) -> Any | None:
     """The built-in adapter for ``obj`` when it is a peer object refdiff knows, else None."""
     if looks_like_gaussian_diffusion(obj):
         return GaussianDiffusionTarget(obj, name=name)

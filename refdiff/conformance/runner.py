@@ -203,7 +203,9 @@ def native_variance_items(
     return out
 
 
-def kind_plan(target: Any, *, T: int = 1000, steps: int = 30, quick: bool = False, ops=None):
+def kind_plan(
+    target: Any, *, T: int = 1000, steps: int = 30, quick: bool = False, ops=None
+) -> list[Item]:
     """The plan for a scheduler that is not a DDPM/DDIM one (``target.family``): the
     schedule-level checks (ᾱ, timesteps, add_noise) with only the schedule's keywords, the σ
     grid, and whole trajectories for σ-view and flow schedulers."""

@@ -59,7 +59,9 @@ class TrajectoryBug:
 TRAJECTORY_BUGS: dict[str, TrajectoryBug] = {}
 
 
-def trajectory_bug(*, message: str, reference: str, planted: str = ""):
+def trajectory_bug(
+    *, message: str, reference: str, planted: str = ""
+) -> Callable[[Callable], Callable]:
     """Register ``f(sampler, options) -> options with the bug | None`` as a σ-view bug."""
 
     def register(fn):
@@ -327,8 +329,16 @@ def compare_trajectory(target: Any, setting: Setting, tol: Tolerance) -> Compari
     )
 
 
-def run_reference(sampler, options, model, grid, x_T, z) -> np.ndarray:
-    """The reference trajectory (n, B, ...) after x_T of ``sampler`` with ``options``."""
+def run_reference(
+    sampler: str,
+    options: Mapping[str, object],
+    model: Callable,
+    grid: np.ndarray,
+    x_T: np.ndarray,
+    z: np.ndarray,
+) -> np.ndarray:
+    """The reference trajectory (n, B, ...) float64 after x_T of ``sampler`` with
+    ``options`` on the σ ``grid`` (n+1,), step noise ``z`` (n, B, ...) (docs/samplers.md)."""
     noise = z if solvers.needs_noise(sampler, **options) else None
     with np.errstate(all="ignore"):
         _, ref = solvers.sample(
@@ -343,8 +353,18 @@ def run_reference(sampler, options, model, grid, x_T, z) -> np.ndarray:
     return ref[1:]
 
 
-def diagnose_trajectory(sampler, options, model, grid, x_T, z, got, tol_abs) -> str | None:
-    """The registered σ-view bugs whose reference trajectory reproduces ``got``."""
+def diagnose_trajectory(
+    sampler: str,
+    options: Mapping[str, object],
+    model: Callable,
+    grid: np.ndarray,
+    x_T: np.ndarray,
+    z: np.ndarray,
+    got: np.ndarray,
+    tol_abs: float,
+) -> str | None:
+    """The registered σ-view bugs whose reference trajectory reproduces ``got`` (n, B, ...)
+    within 4·``tol_abs`` ("… or …"; None when none does)."""
     names = []
     for bug in TRAJECTORY_BUGS.values():
         o2 = bug.change(sampler, options)
