@@ -446,6 +446,15 @@ class DiffusersTarget:
             if self.accepted is None or "timestep_spacing" in self.accepted:
                 cfg = {**cfg, "timestep_spacing": "trailing"}
             sched = self._build(cfg, setting.T)
+            own = getattr(sched, "config", {}) or {}
+            if any(
+                own.get(k)
+                for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+            ):
+                raise Unsupported(
+                    "with a Karras/exponential/beta σ grid, add_noise reads the grid's σ whose "
+                    "rounded timestep is t, not σ(t) (checked through the σ grid)"
+                )
             if not np.any(to_numpy(sched.timesteps).astype(np.float64) == t - 1):
                 raise Unsupported(
                     f"add_noise reads σ at the index of t in its timesteps; t={t - 1} is not "

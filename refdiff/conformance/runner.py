@@ -331,7 +331,8 @@ def _run_item(target, item: Item, tol: Tolerance) -> list[Comparison]:
             own_t = np.asarray(to_numpy(sched.timesteps), dtype=np.float64)
             keep = np.concatenate([[True], own_t[1:] != own_t[:-1]])  # Heun repeats each t
             own_t = own_t[keep]
-            return [replace(compare_sigmas(s, got, cfg, tol, own_t), index_base=ib)]
+            vp = target.kind_info.state == "vp"
+            return [replace(compare_sigmas(s, got, cfg, tol, own_t, vp), index_base=ib)]
         except Exception as e:  # noqa: BLE001
             st = "unsupported" if _is_unsupported(e) else "error"
             return [_unsupported(item, s.N, s.N, _why(e), tol, ib, st)]

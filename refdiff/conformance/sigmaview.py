@@ -138,11 +138,15 @@ def _final(cfg: Mapping[str, object]) -> str:
     return "sigma_min" if cfg.get("final_sigmas_type") == "sigma_min" else "zero"
 
 
-def reference_sigmas(setting: Setting, cfg: Mapping[str, object], own_t=None) -> np.ndarray:
+def reference_sigmas(
+    setting: Setting, cfg: Mapping[str, object], own_t=None, full_range: bool = False
+) -> np.ndarray:
     """The σ grid (n+1,) refdiff gives for a scheduler configuration ``cfg`` on ``setting``
     (eqs. 17.1-17.6; flow: eqs. 18.6-18.7).  ``own_t``: the scheduler's own 0-based
     timesteps, where σ is read off the schedule at them (the spacing is checked by the
-    ``timesteps`` op)."""
+    ``timesteps`` op).  ``full_range``: a Karras/exponential/beta grid spans the whole
+    training σ range (diffusers' DPM-Solver/UniPC) rather than the σ of the first and last
+    kept steps (its Euler/Heun/LMS)."""
     n = setting.N
     if "shift" in cfg and "beta_schedule" not in cfg:  # flow matching
         s = float(cfg.get("shift", 1.0))  # type: ignore[arg-type]
@@ -152,7 +156,8 @@ def reference_sigmas(setting: Setting, cfg: Mapping[str, object], own_t=None) ->
     # diffusers takes σ_min, σ_max of a Karras/exponential/beta grid from the σ at its
     # spaced timesteps (the first and the last kept step)
     kept = setting.times().astype(np.float64)
-    lo, hi = (float(v) for v in sg.t_to_sigma(base, [kept.min(), kept.max()], "linear"))
+    ends = [1.0, float(base.T)] if full_range else [kept.min(), kept.max()]
+    lo, hi = (float(v) for v in sg.t_to_sigma(base, ends, "linear"))
     fin = _final(cfg)
     if cfg.get("use_karras_sigmas"):
         return sg.karras(n, lo, hi, rho=7.0, final_sigma=fin)
@@ -190,12 +195,17 @@ def karras_rho(grid: np.ndarray) -> float | None:
 
 
 def compare_sigmas(
-    setting: Setting, got: object, cfg: Mapping[str, object], tol: Tolerance, own_t=None
+    setting: Setting,
+    got: object,
+    cfg: Mapping[str, object],
+    tol: Tolerance,
+    own_t=None,
+    full_range: bool = False,
 ) -> Comparison:
     """Compare a scheduler's σ grid with :func:`reference_sigmas` (relative, in the schedule
     precision: K·u·(1 + |log σ| scale) per entry); a failing Karras grid is diagnosed with
     the ρ it was built with."""
-    exp = reference_sigmas(setting, cfg, own_t)
+    exp = reference_sigmas(setting, cfg, own_t, full_range)
     a = np.asarray(got, dtype=np.float64).ravel()
     base: dict[str, Any] = dict(
         op="sigmas", setting=setting, t=setting.N, base_time=setting.N, options={}, tolerance=tol
