@@ -39,6 +39,14 @@ SCHEDULERS = {
     "Heun": ("HeunDiscreteScheduler", {}, "PASS", "σ-view Heun"),
     "LMS": ("LMSDiscreteScheduler", {}, "PASS", "linear multistep"),
     "DPM++2M": ("DPMSolverMultistepScheduler", {}, "PASS", "DPM-Solver++ 2M"),
+    "DPM++2M-karras": (
+        "DPMSolverMultistepScheduler",
+        {"use_karras_sigmas": True},
+        "PASS",
+        "DPM-Solver++ 2M, Karras σ",
+    ),
+    "Heun-karras": ("HeunDiscreteScheduler", {"use_karras_sigmas": True}, "PASS", "Heun, Karras σ"),
+    "UniPC-3": ("UniPCMultistepScheduler", {"solver_order": 3}, "PASS", "UniPC bh2 order 3"),
     "SDE-DPM++2M": (
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++"},
