@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from ._lazy import helper, numpy_helper, onnx
 
 __all__ = [
     "IR_VERSION",
@@ -30,13 +30,15 @@ __all__ = [
 IR_VERSION = 10
 OPSET = 21
 
+# TensorProto.DataType values (onnx.proto; fixed by the format), written out so that this
+# table needs no onnx import
 _NP_TO_ONNX = {
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float64): TensorProto.DOUBLE,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.int64): TensorProto.INT64,
-    np.dtype(np.bool_): TensorProto.BOOL,
+    np.dtype(np.float16): 10,  # FLOAT16
+    np.dtype(np.float32): 1,  # FLOAT
+    np.dtype(np.float64): 11,  # DOUBLE
+    np.dtype(np.int32): 6,  # INT32
+    np.dtype(np.int64): 7,  # INT64
+    np.dtype(np.bool_): 9,  # BOOL
 }
 _ONNX_TO_NP = {v: k for k, v in _NP_TO_ONNX.items()}
 

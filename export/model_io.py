@@ -11,9 +11,11 @@ it (docs/deploy.md, "Errors"):
 All are :class:`refdiff.errors.FileFormatError` subclasses (``.path`` names the file).
 
 Signature detection (:func:`inspect_denoiser`) accepts refdiff's own ``x``/``t`` and the
-PyTorch/diffusers style ``sample``/``timestep``: two graph inputs, a float state of rank ≥ 2
-with the batch first, and a timestep that is int64/int32/float, either a scalar ``()``, a
-``(1,)`` or per sample ``(B,)``.  Names are matched case-insensitively against
+PyTorch/diffusers style ``sample``/``timestep``: a float state of rank ≥ 2 with the batch
+first, a timestep that is int64/int32/float, either a scalar ``()``, a ``(1,)`` or per sample
+``(B,)``, and any further inputs as conditioning (text embeddings ``encoder_hidden_states``,
+class labels, time ids, …; :class:`ExtraInput`), supplied as arrays constant across steps.
+Names are matched case-insensitively against
 :data:`STATE_NAMES` and :data:`TIME_NAMES`; with other names the float rank ≥ 2 input is the
 state.  What the output means (ε, x0, v) and which time convention the model uses are read
 from the ``refdiff.*`` metadata, or must be given.
@@ -29,14 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from google.protobuf.message import DecodeError
 
 from refdiff._io import write_bytes
 from refdiff.errors import FileFormatError, OptionError
 from refdiff.parameterization import PREDICTION_TYPES
 
 from ._graph import END_KEY, numpy_dtype
+from ._lazy import onnx
 from .metadata import PREFIX, read_metadata
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TIME_NAMES",
     "TIMESTEP_CONVENTIONS",
     "DenoiserSignature",
+    "ExtraInput",
     "runtime_limits",
     "load_model",
     "save_model",
@@ -231,13 +233,19 @@ def load_model(
     return model, path
 
 
+def _decode_error() -> type:
+    from google.protobuf.message import DecodeError
+
+    return DecodeError
+
+
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
     if not data:
         raise CorruptModelError(label, "the file is empty")
     m = onnx.ModelProto()
     try:
         m.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
+    except (_decode_error(), RuntimeError, ValueError) as e:
         raise CorruptModelError(
             label, f"cannot be parsed as ONNX (truncated or corrupted): {e}"
         ) from None
@@ -256,11 +264,29 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
 
 # -- signatures -----------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ExtraInput:
+    """A conditioning input of a denoiser besides state and time (text embeddings, class
+    labels, time ids, …): its name, dtype and dims (int, or None where symbolic).  It is
+    supplied as an array, constant across steps; ``batched`` when its first axis is the
+    batch (rank ≥ 1), so classifier-free guidance can stack conditional and unconditional
+    values along it."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple | None
+
+    @property
+    def batched(self) -> bool:
+        return self.shape is None or len(self.shape) >= 1
+
+
+@dataclass(frozen=True)
 class DenoiserSignature:
     """How to call a denoiser model.
 
     state_shape: dims of the state input (int, or None where symbolic/unknown), batch first.
     time_shape: ``"scalar"`` (shape ()), ``"one"`` (shape (1,)) or ``"batch"`` (shape (B,)).
+    extra_inputs: the conditioning inputs (:class:`ExtraInput`), in graph order.
     prediction_type / timestep_convention: from the metadata, None when it does not say.
     """
 
@@ -275,6 +301,7 @@ class DenoiserSignature:
     prediction_type: str | None = None
     timestep_convention: str | None = None
     metadata: dict = field(default_factory=dict, repr=False)
+    extra_inputs: tuple = ()
 
 
 def _dims(vi: onnx.ValueInfoProto) -> tuple | None:
@@ -290,61 +317,35 @@ def _elem(vi: onnx.ValueInfoProto) -> np.dtype | None:
     return numpy_dtype(vi.type.tensor_type.elem_type)
 
 
-def inspect_denoiser(
-    model: onnx.ModelProto,
-    *,
-    state_input: str | None = None,
-    time_input: str | None = None,
-    output: str | None = None,
-    path: object = "<model>",
-) -> DenoiserSignature:
-    """Recognise ``model`` as a denoiser and say how to call it (see the module docstring).
+def _is_float_state(vi: onnx.ValueInfoProto) -> bool:
+    dt, dims = _elem(vi), _dims(vi)
+    return dt is not None and dt.kind == "f" and dims is not None and len(dims) >= 2
 
-    Raises :class:`SignatureError` naming what does not fit: the number of inputs, a name
-    that is not there, a non-float state, a timestep of another rank or type, an output
-    whose shape differs from the state's (e.g. 2C channels of a learned variance).
-    """
-    g = model.graph
-    inits = {t.name for t in g.initializer}
-    inputs = [vi for vi in g.input if vi.name not in inits]
-    by_name = {vi.name: vi for vi in inputs}
+
+def _pick_names(inputs: list, state_input, time_input, path) -> tuple[str, str]:
+    """Stage 1: which graph inputs are the state and the time (by argument, name, or type)."""
     names = [vi.name for vi in inputs]
     for given, what in ((state_input, "state_input"), (time_input, "time_input")):
-        if given is not None and given not in by_name:
+        if given is not None and given not in names:
             raise SignatureError(
                 path, f"{what}={given!r} is not an input of the model; inputs: {names}"
             )
-    if len(inputs) != 2:
+    if len(inputs) < 2:
         raise SignatureError(
             path,
-            f"a denoiser has exactly 2 inputs (state, timestep); "
+            "a denoiser has at least 2 inputs (state, timestep, then any conditioning); "
             f"this model has {len(inputs)}: {names}",
         )
+    low = {n.lower(): n for n in names}
 
     def pick(given, candidates):
         if given is not None:
             return given
-        low = {n.lower(): n for n in names}
-        for c in candidates:
-            if c in low:
-                return low[c]
-        return None
+        return next((low[c] for c in candidates if c in low), None)
 
-    s_name = pick(state_input, STATE_NAMES)
-    t_name = pick(time_input, TIME_NAMES)
-    if s_name is None and t_name is not None:
-        s_name = next(n for n in names if n != t_name)
+    s_name, t_name = pick(state_input, STATE_NAMES), pick(time_input, TIME_NAMES)
     if s_name is None:
-        floats = [
-            vi.name
-            for vi in inputs
-            if (
-                _elem(vi) is not None
-                and _elem(vi).kind == "f"
-                and (_dims(vi) or ())
-                and len(_dims(vi)) >= 2
-            )
-        ]
+        floats = [vi.name for vi in inputs if vi.name != t_name and _is_float_state(vi)]
         if len(floats) != 1:
             raise SignatureError(
                 path,
@@ -352,10 +353,26 @@ def inspect_denoiser(
             )
         s_name = floats[0]
     if t_name is None:
-        t_name = next(n for n in names if n != s_name)
+        rest = [n for n in names if n != s_name]
+        if len(rest) != 1:
+            raise SignatureError(path, f"cannot tell the timestep among {rest}; pass time_input=")
+        t_name = rest[0]
     if s_name == t_name:
         raise SignatureError(path, f"state and timestep are the same input {s_name!r}")
-    s_vi, t_vi = by_name[s_name], by_name[t_name]
+    return s_name, t_name
+
+
+@dataclass(frozen=True)
+class _StateTime:
+    s_dtype: np.dtype
+    s_shape: tuple
+    t_dtype: np.dtype
+    t_kind: str
+
+
+def _state_time(s_vi, t_vi, path) -> _StateTime:
+    """Stage 2: the state's and the time's types and shapes (the time's kind)."""
+    s_name, t_name = s_vi.name, t_vi.name
     s_dt, t_dt = _elem(s_vi), _elem(t_vi)
     if s_dt is None or s_dt.kind != "f":
         raise SignatureError(
@@ -387,6 +404,11 @@ def inspect_denoiser(
         raise SignatureError(
             path, f"timestep input {t_name!r} must be a scalar, (1,) or (B,); got shape {t_shape}"
         )
+    return _StateTime(s_dt, s_shape, t_dt, t_kind)
+
+
+def _output(g: onnx.GraphProto, output, s_shape: tuple, path) -> tuple[str, np.dtype]:
+    """Stage 3: the prediction output: (name, dtype); it must have the state's shape."""
     outs = [o.name for o in g.output]
     if output is not None and output not in outs:
         raise SignatureError(
@@ -413,6 +435,26 @@ def inspect_denoiser(
                 "the prediction must have the "
                 "state's shape (learned-variance outputs with 2C channels are not supported)",
             )
+    return o_name, o_dt
+
+
+def _extras(inputs: list, s_name: str, t_name: str, path) -> tuple[ExtraInput, ...]:
+    """Stage 4: every other input is a conditioning input of a known tensor type."""
+    out = []
+    for vi in inputs:
+        if vi.name in (s_name, t_name):
+            continue
+        dt = _elem(vi)
+        if dt is None:
+            raise SignatureError(
+                path, f"conditioning input {vi.name!r} has an unsupported type {_type_str(vi)}"
+            )
+        out.append(ExtraInput(vi.name, dt, _dims(vi)))
+    return tuple(out)
+
+
+def _conventions(model: onnx.ModelProto, path) -> tuple[str | None, str | None, dict]:
+    """Stage 5: prediction type and time convention the metadata states (None: unsaid)."""
     meta = read_metadata(model)
     pt = meta.get(PREFIX + "prediction_type", meta.get("prediction_type"))
     tc = meta.get(PREFIX + "timestep_convention", meta.get("timestep_convention"))
@@ -424,18 +466,46 @@ def inspect_denoiser(
         raise SignatureError(
             path, f"metadata timestep_convention={tc!r} is not one of {TIMESTEP_CONVENTIONS}"
         )
+    return pt, tc, meta
+
+
+def inspect_denoiser(
+    model: onnx.ModelProto,
+    *,
+    state_input: str | None = None,
+    time_input: str | None = None,
+    output: str | None = None,
+    path: object = "<model>",
+) -> DenoiserSignature:
+    """Recognise ``model`` as a denoiser and say how to call it (see the module docstring).
+
+    Raises :class:`SignatureError` naming what does not fit: fewer than two inputs, a name
+    that is not there, a non-float state, a timestep of another rank or type, an output
+    whose shape differs from the state's (e.g. 2C channels of a learned variance).  Inputs
+    besides state and time are conditioning inputs (``extra_inputs``).
+    """
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    inputs = [vi for vi in g.input if vi.name not in inits]
+    by_name = {vi.name: vi for vi in inputs}
+    s_name, t_name = _pick_names(inputs, state_input, time_input, path)
+    st = _state_time(by_name[s_name], by_name[t_name], path)
+    o_name, o_dt = _output(g, output, st.s_shape, path)
+    extras = _extras(inputs, s_name, t_name, path)
+    pt, tc, meta = _conventions(model, path)
     return DenoiserSignature(
         state_input=s_name,
         time_input=t_name,
         output=o_name,
-        state_dtype=s_dt,
-        time_dtype=t_dt,
+        state_dtype=st.s_dtype,
+        time_dtype=st.t_dtype,
         output_dtype=o_dt,
-        state_shape=s_shape,
-        time_shape=t_kind,
+        state_shape=st.s_shape,
+        time_shape=st.t_kind,
         prediction_type=pt,
         timestep_convention=tc,
         metadata=meta,
+        extra_inputs=extras,
     )
 
 
@@ -464,10 +534,21 @@ class DenoiserModel:
         return str(self.path) if self.path is not None else "<model>"
 
     def model_time(self, base_t: np.ndarray) -> np.ndarray:
-        """Base times (refdiff, 1-based) → the values fed to the model, in its time dtype."""
-        t = np.asarray(base_t, dtype=np.int64)
+        """Base times (refdiff, 1-based; int, or float for the σ-view samplers' fractional
+        times) → the values fed to the model, in its time dtype."""
+        t = np.asarray(base_t)
+        if t.dtype.kind != "f":
+            t = t.astype(np.int64)
         if self.timestep_convention == "index":
             t = t - 1
+        if self.signature.time_dtype.kind in "iu" and t.dtype.kind == "f":
+            if not np.all(t == np.round(t)):
+                from refdiff.errors import InputError
+
+                raise InputError(
+                    "timestep",
+                    "the model takes integer times; use timestep='round' or 'nearest'",
+                )
         return t.astype(self.signature.time_dtype)
 
 

@@ -7,7 +7,11 @@ The truth is ``session.get_providers()`` after creation, and that is what refdif
 - ``provider="cpu"``   CPU only;
 - ``provider="cuda"``  CUDA or a :class:`ProviderError` that says why CUDA is not running;
 - ``provider="auto"``  CUDA when it truly runs, else CPU with a :class:`ProviderFallbackWarning`
-  that says why (no CUDA build, a library that does not load, no GPU visible, …).
+  whose one-line message says the main reason ("running on CPU: no NVIDIA GPU visible"); its
+  ``details`` (and :func:`cuda_details`) list every finding and the fix.
+
+Without a visible NVIDIA device (checked with a few file lookups) nothing is probed: no CUDA
+session is created and the decision costs well under a millisecond.
 
 CUDA options: ``use_tf32`` (default off: TF32 matmuls cost ~1e-3 relative accuracy, see
 docs/deploy.md), ``cuda_graph`` (``enable_cuda_graph``; fixed shapes and IO binding only).
@@ -28,6 +32,8 @@ __all__ = [
     "ProviderError",
     "ProviderFallbackWarning",
     "cuda_status",
+    "cuda_details",
+    "nvidia_visible",
     "resolve_provider",
     "make_session",
     "session_provider",
@@ -39,11 +45,26 @@ _CPU = "CPUExecutionProvider"
 
 
 class ProviderError(InputError, RuntimeError):
-    """The asked-for execution provider is not what runs (``argument`` is ``"provider"``)."""
+    """The asked-for execution provider is not what runs (``argument`` is ``"provider"``).
+
+    The message is one line with the main reason; ``details`` has every finding and the fix.
+    """
+
+    def __init__(self, argument: str, message: str, details: str = ""):
+        super().__init__(argument, message)
+        self.details = details
 
 
 class ProviderFallbackWarning(UserWarning):
-    """``provider="auto"`` fell back to CPU; the message says why."""
+    """``provider="auto"`` fell back to CPU.  The message is one line, "running on CPU:
+    <main reason>"; ``reason`` holds that reason and ``details`` every finding and the fix."""
+
+    reason: str = ""
+    device_id: int = 0
+
+    @property
+    def details(self) -> str:
+        return cuda_details(self.device_id)
 
 
 def _quiet_ort(severity: int = 4):
@@ -66,64 +87,136 @@ def _quiet_ort(severity: int = 4):
     return cm()
 
 
-def _why_no_cuda() -> str:
+# A one-node float32 Neg model (IR 10, opset 21), serialised once so that probing CUDA needs
+# neither onnx nor a graph builder.
+_PROBE_MODEL = (
+    b'\x08\n:6\n\x0b\n\x01x\x12\x01y"\x03Neg\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01'
+    b"\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x15"
+)
+
+
+def nvidia_visible() -> bool:
+    """Whether an NVIDIA GPU device or driver is visible to this process (file checks only).
+
+    ``CUDA_VISIBLE_DEVICES`` set to an empty string or ``-1`` hides every GPU, as CUDA does.
+    """
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and cvd.strip() in ("", "-1"):
+        return False
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/dxg"):  # WSL: dxg
+        return True
+    try:
+        return any(n.startswith("nvidia") and n[6:].isdigit() for n in os.listdir("/dev"))
+    except OSError:
+        return False
+
+
+def _cuda_lib_error() -> str | None:
+    """The loader's error for onnxruntime's CUDA provider library, or None when it loads."""
     import ctypes
 
     import onnxruntime as ort
 
-    if _CUDA not in ort.get_available_providers():
-        v = ort.__version__
-        return f"this onnxruntime build ({v}) has no CUDA provider; install onnxruntime-gpu"
-    reasons = []
     lib = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
-    if os.path.exists(lib):
-        try:
-            ctypes.CDLL(lib)
-        except OSError as e:
-            reasons.append(
-                f"the CUDA provider library does not load ({e}); "
-                f"onnxruntime-gpu {ort.__version__} needs "
-                "the CUDA 13 and cuDNN 9 libraries (pip install 'onnxruntime-gpu[cuda,cudnn]')"
-            )
-    if not (os.path.exists("/dev/nvidia0") or os.path.exists("/proc/driver/nvidia/version")):
-        reasons.append("no NVIDIA GPU or driver is visible (/dev/nvidia0 is absent)")
-    if not reasons:
-        reasons.append("onnxruntime created the session without CUDA (see its log with severity 0)")
-    return "; ".join(reasons)
+    if not os.path.exists(lib):
+        return None
+    try:
+        ctypes.CDLL(lib)
+    except OSError as e:
+        return str(e)
+    return None
+
+
+def _why_no_cuda(device_id: int = 0, *, details: bool = False) -> str:
+    """Why CUDA does not run a session: the main reason in a few words, or (``details``) every
+    finding and the fix.  The short form only looks at files unless a GPU is visible."""
+    import onnxruntime as ort
+
+    v = ort.__version__
+    if _CUDA not in ort.get_available_providers():
+        if not details:
+            return "this onnxruntime is the CPU build"
+        return (
+            f"onnxruntime {v} has no CUDAExecutionProvider (the CPU-only package). "
+            "For CUDA: pip uninstall onnxruntime; pip install onnxruntime-gpu "
+            '(or pip install "refdiff[deploy-gpu-cuda]" for the CUDA libraries from PyPI).'
+        )
+    gpu = nvidia_visible()
+    if not gpu and not details:
+        return "no NVIDIA GPU visible"
+    lib_err = _cuda_lib_error()
+    if not details:
+        if lib_err is not None:
+            return f"the CUDA libraries do not load ({lib_err.split(':')[0].strip()})"
+        return f"onnxruntime created the session without CUDA on device {device_id}"
+    found = []
+    if not gpu:
+        found.append(
+            "no NVIDIA GPU or driver is visible (no /dev/nvidia<N>, no /proc/driver/nvidia; "
+            "or CUDA_VISIBLE_DEVICES hides every GPU)"
+        )
+    if lib_err is not None:
+        found.append(
+            f"onnxruntime-gpu {v}'s CUDA provider library does not load ({lib_err}); it needs "
+            "the CUDA 13 and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]'"
+        )
+    if not found:
+        found.append("onnxruntime did not use CUDA; see its log with log severity 0 for why")
+    return "; ".join(found)
 
 
 @functools.lru_cache(maxsize=8)
-def cuda_status(device_id: int = 0) -> tuple[bool, str]:
-    """(CUDA truly runs a session on ``device_id``, why not).  Probed once per process.
+def _probe(device_id: int) -> tuple[bool, str, str | None]:
+    """(CUDA runs, short reason, details or None: not computed yet); once per process/device.
 
-    Preloads NVIDIA's pip-installed CUDA/cuDNN libraries (``onnxruntime.preload_dlls``)
-    first, then creates a one-node session asking for CUDA and reads ``get_providers()``.
+    Without a visible NVIDIA device this reads a few files and creates no session; otherwise
+    it preloads NVIDIA's pip-installed CUDA/cuDNN libraries (``onnxruntime.preload_dlls``),
+    creates a one-node session asking for CUDA and reads ``get_providers()``.
     """
     import numpy as np
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    if _CUDA not in ort.get_available_providers():
-        return False, _why_no_cuda()
+    if _CUDA not in ort.get_available_providers() or not nvidia_visible():
+        return False, _why_no_cuda(device_id), None
     if hasattr(ort, "preload_dlls"):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
             ort.preload_dlls()
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    g = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "probe", [x], [y])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
-    m.ir_version = 10
     try:
         with _quiet_ort():
             s = ort.InferenceSession(
-                m.SerializeToString(), providers=[(_CUDA, {"device_id": str(device_id)}), _CPU]
+                _PROBE_MODEL, providers=[(_CUDA, {"device_id": str(device_id)}), _CPU]
             )
             s.run(None, {"x": np.ones(1, np.float32)})
     except Exception as e:  # noqa: BLE001 - any failure means CUDA does not run
-        return False, f"creating a CUDA session failed: {str(e).splitlines()[0]}"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return False, f"creating a CUDA session failed on device {device_id}", first
     if s.get_providers()[0] != _CUDA:
-        return False, _why_no_cuda()
-    return True, ""
+        return False, _why_no_cuda(device_id), None
+    return True, "", ""
+
+
+def cuda_status(device_id: int = 0) -> tuple[bool, str]:
+    """(CUDA truly runs a session on ``device_id``, the main reason why not, in a few words).
+
+    Probed once per process; :func:`cuda_details` gives every finding and the fix.
+    """
+    ok, why, _ = _probe(device_id)
+    return ok, why
+
+
+@functools.lru_cache(maxsize=8)
+def cuda_details(device_id: int = 0) -> str:
+    """Every finding about why CUDA does not run on ``device_id`` and the fix ("" when it runs)."""
+    ok, _, details = _probe(device_id)
+    if ok:
+        return ""
+    return details if details is not None else _why_no_cuda(device_id, details=True)
+
+
+def _fallback(reason: str, device_id: int, stacklevel: int) -> None:
+    w = ProviderFallbackWarning(f"running on CPU: {reason}")
+    w.reason, w.device_id = reason, device_id
+    warnings.warn(w, stacklevel=stacklevel + 1)
 
 
 def resolve_provider(provider: str = "auto", device_id: int = 0, *, warn: bool = True) -> str:
@@ -134,13 +227,17 @@ def resolve_provider(provider: str = "auto", device_id: int = 0, *, warn: bool =
         raise InputError("device_id", f"must be an int >= 0; got {device_id!r}")
     if provider == "cpu":
         return "cpu"
-    ok, why = cuda_status(device_id)
+    ok, why, _ = _probe(device_id)
     if ok:
         return "cuda"
     if provider == "cuda":
-        raise ProviderError("provider", f"'cuda' was asked for but CUDA does not run here: {why}")
+        raise ProviderError(
+            "provider",
+            f"'cuda' was asked for but CUDA does not run here: {why}",
+            cuda_details(device_id),
+        )
     if warn:
-        warnings.warn(f"provider='auto' runs on CPU: {why}", ProviderFallbackWarning, stacklevel=3)
+        _fallback(why, device_id, stacklevel=3)
     return "cpu"
 
 
@@ -162,7 +259,8 @@ def make_session(
     """An ``onnxruntime.InferenceSession`` on the provider that truly runs.
 
     Args:
-        model: serialised bytes, an ``onnx.ModelProto`` or a file path
+        model: serialised bytes, an ``onnx.ModelProto`` or a file path (bytes already in
+            memory are not read again)
         provider: ``auto`` | ``cuda`` | ``cpu`` (module docstring); ``cuda`` raises
             :class:`ProviderError` when CUDA is not what runs the session
         device_id: CUDA device ordinal
@@ -170,13 +268,12 @@ def make_session(
         cuda_graph: capture and replay a CUDA graph (fixed shapes; IO binding; no Loop)
         threads: intra-op threads (None: onnxruntime's default)
     """
-    import onnx
     import onnxruntime as ort
 
     choice = resolve_provider(provider, device_id, warn=warn)
     if cuda_graph and choice != "cuda":
         raise InputError("cuda_graph", f"CUDA graphs need the CUDA provider; running on {choice}")
-    if hasattr(model, "SerializeToString") and isinstance(model, onnx.ModelProto):
+    if hasattr(model, "SerializeToString"):  # an onnx.ModelProto (onnx is then imported)
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
@@ -205,13 +302,13 @@ def make_session(
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CorruptModelError(label, f"onnxruntime cannot load it: {first}") from None
     if choice == "cuda" and session_provider(sess) != "cuda":
-        why = _why_no_cuda()
+        why = _why_no_cuda(device_id)
         if provider == "cuda":
             raise ProviderError(
-                "provider", f"'cuda' was asked for but the session runs on CPU: {why}"
+                "provider",
+                f"'cuda' was asked for but the session runs on CPU: {why}",
+                _why_no_cuda(device_id, details=True),
             )
         if warn:
-            warnings.warn(
-                f"provider='auto' runs on CPU: {why}", ProviderFallbackWarning, stacklevel=2
-            )
+            _fallback(why, device_id, stacklevel=2)
     return sess

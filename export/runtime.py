@@ -9,22 +9,35 @@
 ``"graph"``  one session run for the whole sampler (``Loop``; :func:`refdiff.export.sampler_model`).
 
 The per-step modes bind every tensor once with IO binding (``OrtValue`` buffers on the
-device, ping-pong between two bindings) and loop over ``run_with_iobinding``: the state,
-the step counter and the noise never return to the host between steps.  The code path is the
-same on CPU and CUDA (CI runs it on CPU).  On CUDA, ``cuda_graph=True`` captures each of the
-two bindings as a CUDA graph (``gpu_graph_id`` 0 and 1) and replays them (fixed batch).
+device, ping-pong between two bindings) and loop over ``run_with_iobinding``: the state and
+the step counter never return to the host between steps.  The code path is the same on CPU
+and CUDA (CI runs it on CPU).  On CUDA, ``cuda_graph=True`` captures each of the two
+bindings as a CUDA graph (``gpu_graph_id`` 0 and 1) and replays them (fixed batch).
 
-Noise: ``noise="input"`` feeds ``x_T`` and ``step_noise`` (N, B, *S) — given, or drawn on
-the host from ``numpy.random.default_rng(seed)`` in the order of :mod:`refdiff.sampling`
-(x_T first, then one slice per step, and no step noise for DDIM with η = 0), so the same seed
-gives the reference sampler's noise.  ``noise="graph"`` draws the step noise in-graph
-(``RandomNormalLike``); in ``"graph"`` mode x_T too, otherwise x_T comes from the host.
+Noise (docs/deploy.md, "Noise layout"): ``noise="input"`` takes x_T and the step noise from
+the host — given as arrays, or drawn from ``seed`` in the layout of
+:mod:`refdiff.export.noise` (per step and per block of rows, so one step's noise is drawn at
+a time and memory does not grow with the number of steps).  The per-step modes upload step
+k's noise into one bound buffer before step k; ``"graph"`` mode runs the sampler graph on
+chunks of steps (``step_start``) with a bounded noise chunk each.  ``noise="graph"`` draws
+the step noise in-graph (``RandomNormalLike``); in ``"graph"`` mode x_T too, otherwise x_T
+comes from the host.
+
+Conditioning and guidance (:mod:`refdiff.export.conditioning`): the denoiser's extra inputs
+are given to :meth:`OrtSampler.sample` as ``cond=`` (and ``uncond=`` with
+``guidance_scale=``), constant across steps.
+
+Memory: before allocating, the estimated peak (:meth:`OrtSampler.memory_estimate`) is
+checked against the available memory (:mod:`refdiff.export.memory`).  Ctrl-C stops within
+one step (the whole-graph run is cancelled through ``RunOptions.terminate``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +45,17 @@ from refdiff._check import as_float_array
 from refdiff.errors import InputError, NonFiniteError, OptionError, ShapeError
 from refdiff.schedule import Schedule
 
-from .metadata import PREFIX, schedule_from_json
+from .conditioning import (
+    UNCOND_PREFIX,
+    cast_input,
+    make_guidance,
+    prepare_conditioning,
+    stack_conditioning,
+)
+from .memory import check_memory
+from .metadata import PREFIX, ModelBytes, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
+from .noise import NoiseStream, fill_noise, new_seed
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
 from .steps import (
@@ -46,9 +68,18 @@ from .steps import (
 )
 from .tables import step_tables
 
-__all__ = ["MODES", "OnnxDenoiser", "OrtSampler", "sample"]
+__all__ = ["MODES", "OnnxDenoiser", "OrtSampler", "sample", "HOST_CHUNK_BYTES"]
 
 MODES = ("steps", "fused", "graph")
+# onnxruntime's input type names -> NumPy dtypes (the conditioning inputs of sampler files)
+_ORT_TYPES = {
+    f"tensor({k})": np.dtype(v)
+    for k, v in (("float", "float32"), ("float16", "float16"), ("double", "float64"))
+    + (("int64", "int64"), ("int32", "int32"), ("bool", "bool"))
+}
+
+#: Bytes of host noise one ``"graph"``-mode run takes at most (at least one step's worth).
+HOST_CHUNK_BYTES = 8 * 2**20
 
 
 def _schedule_of(den_or_meta: dict, label: str) -> Schedule:
@@ -76,6 +107,9 @@ class OnnxDenoiser:
     convention, dtype and shape, so it plugs into :func:`refdiff.sampling.ddpm_sample` and
     :func:`~refdiff.sampling.ddim_sample` (the reference loop around the exported network).
     ``provider`` as in :func:`refdiff.export.make_session`; the one used is ``.provider``.
+    ``cond``: values of the model's conditioning inputs (name → array, batch 1 or B),
+    constant across calls; :meth:`with_cond` gives the same network with other values
+    (for :func:`refdiff.guidance.guided_denoiser`).
     """
 
     def __init__(
@@ -90,6 +124,7 @@ class OnnxDenoiser:
         output: str | None = None,
         device_id: int = 0,
         use_tf32: bool = False,
+        cond: Mapping | None = None,
     ):
         self.denoiser = open_denoiser(
             model,
@@ -103,15 +138,24 @@ class OnnxDenoiser:
             _source(self.denoiser), provider, device_id=device_id, use_tf32=use_tf32
         )
         self.provider = session_provider(self.session)
+        self.cond = dict(cond or {})
 
     @property
     def prediction_type(self) -> str:
         return self.denoiser.prediction_type
 
+    def with_cond(self, cond: Mapping) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``f(x, t)`` on this session with the conditioning inputs ``cond``."""
+        return lambda x, t: self._call(x, t, cond)
+
     def __call__(self, x, t) -> np.ndarray:
+        return self._call(x, t, self.cond)
+
+    def _call(self, x, t, cond) -> np.ndarray:
         sig = self.denoiser.signature
         xa = as_float_array(x, "x")
-        ta = np.broadcast_to(np.asarray(t, dtype=np.int64), (xa.shape[0],))
+        ta = np.asarray(t)
+        ta = np.broadcast_to(ta if ta.dtype.kind == "f" else ta.astype(np.int64), (xa.shape[0],))
         tm = self.denoiser.model_time(ta)
         if sig.time_shape != "batch":
             if np.any(ta != ta[0]):
@@ -121,8 +165,25 @@ class OnnxDenoiser:
                 )
             tm = tm[:1] if sig.time_shape == "one" else tm[0]
         feeds = {sig.state_input: xa.astype(sig.state_dtype), sig.time_input: np.asarray(tm)}
+        c, _ = prepare_conditioning(sig.extra_inputs, cond, None, None, xa.shape[0])
+        feeds.update(c)
         out = self.session.run([sig.output], feeds)[0]
         return np.asarray(out, dtype=np.float64)
+
+
+@dataclass
+class _Buffers:
+    """Device buffers of the per-step loop (ping-pong pairs are [p, 1 − p])."""
+
+    x: list
+    k: list
+    z: object  # OrtValue of step k's noise, or None
+    z_host: np.ndarray | None  # its host side (aliased on CPU, uploaded on CUDA)
+    xm: list  # the denoiser's state input (x itself when float32 and no batched guidance)
+    tm: list  # the denoiser's time input
+    outs: list  # the denoiser's outputs: [conditional] or [conditional, unconditional]
+    extras: dict  # conditioning OrtValues: {"cond": {...}, "uncond": {...}}
+    m: list | None = None  # the previous step's x̂_0 (multistep σ-view samplers)
 
 
 class OrtSampler:
@@ -143,7 +204,20 @@ class OrtSampler:
         state_shape: full state shape, for models with unspecified data dims
         prediction_type, timestep_convention, state_input, time_input, output: see
             :func:`refdiff.export.open_denoiser`
+        guidance_scale: classifier-free guidance scale s (20.1); None: no guidance
+        guidance_rescale: φ of the guidance rescale (20.4), in [0, 1]
+        guidance_mode: ``"batched"`` (one 2B call per step) or ``"two_pass"``
+        memory_limit: bytes a run may take (default: the memory available; refusals are
+            :class:`~refdiff.export.memory.MemoryLimitError`)
+        num_inference_steps: walk only this many steps of ``schedule`` (or of the metadata's
+            schedule), respaced as diffusers' ``set_timesteps`` does (docs/math.md eq. 2.9)
+        spacing: with ``num_inference_steps``: ``leading`` (default) | ``trailing`` |
+            ``linspace`` | an improved-diffusion section string (``ddim50``, ``10,15``)
+        steps_offset: with ``num_inference_steps`` and ``leading``: diffusers' steps_offset
         options: sampler options (``eta``, ``clip``, ``variance_type``, …; tables module)
+
+    ``model`` may also be a :class:`~refdiff.export.metadata.ModelBytes` (a file read once by
+    the caller): a refdiff sampler file is then run from those bytes without importing onnx.
     """
 
     def __init__(
@@ -167,6 +241,13 @@ class OrtSampler:
         state_input: str | None = None,
         time_input: str | None = None,
         output: str | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_mode: str = "batched",
+        memory_limit: int | None = None,
+        num_inference_steps: int | None = None,
+        spacing: str | None = None,
+        steps_offset: int = 0,
         **options,
     ):
         if mode not in MODES:
@@ -177,16 +258,31 @@ class OrtSampler:
         self.cuda_graph = bool(cuda_graph)
         self.batch = batch
         self.device_id = device_id
+        self.memory_limit = memory_limit
+        self.guidance = make_guidance(guidance_scale, guidance_rescale, guidance_mode)
         sess_kw = dict(device_id=device_id, use_tf32=use_tf32, threads=threads)
-        if not isinstance(model, DenoiserModel):
+        walk = (num_inference_steps, spacing, steps_offset)
+        sampler_file = None  # (model, path, metadata) of a complete refdiff sampler file
+        if isinstance(model, ModelBytes):  # a file read once by the caller (refdiff sample)
+            if model.is_sampler_file:
+                sampler_file = (model.data, model.path, model.metadata)
+            else:
+                model = model.path if model.path is not None else model.data
+        if sampler_file is None and not isinstance(model, DenoiserModel):
             proto, path = load_model(model)
             meta = {p.key: p.value for p in proto.metadata_props}
             if meta.get(PREFIX + "kind") == "sampler":
-                self._init_sampler_model(
-                    proto, path, meta, schedule, sampler, mode, options, provider, sess_kw
-                )
-                return
-            model = proto if path is None else path
+                sampler_file = (proto, path, meta)
+            else:
+                model = proto if path is None else path
+        if sampler_file is not None:
+            if self.guidance is not None:
+                raise InputError("guidance_scale", "a sampler file has its guidance baked in")
+            opts = {**options, **_walk_options(*walk)}
+            self._init_sampler_model(
+                *sampler_file, schedule, sampler, mode, opts, provider, sess_kw
+            )
+            return
         self.denoiser = open_denoiser(
             model,
             prediction_type=prediction_type,
@@ -195,29 +291,33 @@ class OrtSampler:
             time_input=time_input,
             output=output,
         )
-        if schedule is None:
-            schedule = _schedule_of(self.denoiser.signature.metadata, self.denoiser.label)
+        self.extras = self.denoiser.signature.extra_inputs
+        meta = self.denoiser.signature.metadata
+        if schedule is None and (sampler != "flow_euler" or PREFIX + "schedule" in meta):
+            schedule = _schedule_of(meta, self.denoiser.label)
+        if any(v not in (None, 0) for v in walk) and sampler not in ("ddpm", "ddim"):
+            raise InputError(
+                "num_inference_steps",
+                f"{sampler} takes its steps from sigmas= (refdiff.sigma, refdiff.flow), "
+                "not from a respaced schedule",
+            )
+        if schedule is not None:
+            schedule = _walked(schedule, *walk)
         self.schedule = schedule
         self.tables = step_tables(
             schedule, sampler, prediction_type=self.denoiser.prediction_type, **options
         )
-        if self.cuda_graph:
-            if mode == "graph":
-                raise InputError(
-                    "cuda_graph", "CUDA graphs cannot hold a Loop; use mode='steps' or 'fused'"
-                )
-            if batch is None:
-                raise InputError("batch", "cuda_graph=True needs a fixed batch size")
-            if noise == "graph" and self.tables.noisy:
-                raise InputError(
-                    "noise",
-                    "in-graph noise would replay the same draws under a CUDA graph; "
-                    "use noise='input'",
-                )
+        self._check_cuda_graph(mode, batch, noise)
         self.state_shape = None if state_shape is None else tuple(int(s) for s in state_shape)
         self.dims = state_dims(self.denoiser, batch, self.state_shape)
         cg = dict(cuda_graph=self.cuda_graph)
-        build = dict(noise=noise, seed=self.seed, batch=batch, state_shape=self.state_shape)
+        build = dict(
+            noise=noise,
+            seed=self.seed,
+            batch=batch,
+            state_shape=self.state_shape,
+            guidance=self.guidance,
+        )
         if mode == "steps":
             self.den_session = make_session(_source(self.denoiser), provider, **sess_kw, **cg)
             self.provider = session_provider(self.den_session)
@@ -233,6 +333,22 @@ class OrtSampler:
             self.graph_model = sampler_model(self.denoiser, self.tables, **build)
             self.graph_session = make_session(self.graph_model, provider, **sess_kw)
             self.provider = session_provider(self.graph_session)
+            self._graph_inputs = {i.name: i for i in self.graph_session.get_inputs()}
+
+    def _check_cuda_graph(self, mode: str, batch, noise: str) -> None:
+        if not self.cuda_graph:
+            return
+        if mode == "graph":
+            raise InputError(
+                "cuda_graph", "CUDA graphs cannot hold a Loop; use mode='steps' or 'fused'"
+            )
+        if batch is None:
+            raise InputError("batch", "cuda_graph=True needs a fixed batch size")
+        if noise == "graph" and self.tables.noisy:
+            raise InputError(
+                "noise",
+                "in-graph noise would replay the same draws under a CUDA graph; use noise='input'",
+            )
 
     def _init_sampler_model(
         self, proto, path, meta, schedule, sampler, mode, options, provider, sess_kw
@@ -248,6 +364,7 @@ class OrtSampler:
         self.mode = "graph"
         self.noise = meta.get(PREFIX + "noise", "input")
         self.denoiser = None
+        self.extras = ()
         self._label = label
         if PREFIX + "schedule" not in meta:
             raise SignatureError(
@@ -260,6 +377,11 @@ class OrtSampler:
             raise SignatureError(label, f"refdiff.sampler metadata is malformed ({e})") from None
         self.tables = None
         self.sampler_info = info
+        # a σ-view sampler file: its steps and x_T scale come from its σ grid
+        sig = (info.get("options") or {}).get("sigmas") if isinstance(info, dict) else None
+        self._file_steps = None if sig is None else len(sig) - 1
+        flow = isinstance(info, dict) and info.get("name") == "flow_euler"
+        self._file_x_T_scale = 1.0 if sig is None or flow else float(sig[0])
         self.graph_model = proto
         self.graph_session = make_session(proto, provider, **sess_kw)
         self.provider = session_provider(self.graph_session)
@@ -271,7 +393,9 @@ class OrtSampler:
 
     @property
     def num_steps(self) -> int:
-        return self.schedule.T
+        if self.tables is not None:
+            return self.tables.N
+        return self._file_steps if self._file_steps is not None else self.schedule.T
 
     @property
     def noisy(self) -> bool:
@@ -279,7 +403,7 @@ class OrtSampler:
             return self.tables.noisy
         return "step_noise" in self._graph_inputs
 
-    # -- noise ------------------------------------------------------------------------------
+    # -- shapes and memory ------------------------------------------------------------------
     def _shape(self, shape, x_T) -> tuple[int, ...]:
         if x_T is not None:
             return tuple(np.shape(x_T))
@@ -309,16 +433,36 @@ class OrtSampler:
                 name, f"shape {shape} does not fit the model's state {tuple(self.dims)}"
             )
 
-    def host_noise(self, shape: tuple[int, ...], seed: int | None):
-        """(x_T, step_noise or None) drawn as :mod:`refdiff.sampling` draws them, float32."""
-        rng = np.random.default_rng(seed)
-        x_T = rng.standard_normal(shape)
-        z = (
-            rng.standard_normal((self.num_steps, *shape))
-            if self.noisy and self.noise == "input"
-            else None
-        )
-        return x_T.astype(np.float32), None if z is None else z.astype(np.float32)
+    def _host_chunk(self, shape: tuple[int, ...]) -> int:
+        """Steps of host noise per ``"graph"``-mode run (≥ 1, ≤ N)."""
+        per_step = 4 * math.prod(shape)
+        return int(min(self.num_steps, max(1, HOST_CHUNK_BYTES // per_step)))
+
+    def memory_estimate(self, shape: tuple[int, ...]) -> int:
+        """Estimated peak bytes of a run on ``shape``: the model's weights (held by onnx and by
+        onnxruntime) plus the sampler's float32 states (docs/deploy.md, "Memory"); the
+        denoiser's activations are not counted."""
+        state = 4 * math.prod(shape)
+        g = self.guidance
+        wide = 2 if g is not None and g.mode == "batched" else 1  # a 2B denoiser call
+        outs = 2 if g is not None else 1
+        host_noise = self.noise == "input" and self.noisy
+        if self.mode == "graph":
+            chunk = self._host_chunk(shape) if host_noise else 0
+            # x_T, the carried state (2), its output, the noise chunk and its S·z (2)
+            states = 4 + 2 * chunk + (2 * wide + outs if g is not None else 1)
+        else:
+            states = 2 + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
+        if self.tables is not None and self.tables.multistep:
+            states += 2  # m, ping-pong
+        model = self.graph_model if self.denoiser is None else self.denoiser.model
+        size = len(model) if isinstance(model, bytes) else model.ByteSize()
+        extra = 0  # conditioning arrays: cond, uncond and their 2B stack (batched guidance)
+        for e in self.extras:
+            if e.batched and e.shape is not None:
+                per = math.prod(d for d in e.shape[1:] if d is not None)
+                extra += e.dtype.itemsize * per * shape[0] * (1 if g is None else 4)
+        return int(states * state + extra + 2 * size)
 
     # -- sampling ---------------------------------------------------------------------------
     def sample(
@@ -328,6 +472,8 @@ class OrtSampler:
         *,
         shape=None,
         seed: int | None = None,
+        cond: Mapping | None = None,
+        uncond: Mapping | None = None,
         progress: bool = False,
         callback: Callable[[int, int, np.ndarray], None] | None = None,
     ) -> np.ndarray:
@@ -335,70 +481,144 @@ class OrtSampler:
 
         Give ``x_T`` (and ``step_noise`` (N, B, *S) when the sampler adds noise and
         ``noise="input"``), or ``shape`` (or just the batch size B) and ``seed`` to draw them on
-        the host as :mod:`refdiff.sampling` would.  With in-graph noise in ``"graph"`` mode only
-        the batch size is used.  ``progress`` shows a tqdm bar (per-step modes);
-        ``callback(k, t, x)`` gets each state (copied to the host: slow).
+        the host in the layout of :mod:`refdiff.export.noise` (one step at a time; ``seed``
+        None: fresh entropy).  With in-graph noise in ``"graph"`` mode only the batch size is
+        used.  ``cond`` / ``uncond``: the conditioning inputs (name → array, batch 1 or B; see
+        :func:`refdiff.export.conditioning.prepare_conditioning`).  ``progress`` shows a tqdm
+        bar (per-step modes); ``callback(k, t, x)`` gets each state (copied to the host: slow).
         """
         shape = self._shape(shape, x_T)
         self._check_state_shape(shape, "x_T" if x_T is not None else "shape")
+        check_memory(self.memory_estimate(shape), f"sampling {shape}", limit=self.memory_limit)
+        conds = self._conditioning(cond, uncond, shape[0])
         if self.mode == "graph" and self.noise == "graph":
             if x_T is not None or step_noise is not None:
                 raise InputError(
                     "x_T", "this sampler draws its noise in-graph; pass shape= or a batch size"
                 )
-            return self._run_graph({"batch_size": np.array(shape[0], np.int64)})
+            return self._run_graph({"batch_size": np.array(shape[0], np.int64), **conds})
+        x_T, fill = self._noise_plan(shape, x_T, step_noise, seed)
+        if self.mode == "graph":
+            return self._run_graph_chunks(x_T, fill, conds)
+        return self._run_loop(x_T, fill, conds, progress, callback)
+
+    __call__ = sample
+
+    def _conditioning(self, cond, uncond, batch: int) -> dict:
+        """Graph feeds of the conditioning inputs (names as the fused/sampler graphs take them)."""
+        if self.denoiser is None:  # a sampler file: its extra inputs by name
+            known = ("x_T", "step_noise", "step_start", "batch_size")
+            feeds = {}
+            for name in self._graph_inputs:
+                if name in known:
+                    continue
+                src = uncond if name.startswith(UNCOND_PREFIX) else cond
+                key = name[len(UNCOND_PREFIX) :] if name.startswith(UNCOND_PREFIX) else name
+                if not src or key not in src:
+                    raise InputError("cond", f"this sampler file needs the input {name!r}")
+                feeds[name] = cast_input(  # to the graph input's type, with the typed errors
+                    f"{'uncond' if src is uncond else 'cond'}[{key!r}]",
+                    src[key],
+                    _ORT_TYPES.get(self._graph_inputs[name].type, np.dtype(np.float32)),
+                )
+            return feeds
+        c, u = prepare_conditioning(self.extras, cond, uncond, self.guidance, batch)
+        feeds = dict(c)
+        if u is not None:
+            feeds.update({UNCOND_PREFIX + k: v for k, v in u.items()})
+        return feeds
+
+    def _noise_plan(self, shape, x_T, step_noise, seed):
+        """(x_T float32, fill(k, out) writing step k's float32 noise into out, or None)."""
+        needs = self.noisy and self.noise == "input"
         if x_T is None:
             if step_noise is not None:
                 raise InputError("x_T", "step_noise was given without x_T")
-            x_T, step_noise = self.host_noise(shape, seed)
-        else:
-            x_T = as_float_array(x_T, "x_T").astype(np.float32)
-            if self.noisy and self.noise == "input":
-                if step_noise is None:
-                    raise InputError(
-                        "step_noise", "this sampler adds noise: pass step_noise (N, B, *S) with x_T"
-                    )
-                step_noise = as_float_array(step_noise, "step_noise")
-                if step_noise.shape != (self.num_steps, *shape):
-                    raise ShapeError(
-                        "step_noise",
-                        f"shape {step_noise.shape} is not (N={self.num_steps}, *{shape})",
-                    )
-                step_noise = step_noise.astype(np.float32)
-            else:
-                step_noise = None
-        if self.mode == "graph":
-            feeds = {"x_T": x_T}
-            if step_noise is not None:
-                feeds["step_noise"] = step_noise
-            return self._run_graph(feeds)
-        return self._run_loop(x_T, step_noise, progress, callback)
+            if seed is None:
+                seed = new_seed()
+            stream = NoiseStream(seed, (1, *shape[1:]))  # checks the seed
+            x_T = fill_noise(np.empty(shape, np.float32), stream.seed, 0)
+            scale = self._file_x_T_scale if self.tables is None else self.tables.x_T_scale
+            if scale != 1.0:  # σ-view samplers: x_T = σ_0 z
+                x_T = (x_T.astype(np.float64) * scale).astype(np.float32)
+            if not needs:
+                return x_T, None
+            return x_T, lambda k, out: fill_noise(out, stream.seed, k + 1)
+        x_T = as_float_array(x_T, "x_T").astype(np.float32)
+        if not needs:
+            return x_T, None
+        if step_noise is None:
+            raise InputError(
+                "step_noise", "this sampler adds noise: pass step_noise (N, B, *S) with x_T"
+            )
+        z = np.asarray(step_noise)
+        if z.dtype.kind != "f":
+            as_float_array(z[:1], "step_noise")  # the typed dtype error
+        if z.shape != (self.num_steps, *shape):
+            raise ShapeError("step_noise", f"shape {z.shape} is not (N={self.num_steps}, *{shape})")
+        for k in range(z.shape[0]):  # a slice at a time: no float64 copy of (N, B, *S)
+            if not np.isfinite(z[k]).all():
+                raise NonFiniteError("step_noise", f"has NaN or Inf (step {k})")
 
-    __call__ = sample
+        def fill(k, out):
+            out[...] = z[k]
+            return out
+
+        return x_T, fill
+
+    # -- the whole-sampler graph ------------------------------------------------------------
+    def _run_graph_chunks(self, x_T: np.ndarray, fill, conds: dict) -> np.ndarray:
+        """Run the sampler graph on chunks of steps with a bounded host-noise chunk each."""
+        sess = self.graph_session  # step_start has a default: an overridable initializer
+        ins = {i.name for i in (*sess.get_inputs(), *sess.get_overridable_initializers())}
+        if fill is None:
+            return self._run_graph({"x_T": x_T, **conds})
+        N = self.num_steps
+        if "step_start" not in ins:  # a sampler file written before step_start: all at once
+            z = np.empty((N, *x_T.shape), np.float32)
+            for k in range(N):
+                fill(k, z[k])
+            return self._run_graph({"x_T": x_T, "step_noise": z, **conds})
+        K = self._host_chunk(x_T.shape)
+        buf = np.empty((K, *x_T.shape), np.float32)
+        x = x_T
+        for start in range(0, N, K):
+            n = min(K, N - start)
+            for j in range(n):
+                fill(start + j, buf[j])
+            feeds = {"x_T": x, "step_noise": buf[:n], "step_start": np.array(start, np.int64)}
+            x = self._run_graph({**feeds, **conds})
+        return x
 
     def _run_graph(self, feeds: dict) -> np.ndarray:
         from .model_io import CorruptModelError
 
         label = getattr(self, "_label", "<model>")
         try:
-            out = self.graph_session.run(["x_0"], feeds)[0]
+            out = _interruptible_run(self.graph_session, ["x_0"], feeds)
+        except KeyboardInterrupt:
+            raise
         except ValueError as e:  # onnxruntime: the graph's inputs are not what its metadata says
             raise CorruptModelError(label, f"inputs do not match the metadata: {e}") from None
         except Exception as e:  # onnxruntime's own errors: feeds are checked, so the file is bad
             _raise_ort_failure(e, label, "onnxruntime failed running it")
         return _finite(out, label)
 
-    def _run_loop(self, x_T: np.ndarray, step_noise, progress: bool, callback) -> np.ndarray:
-        import onnxruntime as ort
-
+    # -- the per-step loop ------------------------------------------------------------------
+    def _run_loop(self, x_T: np.ndarray, fill, conds: dict, progress: bool, callback):
         if self.cuda_graph and x_T.shape[0] != self.batch:
             raise ShapeError(
                 "x_T", f"batch {x_T.shape[0]} differs from the captured batch {self.batch}"
             )
+        buf = self._allocate(x_T, fill is not None, conds)
+        binds = self._bindings(buf)
+        return self._drive(binds, buf, fill, x_T.shape, progress, callback)
+
+    def _allocate(self, x_T: np.ndarray, noisy: bool, conds: dict) -> _Buffers:
+        """Stage 1: every device buffer the loop binds (states, counter, noise, model I/O)."""
+        import onnxruntime as ort
+
         dev, did = self.provider, self.device_id
-        N, B = self.num_steps, x_T.shape[0]
-        den = self.denoiser
-        sig = den.signature
 
         def value(a):
             return ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), dev, did)
@@ -406,91 +626,210 @@ class OrtSampler:
         def empty(shape, dtype):
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, dev, did)
 
-        x = [value(x_T), empty(x_T.shape, np.float32)]
+        x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
+        x = [x0, empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
-        noise = value(step_noise) if step_noise is not None else None
-        run_opts = [None, None]
-        if self.cuda_graph:  # one captured graph per binding (ping and pong)
-            run_opts = []
-            for p in (0, 1):
-                ro = ort.RunOptions()
-                ro.add_run_config_entry("gpu_graph_id", str(p + 1))
-                run_opts.append(ro)
+        m = None
+        if self.tables.multistep:
+            m = [value(np.zeros_like(x_T)), empty(x_T.shape, np.float32)]
+        z = z_host = None
+        if noisy:
+            z_host = np.zeros(x_T.shape, np.float32)
+            z = ort.OrtValue.ortvalue_from_numpy(z_host, dev, did)
+            if dev != "cpu" or z.data_ptr() != z_host.ctypes.data:
+                z_host = _Upload(z, z_host)  # a host buffer copied to the device each step
+        if self.mode == "fused":
+            extras = {"step": {n: value(a) for n, a in conds.items()}}
+            return _Buffers(x, k, z, z_host, [], [], [], extras, m)
+        den, g = self.denoiser, self.guidance
+        sig = den.signature
+        B = x_T.shape[0]
+        batched = g is not None and g.mode == "batched"
+        mB = 2 * B if batched else B
+        mshape = (mB, *x_T.shape[1:])
+        t0 = model_time_table(den, self.tables)[0]
+        t0 = {"scalar": np.asarray(t0), "one": np.asarray([t0]), "batch": np.full(mB, t0)}[
+            sig.time_shape
+        ]
+        tm = [value(t0.astype(sig.time_dtype)), empty(t0.shape, sig.time_dtype)]
+        if sig.state_dtype != np.float32 or batched or self.tables.c_in is not None:
+            xm0 = x_T
+            if self.tables.c_in is not None:  # σ-view: the model sees c_in,0 · x_T
+                xm0 = (np.float32(self.tables.c_in[0]) * x_T).astype(np.float32)
+            xm0 = np.concatenate([xm0, xm0]) if batched else xm0
+            xm = [value(xm0.astype(sig.state_dtype)), empty(mshape, sig.state_dtype)]
+        else:
+            xm = x
+        outs = [empty(mshape, sig.output_dtype)]
+        c = {e.name: conds[e.name] for e in self.extras}
+        u = {e.name: conds.get(UNCOND_PREFIX + e.name) for e in self.extras}
+        if g is None:
+            extras = {"cond": {n: value(a) for n, a in c.items()}}
+        elif batched:
+            extras = {
+                "cond": {n: value(a) for n, a in stack_conditioning(self.extras, c, u).items()}
+            }
+        else:
+            outs.append(empty(mshape, sig.output_dtype))
+            extras = {
+                "cond": {n: value(a) for n, a in c.items()},
+                "uncond": {n: value(a) for n, a in u.items()},
+            }
+        return _Buffers(x, k, z, z_host, xm, tm, outs, extras, m)
+
+    def _bindings(self, buf: _Buffers) -> list:
+        """Stage 2: per parity p, the (session, io_binding) runs of one step."""
         step = self.step_session
         binds = []
-        if self.mode == "fused":
-            for p in (0, 1):
-                io = step.io_binding()
-                io.bind_ortvalue_input("x", x[p])
-                if noise is not None:
-                    io.bind_ortvalue_input("step_noise", noise)
-                io.bind_ortvalue_input("k", k[p])
-                io.bind_ortvalue_output("x_next", x[1 - p])
-                io.bind_ortvalue_output("k_next", k[1 - p])
-                binds.append(((step, io),))
-        else:
-            t0 = model_time_table(den, self.tables)[0]
-            t0 = {"scalar": np.asarray(t0), "one": np.asarray([t0]), "batch": np.full(B, t0)}[
-                sig.time_shape
-            ]
-            tshape = t0.shape
-            tm = [value(t0.astype(sig.time_dtype)), empty(tshape, sig.time_dtype)]
-            if sig.state_dtype != np.float32:
-                xm = [value(x_T.astype(sig.state_dtype)), empty(x_T.shape, sig.state_dtype)]
-            else:
-                xm = x
-            out = empty(x_T.shape, sig.output_dtype)
-            dsess = self.den_session
-            for p in (0, 1):
-                dio = dsess.io_binding()
-                dio.bind_ortvalue_input(sig.state_input, xm[p])
-                dio.bind_ortvalue_input(sig.time_input, tm[p])
+        for p in (0, 1):
+            sio = step.io_binding()
+            sio.bind_ortvalue_input("x", buf.x[p])
+            if buf.z is not None:
+                sio.bind_ortvalue_input("z", buf.z)
+            sio.bind_ortvalue_input("k", buf.k[p])
+            sio.bind_ortvalue_output("x_next", buf.x[1 - p])
+            sio.bind_ortvalue_output("k_next", buf.k[1 - p])
+            if buf.m is not None:
+                sio.bind_ortvalue_input("m", buf.m[p])
+                sio.bind_ortvalue_output("m_next", buf.m[1 - p])
+            if self.mode == "fused":
+                for n, v in buf.extras["step"].items():
+                    sio.bind_ortvalue_input(n, v)
+                binds.append(((step, sio),))
+                continue
+            sig = self.denoiser.signature
+            runs = []
+            for j, out in enumerate(buf.outs):
+                dio = self.den_session.io_binding()
+                dio.bind_ortvalue_input(sig.state_input, buf.xm[p])
+                dio.bind_ortvalue_input(sig.time_input, buf.tm[p])
+                for n, v in buf.extras["cond" if j == 0 else "uncond"].items():
+                    dio.bind_ortvalue_input(n, v)
                 dio.bind_ortvalue_output(sig.output, out)
-                sio = step.io_binding()
-                sio.bind_ortvalue_input("x", x[p])
-                sio.bind_ortvalue_input("model_output", out)
-                if noise is not None:
-                    sio.bind_ortvalue_input("step_noise", noise)
-                sio.bind_ortvalue_input("k", k[p])
-                sio.bind_ortvalue_output("x_next", x[1 - p])
-                if sig.state_dtype != np.float32:
-                    sio.bind_ortvalue_output("x_model", xm[1 - p])
-                sio.bind_ortvalue_output("t_model", tm[1 - p])
-                sio.bind_ortvalue_output("k_next", k[1 - p])
-                binds.append(((dsess, dio), (step, sio)))
+                runs.append((self.den_session, dio))
+            sio.bind_ortvalue_input("model_output", buf.outs[0])
+            if len(buf.outs) == 2:
+                sio.bind_ortvalue_input("model_output_uncond", buf.outs[1])
+            if buf.xm is not buf.x:
+                sio.bind_ortvalue_output("x_model", buf.xm[1 - p])
+            sio.bind_ortvalue_output("t_model", buf.tm[1 - p])
+            binds.append((*runs, (step, sio)))
+        return binds
+
+    def _run_options(self) -> list:
+        if not self.cuda_graph:
+            return [None, None]
+        import onnxruntime as ort
+
+        opts = []
+        for p in (0, 1):  # one captured graph per binding (ping and pong)
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(p + 1))
+            opts.append(ro)
+        return opts
+
+    def _drive(self, binds, buf: _Buffers, fill, shape, progress: bool, callback) -> np.ndarray:
+        """Stage 3: N steps: upload step k's noise, run the bindings, report progress."""
+        N = self.num_steps
+        label = self.denoiser.label
+        run_opts = self._run_options()
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=N, unit="step", desc=f"{self.tables.sampler} on {dev}", leave=False)
+            desc = f"{self.tables.sampler} on {self.provider}"
+            bar = tqdm(total=N, unit="step", desc=desc, leave=False)
         try:
             for i in range(N):
                 p = i % 2
+                if fill is not None:
+                    _fill_step(buf.z_host, fill, i)
                 for j, (sess, io) in enumerate(binds[p]):
-                    if i == 0 and j == 0 and self.mode == "steps":
-                        try:
-                            sess.run_with_iobinding(io, run_opts[p])
-                        except Exception as e:  # noqa: BLE001 - the user's model failed on our inputs
+                    try:
+                        sess.run_with_iobinding(io, run_opts[p])
+                    except Exception as e:  # noqa: BLE001 - mapped to typed errors
+                        if i == 0 and j == 0 and self.mode == "steps":  # the user's model failed
                             raise SignatureError(
-                                den.label,
-                                f"the denoiser failed on a state of shape {x_T.shape}: "
+                                label,
+                                f"the denoiser failed on a state of shape {shape}: "
                                 f"{str(e).splitlines()[0]}",
                             ) from None
-                    else:
-                        try:
-                            sess.run_with_iobinding(io, run_opts[p])
-                        except Exception as e:  # noqa: BLE001 - mapped below when onnxruntime's
-                            _raise_ort_failure(
-                                e, den.label, f"onnxruntime failed at step {i + 1} of {N}"
-                            )
+                        _raise_ort_failure(e, label, f"onnxruntime failed at step {i + 1} of {N}")
                 if bar is not None:
                     bar.update(1)
                 if callback is not None:
-                    callback(i, N - i - 1, np.array(x[1 - p].numpy(), copy=True))
+                    callback(i, N - i - 1, np.array(buf.x[1 - p].numpy(), copy=True))
         finally:
             if bar is not None:
                 bar.close()
-        return _finite(np.array(x[N % 2].numpy(), copy=True), den.label)  # .numpy() may alias
+        out = buf.x[N % 2].numpy()
+        if not out.flags.owndata:  # a view of onnxruntime's buffer: copy it out once
+            out = out.copy()
+        return _finite(out, label)
+
+
+class _Upload:
+    """A host buffer whose contents go to a device OrtValue after each fill (CUDA)."""
+
+    def __init__(self, value, host: np.ndarray):
+        self.value, self.host = value, host
+
+
+def _fill_step(target, fill, k: int) -> None:
+    if isinstance(target, _Upload):
+        fill(k, target.host)
+        target.value.update_inplace(target.host)
+    else:  # the OrtValue aliases this host array (CPU)
+        fill(k, target)
+
+
+_WORKER = None  # one long-lived thread for whole-graph runs (module doc, Ctrl-C)
+
+
+def _interruptible_run(session, outputs: list, feeds: dict):
+    """``session.run`` in a worker thread, so Ctrl-C in the main thread cancels it
+    (``RunOptions.terminate``) instead of waiting for the whole sampler.
+
+    The thread is reused: a fresh thread per run would get a fresh malloc arena each time,
+    and the memory freed in it is not returned (measured: RSS grew with every run)."""
+    global _WORKER
+    import concurrent.futures
+
+    import onnxruntime as ort
+
+    if _WORKER is None:
+        _WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="refdiff-ort")
+    ro = ort.RunOptions()
+    ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
+    fut = _WORKER.submit(session.run, outputs, feeds, ro)
+    try:  # a blocking wait (a lock acquire): Ctrl-C interrupts it; polling would add ~10 ms
+        return fut.result()[0]
+    except KeyboardInterrupt:
+        ro.terminate = True
+        concurrent.futures.wait([fut])
+        raise
+
+
+def _walk_options(num_inference_steps, spacing, steps_offset) -> dict:
+    """The respacing arguments that were given (a sampler file refuses them)."""
+    given = dict(
+        num_inference_steps=num_inference_steps, spacing=spacing, steps_offset=steps_offset
+    )
+    return {k: v for k, v in given.items() if v not in (None, 0)}
+
+
+def _walked(schedule: Schedule, num_inference_steps, spacing, steps_offset) -> Schedule:
+    """``schedule`` respaced to ``num_inference_steps`` (docs/math.md eq. 2.9), as diffusers'
+    ``set_timesteps``: ``spacing`` leading (default) | trailing | linspace | sections."""
+    if num_inference_steps is None:
+        if spacing is not None or steps_offset:
+            arg = "spacing" if spacing is not None else "steps_offset"
+            raise InputError(arg, "has no effect without num_inference_steps")
+        return schedule
+    from .schedules import respaced
+
+    names = {"steps": "num_inference_steps"}
+    return respaced(schedule, num_inference_steps, spacing or "leading", steps_offset, names=names)
 
 
 def _raise_ort_failure(e: Exception, label: str, what: str):
@@ -510,7 +849,9 @@ def _raise_ort_failure(e: Exception, label: str, what: str):
 
 def _finite(out: np.ndarray, label: str) -> np.ndarray:
     """The sample, or NonFiniteError when the model produced NaN/Inf (every mode alike)."""
-    if not np.isfinite(out).all():
+    with np.errstate(over="ignore", invalid="ignore"):  # a finite sum proves every value
+        finite = math.isfinite(float(np.add.reduce(out, axis=None, dtype=np.float64)))
+    if not finite and not np.isfinite(out).all():  # no boolean temporary unless needed
         bad = int(out.size - np.count_nonzero(np.isfinite(out)))
         raise NonFiniteError("model", f"{label} returned NaN or Inf ({bad} of {out.size} values)")
     return out
@@ -518,10 +859,10 @@ def _finite(out: np.ndarray, label: str) -> np.ndarray:
 
 def sample(model: object, schedule: Schedule | None = None, shape=None, **kwargs) -> np.ndarray:
     """One-shot :class:`OrtSampler` (``kwargs``: its arguments plus ``x_T``, ``step_noise``,
-    ``seed``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`); float32 x_0."""
-    run_kw = {
-        k: kwargs.pop(k) for k in ("x_T", "step_noise", "progress", "callback") if k in kwargs
-    }
+    ``seed``, ``cond``, ``uncond``, ``progress``, ``callback`` of :meth:`OrtSampler.sample`);
+    float32 x_0."""
+    run_keys = ("x_T", "step_noise", "progress", "callback", "cond", "uncond")
+    run_kw = {k: kwargs.pop(k) for k in run_keys if k in kwargs}
     seed = kwargs.pop("seed", None)
     if kwargs.get("noise") == "graph" and seed is not None:
         kwargs["seed"] = seed

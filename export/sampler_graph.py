@@ -2,8 +2,18 @@
 
 ``noise="input"`` (parity with the reference; the noise layout of :mod:`refdiff.sampling`):
 
-    inputs   x_T (B, *S) float32, [step_noise (N, B, *S) float32 — only when the sampler adds noise]
+    inputs   x_T (B, *S) float32, [step_noise (K, B, *S) float32 and step_start () int64 —
+             only when the sampler adds noise]
     outputs  x_0 (B, *S) float32, [trajectory (N, B, *S) float32: the state after each step]
+
+A run takes the steps step_start … step_start + K − 1 (``step_start`` is an input with the
+default 0, so feeding the whole (N, B, *S) noise runs the whole sampler): x_T is the state
+before step ``step_start``.  The runtime feeds bounded chunks of host noise this way, so no
+(N, B, *S) array exists (docs/deploy.md, "Memory").  With ``trajectory`` the noise is the
+whole (N, B, *S) and there is no ``step_start``.  Conditioning inputs (and their
+``uncond/`` values with guidance) follow (:mod:`refdiff.export.conditioning`).  Multistep
+σ-view samplers (``dpmpp_2m``) carry m, the previous step's x̂_0, beside x in the Loop and
+the Scan (:mod:`refdiff.export.sigma_tables`).
 
 ``noise="graph"`` (speed; checked statistically): x_T and every step's z are drawn in-graph
 by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:
@@ -49,17 +59,19 @@ seed, batch size and run history.  CPU and CUDA draw different streams.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from refdiff.errors import InputError
 
 from ._graph import GraphBuilder, tensor_info
+from ._lazy import onnx
+from .conditioning import Guidance, conditioning_inputs
 from .model_io import DenoiserModel
 from .steps import (
-    _finish,
     check_noise,
     check_seed,
-    emit_denoiser_call,
+    emit_guided_call,
+    emit_stacked,
+    finish_sampler_model,
     model_time_table,
     sampler_metadata,
     state_dims,
@@ -81,6 +93,7 @@ def sampler_model(
     batch: int | None = None,
     state_shape=None,
     trajectory: bool = False,
+    guidance: Guidance | None = None,
 ) -> onnx.ModelProto:
     """The whole DDPM/DDIM sampler over ``tables`` with the denoiser ``den`` embedded.
 
@@ -93,6 +106,8 @@ def sampler_model(
         state_shape: the full state shape, needed with ``noise="graph"`` when the model leaves
             data dims unspecified
         trajectory: also output every intermediate state
+        guidance: classifier-free guidance (:mod:`refdiff.export.conditioning`); the model's
+            conditioning inputs are graph inputs either way
     Returns: ``onnx.ModelProto`` (IR 10, opset 21), checked, with refdiff metadata.
     """
     check_noise(noise)
@@ -104,13 +119,23 @@ def sampler_model(
         )
     b = GraphBuilder()
     inputs, meaning_in = [], {}
+    chunked = noise == "input" and tables.noisy and not trajectory
     if noise == "input":
         x_T = "x_T"
         inputs.append(tensor_info("x_T", np.float32, dims))
-        meaning_in["x_T"] = "initial state x_T ~ N(0, I), (B, *S) float32"
+        meaning_in["x_T"] = "the state before step step_start (x_T when 0), (B, *S) float32"
         if tables.noisy:
-            inputs.append(tensor_info("step_noise", np.float32, [tables.N, *dims]))
-            meaning_in["step_noise"] = "(N, B, *S) standard normal; step_noise[k] is used by step k"
+            n_dim = "K" if chunked else tables.N
+            inputs.append(tensor_info("step_noise", np.float32, [n_dim, *dims]))
+            meaning_in["step_noise"] = (
+                "(K, B, *S) standard normal; step_noise[j] is used by step step_start + j"
+                if chunked
+                else "(N, B, *S) standard normal; step_noise[k] is used by step k"
+            )
+        if chunked:  # an input with a default: runs the steps [step_start, step_start + K)
+            inputs.append(tensor_info("step_start", np.int64, []))
+            b.initializers.append(onnx.numpy_helper.from_array(np.array(0, np.int64), "step_start"))
+            meaning_in["step_start"] = "first step to run (int64 scalar, default 0)"
         shape = b.op("Shape", x_T)
     else:
         inputs.append(tensor_info("batch_size", np.int64, []))
@@ -118,26 +143,44 @@ def sampler_model(
         bs = b.op("Unsqueeze", "batch_size", _i64(b, [0], "axes"))
         shape = b.op("Concat", bs, _i64(b, dims[1:], "data_dims"), axis=0)
         x_T = b.op("RandomNormalLike", _zeros(b, shape), dtype=_F32, seed=float(2 * seed))
-    plan = _Plan(b, den, tables, noise, seed, dims, shape)
+        if tables.x_T_scale != 1.0:  # σ-view samplers start at x_T = σ_0 z
+            x_T = b.op("Mul", x_T, b.const(np.float32(tables.x_T_scale), hint="x_T_scale"))
+    cinfo, cmeaning, cnames, unames = conditioning_inputs(den, guidance, dims[0])
+    inputs += cinfo
+    meaning_in.update(cmeaning)
+    stacked = None
+    if guidance is not None and guidance.mode == "batched":
+        stacked = emit_stacked(b, den, cnames, unames)
+    plan = _Plan(b, den, tables, noise, seed, dims, shape, chunked)
+    plan.call = (guidance, cnames, unames, stacked)
     if trajectory:  # one chunk: all N steps, the Scan's own scan output is the trajectory
         scan_inputs = plan.chunk_inputs(b, x_T)
-        b.op("Scan", *scan_inputs, outputs=["x_0", "trajectory"], **plan.scan_attrs(True))
+        if tables.multistep:
+            scan_inputs.insert(1, b.op("Mul", x_T, b.const(np.float32(0.0))))
+        outs = ["x_0", "m_0", "trajectory"] if tables.multistep else ["x_0", "trajectory"]
+        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(True))
         b.initializers.extend(plan.den_inits)
     else:
         count = plan.trip_count()  # sets the chunk size the Loop body reads
-        b.op("Loop", count, "", x_T, outputs=["x_0"], body=plan.chunk_loop_body())
+        if tables.multistep:  # the loop also carries m, the previous step's x̂_0 (zeros first)
+            m0 = b.op("Mul", x_T, b.const(np.float32(0.0)))
+            b.op("Loop", count, "", x_T, m0, outputs=["x_0", "m_0"], body=plan.chunk_loop_body())
+        else:
+            b.op("Loop", count, "", x_T, outputs=["x_0"], body=plan.chunk_loop_body())
     out_dims = dims if noise == "input" else ["B", *dims[1:]]
     outputs = [tensor_info("x_0", np.float32, out_dims)]
     meaning_out = {"x_0": "the sample, (B, *S) float32"}
     if trajectory:
         outputs.append(tensor_info("trajectory", np.float32, [tables.N, *out_dims]))
         meaning_out["trajectory"] = "(N, B, *S): the state after each step"
-    meta = sampler_metadata("sampler", den, tables, noise, seed, (meaning_in, meaning_out))
+    meta = sampler_metadata(
+        "sampler", den, tables, noise, seed, (meaning_in, meaning_out), guidance
+    )
     doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, Loop over chunks of a Scan"
-    return _finish(b, "refdiff_sampler", inputs, outputs, meta, doc)
+    return finish_sampler_model(b, "refdiff_sampler", inputs, outputs, meta, doc)
 
 
-_F32 = onnx.TensorProto.FLOAT
+_F32 = 1  # onnx.TensorProto.FLOAT (onnx.proto's DataType)
 _DEN = "den/"  # prefix of every name of the embedded denoiser
 
 
@@ -165,8 +208,9 @@ class _Plan:
     reserves about twice the peak memory at large batch (arena; measured at batch 65536).
     """
 
-    def __init__(self, b, den, tables, noise, seed, dims, shape):
+    def __init__(self, b, den, tables, noise, seed, dims, shape, chunked=False):
         self._b_root = b
+        self.chunked = chunked
         self.den, self.tables, self.noise, self.seed = den, tables, noise, seed
         self.dims, self.shape, self.N = dims, shape, tables.N
         N = tables.N
@@ -184,6 +228,11 @@ class _Plan:
         if tables.clip is not None:
             for name, col in (("ax_k", tables.ax), ("ao_k", tables.ao), ("C_k", tables.C)):
                 self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
+        if tables.multistep:
+            for name, col in (("H_k", tables.H), ("Dx_k", tables.Dx), ("Do_k", tables.Do)):
+                self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
+        if tables.c_in is not None:
+            self.cols.append(("cin_k", b.const(tables.c_in, np.float32, hint="coef_c_in")))
         self.S = None
         if tables.noisy:  # (N, 1, …, 1): broadcasts over a (K, B, *S) chunk of z
             self.S = b.const(tables.S.reshape(N, *[1] * len(dims)), np.float32, hint="coef_S")
@@ -192,12 +241,17 @@ class _Plan:
         per_sample = np.dtype(sig.time_dtype).itemsize if self.time_kind == "batch" else 0
         self.per_elem, self.per_sample = per_elem, per_sample
         self.batch1 = b.op("Slice", shape, _i64(b, [0], "zero1"), _i64(b, [1], "one1"))
+        if chunked:  # the steps run: [step_start, step_start + K), K = len(step_noise)
+            self.n_run = b.op("Shape", "step_noise", start=0, end=1)
+            self.start = b.op("Unsqueeze", "step_start", _i64(b, [0], "axes"))
+        else:
+            self.n_run, self.start = _i64(b, [N], "n_steps"), None
 
     # -- the chunk Loop ----------------------------------------------------------------------
     def trip_count(self):
         """() int64 number of chunks ⌈N / K⌉; K (1,) int64 is kept in ``self.K``."""
         b, N = self._b_root, self.N
-        if self.per_elem == 0 and self.per_sample == 0:
+        if self.per_elem == 0 and self.per_sample == 0 and not self.chunked:
             self.K = _i64(b, [N], "chunk_all")
             return b.const(np.int64(1), hint="one_chunk")
         cost = None
@@ -208,24 +262,34 @@ class _Plan:
             c2 = b.op("Mul", self.batch1, _i64(b, [self.per_sample], "bytes_per_sample"))
             cost = c2 if cost is None else b.op("Add", cost, c2)
         k = b.op("Div", _i64(b, [CHUNK_BYTES], "chunk_bytes"), cost)
-        self.K = b.op("Max", b.op("Min", k, _i64(b, [N], "n_steps")), _i64(b, [1], "one1"))
-        count = b.op("Div", b.op("Add", self.K, _i64(b, [N - 1], "n_minus_1")), self.K)
+        self.K = b.op("Max", b.op("Min", k, self.n_run), _i64(b, [1], "one1"))
+        last = b.op("Sub", b.op("Add", self.n_run, self.K), _i64(b, [1], "one1"))
+        count = b.op("Div", last, self.K)
         return b.op("Squeeze", count, _i64(b, [0], "axes"))
 
     def chunk_loop_body(self) -> onnx.GraphProto:
         g = self._b_root.child()
         lo = g.op("Mul", g.op("Unsqueeze", "chunk", _i64(g, [0], "axes")), self.K)
-        hi = g.op("Min", g.op("Add", lo, self.K), _i64(g, [self.N], "n_steps"))
+        hi = g.op("Min", g.op("Add", lo, self.K), self.n_run)
+        ms = self.tables.multistep
         ins = self.chunk_inputs(g, "x_c", lo, hi)
-        g.op("Scan", *ins, outputs=["x_c_next"], **self.scan_attrs(False))
+        if ms:
+            ins.insert(1, "m_c")
+        outs = ["x_c_next", "m_c_next"] if ms else ["x_c_next"]
+        g.op("Scan", *ins, outputs=outs, **self.scan_attrs(False))
+        carried_in = [tensor_info("x_c", np.float32, self.dims)]
+        carried_out = [tensor_info("x_c_next", np.float32, self.dims)]
+        if ms:
+            carried_in.append(tensor_info("m_c", np.float32, self.dims))
+            carried_out.append(tensor_info("m_c_next", np.float32, self.dims))
         body = g.graph(
             "sampler_chunk",
             [
                 tensor_info("chunk", np.int64, []),
                 tensor_info("cond_c", np.bool_, []),
-                tensor_info("x_c", np.float32, self.dims),
+                *carried_in,
             ],
-            [tensor_info("cond_c", np.bool_, []), tensor_info("x_c_next", np.float32, self.dims)],
+            [tensor_info("cond_c", np.bool_, []), *carried_out],
             with_initializers=False,
         )
         body.initializer.extend(self.den_inits)  # see _Plan: weights one level above the Scan
@@ -234,8 +298,10 @@ class _Plan:
     def chunk_inputs(self, g: GraphBuilder, x: str, lo: str | None = None, hi: str | None = None):
         """Scan inputs for steps [lo, hi) (None: all N): state, times, coefficients, noise."""
 
-        def rows(table):
-            return table if lo is None else g.op("Slice", table, lo, hi)
+        shift = (lambda i: i) if self.start is None else (lambda i: g.op("Add", i, self.start))
+
+        def rows(table):  # the tables' rows of steps [lo, hi) (+ step_start)
+            return table if lo is None else g.op("Slice", table, shift(lo), shift(hi))
 
         n = _i64(g, [self.N], "n_steps") if lo is None else g.op("Sub", hi, lo)
         t = rows(self.time_table)
@@ -244,7 +310,7 @@ class _Plan:
         ins = [x, t] + [rows(table) for _, table in self.cols]
         if self.S is not None:
             if self.noise == "input":
-                z = rows("step_noise")
+                z = "step_noise" if lo is None else g.op("Slice", "step_noise", lo, hi)
             else:
                 z_shape = g.op("Concat", n, self.shape, axis=0)
                 z = g.op(
@@ -267,11 +333,15 @@ class _Plan:
         ``self.den_inits``: the caller puts them in the graph right above this body."""
         g = self._b_root.child()
         x = "x_k"
-        out = emit_denoiser_call(g, self.den, x, "t_k", prefix=_DEN)
+        guidance, cnames, unames, stacked = self.call
+        names = [c for c, _ in self.cols]
+        x_in = g.op("Mul", "cin_k", x) if "cin_k" in names else x
+        out = emit_guided_call(
+            g, self.den, x_in, "t_k", guidance, cnames, unames, stacked, len(self.dims), _DEN
+        )
         shared = g.initializers
         self.den_inits = [t for t in shared if t.name.startswith(_DEN)]
         shared[:] = [t for t in shared if not t.name.startswith(_DEN)]
-        names = [c for c, _ in self.cols]
         terms = [g.op("Mul", "A_k", x)]
         if "B_k" in names:
             terms.append(g.op("Mul", "B_k", out))
@@ -280,6 +350,11 @@ class _Plan:
             x0 = g.op("Add", g.op("Mul", "ax_k", x), g.op("Mul", "ao_k", out))
             x0 = g.op("Clip", x0, g.const(np.float32(-c)), g.const(np.float32(c)))
             terms.append(g.op("Mul", "C_k", x0))
+        ms = self.tables.multistep
+        if ms:
+            terms.append(g.op("Mul", "H_k", "m_k"))
+            m_next = g.op("Add", g.op("Mul", "Dx_k", x), g.op("Mul", "Do_k", out))
+            g.op("Identity", m_next, outputs=["m_next"])
         if self.S is not None:
             terms.append("zs_k")
         if len(terms) == 1:
@@ -287,10 +362,14 @@ class _Plan:
         else:  # one node for the whole sum; same order of float32 additions as emit_update
             g.op("Sum", *terms, outputs=["x_next"])
         outs = [tensor_info("x_next", np.float32, self.dims)]
+        ins = [tensor_info(x, np.float32, self.dims)]
+        if ms:
+            outs.append(tensor_info("m_next", np.float32, self.dims))
+            ins.append(tensor_info("m_k", np.float32, self.dims))
         if trajectory:
             g.op("Identity", "x_next", outputs=["x_step"])
             outs.append(tensor_info("x_step", np.float32, self.dims))
-        ins = [tensor_info(x, np.float32, self.dims), self.time_info]
+        ins.append(self.time_info)
         ins += [tensor_info(name, np.float32, []) for name in names]
         if self.S is not None:
             ins.append(tensor_info("zs_k", np.float32, self.dims))

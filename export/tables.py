@@ -16,6 +16,9 @@ Step k (0-based, the k-th step taken) goes from time t = N − k to N − k − 
 denoiser with the base time ``schedule.timesteps[t]`` — the layout of
 :mod:`refdiff.sampling`, so ``step_noise[k]`` is the noise of step k.
 
+The σ-view samplers ``euler``, ``euler_ancestral``, ``dpmpp_2m`` and ``flow_euler`` compile
+to the same tables plus a multistep term (:mod:`refdiff.export.sigma_tables`).
+
 Supported: DDPM with ``variance_type`` ∈ {fixed_small, fixed_large, fixed_large_iddpm} and
 ``clip``; DDIM with ``eta``, ``clip``, ``rederive_eps``, ``final_alpha_bar``,
 ``final_step_noise``.  Not supported in ONNX (a clear :class:`~refdiff.errors.OptionError`):
@@ -43,7 +46,7 @@ __all__ = [
     "conversion_coefficients",
 ]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "euler", "euler_ancestral", "dpmpp_2m", "flow_euler")
 ONNX_VARIANCE_TYPES = ("fixed_small", "fixed_large", "fixed_large_iddpm")
 _DDPM_OPTIONS = (
     "variance_type",
@@ -85,6 +88,19 @@ class StepTables:
     base_t: np.ndarray
     clip: float | None = None
     schedule: Schedule | None = field(default=None, repr=False)
+    # σ-view samplers (refdiff.export.sigma_tables): m is the previous step's x̂_0
+    H: np.ndarray | None = None  # coefficient of m in x_next
+    Dx: np.ndarray | None = None  # m_next = Dx x + Do o
+    Do: np.ndarray | None = None
+    c_in: np.ndarray | None = None  # the model is called on c_in · x
+    model_t: np.ndarray | None = None  # the model's time (1-based, or model units for flow)
+    x_T_scale: float = 1.0  # x_T = x_T_scale · z
+    time_in_model_units: bool = False
+
+    @property
+    def multistep(self) -> bool:
+        """Whether the state carries m (the previous x̂_0) beside x."""
+        return self.H is not None
 
     @property
     def N(self) -> int:
@@ -106,6 +122,11 @@ class StepTables:
         if self.S[k] != 0.0:
             y = y + self.S[k] * np.asarray(z, dtype=np.float64)
         return y
+
+    def model_times(self) -> np.ndarray:
+        """(N,) float64: the time each step calls the model with (refdiff's 1-based base time,
+        or the model's own units when ``time_in_model_units``)."""
+        return self.base_t.astype(np.float64) if self.model_t is None else self.model_t
 
 
 def conversion_coefficients(alpha_bar: np.ndarray, prediction_type: str):
@@ -158,12 +179,28 @@ def step_tables(
     that ONNX supports (see the module docstring).  Raises the typed errors the reference
     raises for the same bad input.
     """
-    if not isinstance(schedule, Schedule):
+    if not isinstance(schedule, Schedule) and not (sampler == "flow_euler" and schedule is None):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
     if sampler not in SAMPLERS:
         raise OptionError("sampler", sampler, list(SAMPLERS))
     if prediction_type not in PREDICTION_TYPES:
         raise OptionError("prediction_type", prediction_type, list(PREDICTION_TYPES))
+    if sampler not in ("ddpm", "ddim"):
+        from .sigma_tables import sigma_step_tables
+
+        f = sigma_step_tables(schedule, sampler, prediction_type, options)
+        n = f["A"].shape[0]
+        t = np.arange(n, 0, -1, dtype=np.int64)
+        return StepTables(
+            sampler=sampler,
+            prediction_type=prediction_type,
+            t=t,
+            base_t=np.zeros(n, np.int64),
+            ax=np.zeros(n),
+            ao=np.zeros(n),
+            schedule=schedule,
+            **f,
+        )
     _check_options(sampler, options)
     N = schedule.T
     t = np.arange(N, 0, -1, dtype=np.int64)  # t[k] = N − k

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import warnings
 from collections.abc import Sequence
 
@@ -251,3 +252,15 @@ def state_and_t(schedule, x: object, t: object, name: str = "x", *, allow_zero: 
 def gather(values: np.ndarray, t: np.ndarray, ndim: int) -> np.ndarray:
     """values[t] shaped to broadcast against a (B, ...) array of ``ndim`` dimensions."""
     return per_sample(values[t], ndim)
+
+
+def state_shape(shape: object) -> tuple[int, ...]:
+    """A state shape: a non-empty tuple of positive ints, at most MAX_ELEMENTS in all."""
+    try:
+        out = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise ShapeError("shape", f"must be a tuple of ints; got {shape!r}") from None
+    if len(out) < 1 or min(out) < 1:
+        raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
+    check_size(out, "shape")
+    return out

@@ -6,10 +6,15 @@ training set is a draw from it under a stated seed.
 - ``ring``:  eight Gaussians on a ring, a :class:`refdiff.exact.GaussianMixture` whose law
   is known exactly (so the exact denoiser and the exact law tests apply):
   weights 1/8, means r·(cos 2πk/8, sin 2πk/8), covariances s²I, r = 2, s = 0.2.
+- ``two``: two anisotropic Gaussians (weights 0.3, 0.7), ``gaussian``: one correlated
+  Gaussian — small exact laws for the exporter's examples;
 - ``moons``: two interleaving half circles with Gaussian jitter (not a mixture; its law
   has no closed form, so it is compared with a large fresh draw instead):
   c ~ Bernoulli(½), θ ~ U(0, π); c = 0: (cos θ, sin θ), c = 1: (1 − cos θ, ½ − sin θ);
   plus N(0, 0.08² I); then centred by (½, ¼) and scaled by 1/0.7.
+
+This is the one registry of built-in data: ``refdiff demo --data`` and ``refdiff export
+--mixture`` both read it (``ring8``, the exporter's older name, is the same ``ring``).
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._check import check_size, is_real, option
-from .errors import InputError, RandomnessError
+from .errors import InputError, OptionError, RandomnessError
 from .exact import GaussianMixture
 
-__all__ = ["Dataset", "DATASETS", "get_dataset", "ring_mixture", "sample_moons"]
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "ALIASES",
+    "MIXTURES",
+    "get_dataset",
+    "mixture",
+    "ring_mixture",
+    "sample_moons",
+]
 
 RING_K = 8
 RING_RADIUS = 2.0
@@ -114,10 +128,46 @@ def _moons() -> Dataset:
     )
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {"ring": _ring, "moons": _moons}
+def _two() -> Dataset:
+    law = GaussianMixture(
+        np.array([0.3, 0.7]),
+        np.array([[1.5, 0.5], [-1.0, -0.5]]),
+        np.array([[[0.10, 0.05], [0.05, 0.10]], [[0.20, -0.08], [-0.08, 0.08]]]),
+    )
+    return Dataset("two", "two anisotropic Gaussians (weights 0.3, 0.7); exact law known", law,
+                   law.sample)  # fmt: skip
+
+
+def _gaussian() -> Dataset:
+    law = GaussianMixture(
+        np.ones(1), np.array([[0.5, -0.25]]), np.array([[[0.5, 0.2], [0.2, 0.3]]])
+    )
+    return Dataset("gaussian", "one correlated Gaussian; exact law known", law, law.sample)
+
+
+DATASETS: dict[str, Callable[[], Dataset]] = {
+    "ring": _ring,
+    "moons": _moons,
+    "two": _two,
+    "gaussian": _gaussian,
+}
+#: other names of the same data sets
+ALIASES: dict[str, str] = {"ring8": "ring"}
+#: names of the data sets whose law is a Gaussian mixture (what ``refdiff export --mixture``
+#: accepts), aliases included
+MIXTURES: tuple[str, ...] = ("ring8", "ring", "two", "gaussian")
 
 
 def get_dataset(name: str) -> Dataset:
-    """The embedded data set called ``name`` (one of :data:`DATASETS`)."""
-    option(name, "name", list(DATASETS))
-    return DATASETS[name]()
+    """The embedded data set called ``name`` (one of :data:`DATASETS` or :data:`ALIASES`)."""
+    option(name, "name", [*DATASETS, *ALIASES])
+    return DATASETS[ALIASES.get(name, name)]()
+
+
+def mixture(name: str) -> GaussianMixture:
+    """The exact law of the built-in mixture ``name`` (one of :data:`MIXTURES`)."""
+    if name not in MIXTURES:
+        raise OptionError("mixture", name, list(MIXTURES))
+    law = get_dataset(name).law
+    assert law is not None
+    return law

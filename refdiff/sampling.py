@@ -21,12 +21,12 @@ and draw the same noise.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 
 import numpy as np
 
 from ._check import as_batch, as_float_array, check_size, integer, noise_or_rng, option
+from ._check import state_shape as _shape
 from .affine import affine_coefficients, affine_step, is_affine
 from .errors import InputError, RandomnessError, ShapeError
 from .reverse import LEARNED, VARIANCE_TYPES, ddim_step, ddpm_step
@@ -48,18 +48,6 @@ def draw_noise(
     check_size(shape, "shape", factor=int(num_steps) + 1)
     x_T = noise_or_rng(None, rng, shape)
     return x_T, rng.standard_normal((num_steps, *shape))
-
-
-def _shape(shape) -> tuple[int, ...]:
-    """A state shape: a non-empty tuple of positive ints, at most MAX_ELEMENTS in all."""
-    try:
-        out = tuple(operator.index(s) for s in shape)
-    except TypeError:
-        raise ShapeError("shape", f"must be a tuple of ints; got {shape!r}") from None
-    if len(out) < 1 or min(out) < 1:
-        raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
-    check_size(out, "shape")
-    return out
 
 
 def _start(schedule, shape, x_T, step_noise, rng):

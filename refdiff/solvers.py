@@ -27,9 +27,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, check_size, is_real, option
+from ._check import as_batch, as_float_array, check_size, is_real, option, state_shape
 from .errors import InputError, RandomnessError, ScheduleError, ShapeError
-from .sampling import _shape
 
 __all__ = [
     "SAMPLERS",
@@ -77,14 +76,14 @@ class _Loop:
         self.n = self.sigmas.shape[0] - 1
         if x_T is not None:
             x = as_batch(x_T, "x_T")
-            if shape is not None and _shape(shape) != x.shape:
+            if shape is not None and state_shape(shape) != x.shape:
                 raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
         else:
             if shape is None:
                 raise InputError("shape", "give shape= or x_T=")
             if not isinstance(rng, np.random.Generator):
                 raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy Generator")
-            x = rng.standard_normal(_shape(shape)) * (1.0 if flow else self.sigmas[0])
+            x = rng.standard_normal(state_shape(shape)) * (1.0 if flow else self.sigmas[0])
         if step_noise is not None:
             step_noise = as_float_array(step_noise, "step_noise")
             if step_noise.shape != (self.n, *x.shape):
@@ -708,7 +707,7 @@ def draw_noise(
         raise RandomnessError("rng", f"must be a numpy Generator; got {type(rng).__name__}")
     flow = option(sampler, "sampler", list(SAMPLERS)) == "flow_euler"
     sig = _sigmas(sigmas, flow)
-    shape = _shape(shape)
+    shape = state_shape(shape)
     check_size(shape, "shape", factor=sig.shape[0])
     x_T = rng.standard_normal(shape) * (1.0 if flow else sig[0])
     noisy = needs_noise(sampler, **options)

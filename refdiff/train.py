@@ -40,6 +40,7 @@ __all__ = [
     "loss_and_grads",
     "train",
     "TRAIN_PREDICTION_TYPES",
+    "bayes_floor",
 ]
 
 # What the trainer fits; "score" is excluded: its target −ε/√(1−ᾱ) explodes as t → 0.
@@ -320,3 +321,28 @@ def train(
     raw = _as_mlp(params, mlp)
     final = _as_mlp(ema, mlp) if ema is not None else raw
     return TrainResult(final, raw, losses, cfg, wall, schedule.name)
+
+
+def bayes_floor(
+    law, schedule: Schedule, prediction_type: str = "epsilon", *, n: int = 20_000, seed: int = 0
+) -> tuple[float, float]:
+    """The smallest expected training loss any denoiser can reach, and its Monte Carlo
+    standard error: E_t E ‖target − E[target | x_t]‖² / D, with t ~ U{1..T}, x_0 ~ ``law``,
+    ε ~ N(0, I) as :func:`train` draws them, and E[target | x_t] the exact denoiser of
+    ``law`` (:func:`refdiff.exact.denoiser`; docs/math.md (9.1), (5.1)–(5.5)).  ``law`` is a
+    :class:`refdiff.exact.GaussianMixture` or Gaussian; ``n`` draws from ``default_rng(seed)``.
+    Returns (floor, standard error), floats."""
+    from .exact import denoiser
+
+    option(prediction_type, "prediction_type", TRAIN_PREDICTION_TYPES)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise InputError("n", f"must be an int >= 2; got {n!r}")
+    rng = np.random.default_rng(seed)
+    x0 = np.asarray(law.sample(rng, int(n)), dtype=np.float64).reshape(int(n), -1)
+    t = rng.integers(1, schedule.T + 1, size=int(n))
+    eps = rng.standard_normal(x0.shape)
+    xt = q_sample(schedule, x0, t, noise=eps)
+    target = training_target(schedule, x0, t, eps, prediction_type)
+    f = denoiser(law, schedule, prediction_type)
+    per = np.mean((target - f(xt, schedule.timesteps[t])) ** 2, axis=1)
+    return float(per.mean()), float(per.std(ddof=1) / math.sqrt(per.size))

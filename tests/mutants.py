@@ -368,6 +368,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "the closed-form PF-ODE map scales by the variance ratio, not its square root",
         (_CONV + "test_orders_of_the_karras_solvers",),
     ),
+    # -- i16run: classifier-free guidance (refdiff/guidance.py) --------------------------------
+    Mutant(
+        "guidance_rescale_by_uncond",
+        "refdiff.guidance",
+        "ratio = np.divide(_std(c), sg,",
+        "ratio = np.divide(_std(u), sg,",
+        "guidance rescale matches the deviation of o_u instead of o_c (20.3)",
+        ("tests/export/test_export_guidance.py::test_guide_formulas_by_hand",),
+    ),
+    Mutant(
+        "guidance_scale_on_uncond",
+        "refdiff.guidance",
+        "g = u + scale * (c - u)",
+        "g = c + scale * (c - u)",
+        "the guided output starts from o_c instead of o_u (20.1)",
+        ("tests/export/test_export_guidance.py::test_guide_formulas_by_hand",),
+    ),
     # i15: verify's per-setting causes, σ-view trajectories and golden vectors for a port
     Mutant(
         "verify_causes_not_refuted_by_passing_steps",

@@ -10,11 +10,11 @@ import sys
 from typing import Any
 
 from .._io import write_json
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .adapters import DiffusersTarget, looks_like_diffusers_scheduler
 from .protocol import ProtocolTarget
-from .runner import EXIT_CODES, run
-from .tolerance import Tolerance
+from .runner import EXIT_CODES, KIND_OPS, PLAN_OPS, run
+from .tolerance import UNIT_ROUNDOFF, Tolerance
 
 __all__ = ["load_object", "load_target", "main"]
 
@@ -120,12 +120,26 @@ def main(argv: list[str] | None = None) -> int:
         "--ops",
         default=None,
         help="comma list of ops to check "
-        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step)",
+        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step; σ-view and inversion "
+        "schedulers: sigmas,trajectory,ddim_inverse_step)",
     )
     p.add_argument("--json", default=None, help="write every comparison to this JSON file")
     p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
     a = p.parse_args(argv)
     spec = a.diffusers or a.target
+    valid_ops = PLAN_OPS + KIND_OPS
+    bad = [op for op in (a.ops.split(",") if a.ops else []) if op not in valid_ops]
+    sdt = a.schedule_dtype
+    if bad or any(d is not None and d not in UNIT_ROUNDOFF for d in (a.dtype, sdt)):
+        flag, value, valid = (
+            ("--ops", bad[0], valid_ops)
+            if bad
+            else ("--dtype", a.dtype, UNIT_ROUNDOFF)
+            if a.dtype is not None and a.dtype not in UNIT_ROUNDOFF
+            else ("--schedule-dtype", sdt, UNIT_ROUNDOFF)
+        )
+        print(f"refdiff verify: {OptionError(flag, value, list(valid))}", file=sys.stderr)
+        return 2
     if not spec:
         p.print_usage(sys.stderr)
         print(

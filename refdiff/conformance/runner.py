@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import reverse
 from .._check import renamed
-from ..errors import InputError, UndefinedError
+from ..errors import InputError, OptionError, UndefinedError
 from ..respacing import SPACINGS
 from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler, to_numpy
 from .cases import Case, Setting, expected, make_inputs, options_label
@@ -33,6 +33,7 @@ __all__ = [
     "Report",
     "short_label",
     "kind_plan",
+    "KIND_OPS",
     "EXIT_CODES",
 ]
 
@@ -131,6 +132,11 @@ def step_settings(T: int = 1000, steps: int = 30) -> list[Setting]:
     ]
 
 
+PLAN_OPS = ("alpha_bar", "timesteps", "q_sample", "posterior", "ddpm_step", "ddim_step")
+# the ops of the other scheduler kinds (kind_plan)
+KIND_OPS = ("sigmas", "trajectory", "ddim_inverse_step")
+
+
 def plan(
     samplers: Iterable[str] | None = None,
     *,
@@ -146,6 +152,9 @@ def plan(
     the first, middle and last steps of six settings (all steps, and N = ``steps`` kept with
     each spacing)."""
     want = set(ops) if ops is not None else None
+    for op in sorted(want or ()):
+        if op not in PLAN_OPS:
+            raise OptionError("ops", op, list(PLAN_OPS))
     chosen = renamed(
         samplers, kinds, new_name="samplers", old_name="kinds", default=("ddpm", "ddim")
     )
@@ -602,6 +611,8 @@ def run(
         if fam is not None and fam not in ("ddpm", "ddim"):
             items = kind_plan(tgt, **plan_kw)
         else:
+            if plan_kw.get("ops") is not None:
+                plan_kw = {**plan_kw, "ops": [o for o in plan_kw["ops"] if o in PLAN_OPS]}
             samplers = getattr(tgt, "samplers", None) or getattr(tgt, "kinds", None)
             samplers = samplers or {getattr(tgt, "sampler", "ddpm")}
             items = plan(samplers, **plan_kw)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._check import real
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..schedule import Schedule
 from .cases import Case, Setting, expected, magnitude
 
@@ -67,7 +67,10 @@ class Tolerance:
         """The preset for an implementation computing in ``dtype`` (a name or NumPy dtype)."""
         if isinstance(dtype, Tolerance):
             return dtype
-        name = str(np.dtype(dtype)) if not isinstance(dtype, str) or dtype != "bfloat16" else dtype
+        try:
+            name = str(np.dtype(dtype)) if dtype != "bfloat16" else dtype
+        except TypeError:  # "float8", a typo: a typed error listing the precisions
+            raise OptionError("dtype", dtype, list(UNIT_ROUNDOFF)) from None
         return cls(state=name, **kw)
 
     @property

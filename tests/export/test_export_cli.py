@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import refdiff.export as ex
 from refdiff.export.cli import build_schedule, builtin_mixture
+from refdiff.export.noise import host_noise
 
 from refdiff import exact
 from refdiff.cli import main
@@ -73,9 +74,8 @@ def test_export_mlp_then_sample_equals_the_reference(tmp_path, capsys):
     assert "on cpu" in capsys.readouterr().out
     x = np.load(out, allow_pickle=False)
     _, sched = build_schedule("linear", 40, steps=10, spacing="trailing")
-    ref = ddim_sample(
-        mlp, sched, (8, 2), rng=np.random.default_rng(3), prediction_type="v", eta=0.5
-    )
+    x_T, z = host_noise(3, sched.T, (8, 2))  # the samplers' seeded host-noise layout
+    ref = ddim_sample(mlp, sched, x_T=x_T, step_noise=z, prediction_type="v", eta=0.5)
     assert x.shape == (8, 2) and rel_err(x, ref) < F32_TOL
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "den.onnx",
@@ -222,7 +222,8 @@ def test_mixture_file_and_seeded_ddpm(tmp_path):
         == 0
     )
     _, sched = build_schedule("linear", 30)
-    ref = ddpm_sample(exact.denoiser(mix, sched), sched, (5, 2), rng=np.random.default_rng(11))
+    x_T, z = host_noise(11, sched.T, (5, 2))
+    ref = ddpm_sample(exact.denoiser(mix, sched), sched, x_T=x_T, step_noise=z)
     assert rel_err(np.load(out), ref) < F32_TOL
 
 
@@ -251,5 +252,5 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
         )
         == 2
     )
-    assert "DDIM option" in capsys.readouterr().err
+    assert "--eta: applies to --sampler ddim" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "x.onnx").exists()

@@ -42,17 +42,17 @@ F, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 # -- signature ---------------------------------------------------------------------------------
 BAD_SIGNATURES = {
-    "three inputs": (
-        [_vi("x", F, ["B", 2]), _vi("t", I64, ["B"]), _vi("cond", F, ["B", 4])],
+    "three unnamed inputs": (
+        [_vi("a", F, ["B", 2]), _vi("b", I64, ["B"]), _vi("c", F, ["B", 4, 3])],
         [_vi("y", F, ["B", 2])],
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "exactly 2 inputs",
+        [helper.make_node("Identity", ["a"], ["y"])],
+        "state_input=",
     ),
     "one input": (
         [_vi("x", F, ["B", 2])],
         [_vi("y", F, ["B", 2])],
         [helper.make_node("Identity", ["x"], ["y"])],
-        "exactly 2",
+        "at least 2",
     ),
     "integer state": (
         [_vi("x", I64, ["B", 2]), _vi("t", I64, ["B"])],

@@ -235,7 +235,9 @@ def test_step_tables_refuse_what_onnx_does_not_support():
     with pytest.raises(OptionError):
         ex.step_tables(s, "ddim", variance_type="fixed_small")  # a DDPM option
     with pytest.raises(OptionError):
-        ex.step_tables(s, "euler")
+        ex.step_tables(s, "heun")  # a σ-view sampler the ONNX samplers do not compile
+    with pytest.raises(InputError, match="sigmas"):
+        ex.step_tables(s, "euler")  # euler needs its σ grid
     with pytest.raises(InputError, match="eta"):
         ex.step_tables(s, "ddim", eta=1.5)
     with pytest.raises(UndefinedError):
@@ -274,7 +276,7 @@ def test_step_graph_runs_the_tables(convention, time_shape):
     for k in range(tb.N):
         xn, tm, kn = s.run(
             ["x_next", "t_model", "k_next"],
-            {"x": x, "model_output": o, "step_noise": zz, "k": np.array(k)},
+            {"x": x, "model_output": o, "z": zz[k], "k": np.array(k)},
         )
         np.testing.assert_allclose(xn, tb.x_next(k, x, o, zz[k]), rtol=2e-6, atol=2e-6)
         assert kn == k + 1

@@ -100,15 +100,24 @@ def test_ddim_eta0_needs_no_step_noise_and_v_works_at_zero_terminal_snr():
     assert [i.name for i in g.graph.input] == ["x_T"]
 
 
-def test_seeded_host_noise_is_the_reference_noise_and_repeats_bit_for_bit():
+@pytest.mark.parametrize("mode", ex.MODES)
+def test_seeded_host_noise_is_the_layout_noise_and_repeats_bit_for_bit(mode):
+    """Seeded host noise follows the per-step, per-row-block layout of refdiff.export.noise
+    (it changed from the one-stream layout of refdiff.sampling's rng=): the reference fed
+    host_noise(seed, …) gives the same samples, in every mode."""
+    from refdiff.export.noise import host_noise
+
     model = ex.mlp_denoiser_model(MLP, schedule=BASE)
-    s = ex.OrtSampler(model, mode="fused", provider="cpu")
+    s = ex.OrtSampler(model, mode=mode, provider="cpu")
     a = s.sample(shape=(8, 2), seed=123)
     b = s.sample(shape=8, seed=123)
     assert np.array_equal(a, b)
-    ref = ddpm_sample(MLP, BASE, (8, 2), rng=np.random.default_rng(123))
+    x_T, z = host_noise(123, BASE.T, (8, 2))
+    ref = ddpm_sample(MLP, BASE, x_T=x_T, step_noise=z)
     assert rel_err(a, ref) < F32_TOL
     assert not np.array_equal(a, s.sample(shape=8, seed=124))
+    # the layout sent as arrays gives the same bits as the seed
+    assert np.array_equal(a, s.sample(x_T, z))
 
 
 @pytest.mark.parametrize("time_shape", ["batch", "scalar"])

@@ -295,7 +295,7 @@ def _sources() -> list[Path]:
 # folder is moved aside first: an interruption leaves the old folder, or none, never half).
 ALLOWED = {
     ("refdiff/conformance/vectors.py", "os.replace()"): "publishes a finished temporary folder",
-    ("export/demo.py", "os.replace()"): "publishes the finished report folder",
+    ("export/demo/run.py", "os.replace()"): "publishes the finished report folder",
     ("benchmarks/run.py", ".write_text()"): "a scratch test file in a TemporaryDirectory",
     ("benchmarks/_timing.py", "open(..., 'w')"): "a kernel control file (/proc/self/clear_refs)",
 }

@@ -976,14 +976,35 @@ def _(tmp):
 
 
 @row(
-    "onnx-signature-three-inputs",
-    "file",
-    "`export.open_denoiser`",
-    "a model with 3 inputs",
-    Raises("refdiff.export.model_io:SignatureError", shows="3"),
+    "onnx-cond-missing",
+    "API",
+    "`export.OrtSampler.sample`",
+    "a model with a conditioning input sampled without `cond=`",
+    Raises(E.InputError, argument="cond", shows="cond"),
 )
 def _(tmp):
-    _open(write_model(tmp, tiny_denoiser_model(extra_input=True)))
+    from refdiff.export import OrtSampler
+
+    m = write_model(tmp, tiny_denoiser_model(extra_input=True))
+    OrtSampler(
+        m, _s10(), provider="cpu", prediction_type="epsilon", timestep_convention="refdiff"
+    ).sample(shape=(2, 2), seed=0)
+
+
+@row(
+    "onnx-sample-memory",
+    "API",
+    "`export.OrtSampler.sample`",
+    "a batch whose estimated peak exceeds the memory limit",
+    Raises("refdiff.export.memory:MemoryLimitError", argument="shape", shows="GiB", fast=True),
+)
+def _(tmp):
+    from refdiff.export import OrtSampler
+
+    m = write_model(tmp, tiny_denoiser_model())
+    OrtSampler(
+        m, _s10(), provider="cpu", prediction_type="epsilon", timestep_convention="refdiff"
+    ).sample(shape=(4 * 10**9, 2), seed=0)
 
 
 @row(
@@ -1261,6 +1282,403 @@ def _(tmp):
 )
 def _(tmp):
     return ["demo", "--stepz", "5"]
+
+
+# -- honest CLI: every flag takes effect or is refused before any work (block: i16cli) -----------
+def _ring_denoiser(tmp: Path, T: int = 50) -> Path:
+    """A refdiff denoiser file whose metadata records its schedule (linear, T)."""
+    from refdiff.export import builtin_mixture, mixture_denoiser_model, save_model
+
+    return save_model(mixture_denoiser_model(builtin_mixture("ring8"), S.linear(T)), tmp / "d.onnx")
+
+
+def _ring_sampler(tmp: Path, noise: str = "input", seed: int = 0) -> Path:
+    """A complete refdiff sampler file (DDPM, 10 of 50 steps)."""
+    from refdiff.export import (
+        builtin_mixture,
+        mixture_denoiser_model,
+        open_denoiser,
+        sampler_model,
+        save_model,
+        step_tables,
+    )
+
+    base = S.linear(50)
+    den = open_denoiser(mixture_denoiser_model(builtin_mixture("ring8"), base))
+    tables = step_tables(S.respace(base, np.arange(5, 51, 5)), "ddpm", prediction_type="epsilon")
+    return save_model(sampler_model(den, tables, noise=noise, seed=seed), tmp / "s.onnx")
+
+
+def _foreign_denoiser(tmp: Path) -> Path:
+    """A denoiser whose file says nothing: no prediction type, time convention, schedule."""
+    m = tiny_denoiser_model()
+    del m.metadata_props[:]
+    return write_model(tmp, m, "foreign.onnx")
+
+
+def _sample_argv(tmp: Path, *flags) -> list:
+    return ["sample", "--model", _ring_denoiser(tmp), "-o", tmp / "x.npy", "--quiet", *flags]
+
+
+@row(
+    "cli-sample-schedule-vs-metadata",
+    "CLI",
+    "`refdiff sample`",
+    "`--schedule cosine` for a model whose metadata records linear",
+    Exits(2, "--override-metadata"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--schedule", "cosine")
+
+
+@row(
+    "cli-sample-T-vs-metadata",
+    "CLI",
+    "`refdiff sample`",
+    "`--T 500` for a model whose metadata records T = 50",
+    Exits(2, "--T: 500 contradicts the model's metadata (T=50)"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--T", "500")
+
+
+@row(
+    "cli-sample-zero-snr-vs-metadata",
+    "CLI",
+    "`refdiff sample`",
+    "`--zero-terminal-snr` for a model whose metadata records another schedule",
+    Exits(2, "--zero-terminal-snr: zero terminal SNR contradicts"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--zero-terminal-snr")
+
+
+@row(
+    "cli-sample-prediction-type-vs-metadata",
+    "CLI",
+    "`refdiff sample`",
+    "`--prediction-type v` for a model whose metadata says epsilon",
+    Exits(2, "--prediction-type: 'v' contradicts the model's metadata ('epsilon')"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--prediction-type", "v")
+
+
+@row(
+    "cli-sample-missing-options",
+    "CLI",
+    "`refdiff sample`",
+    "a model whose metadata says nothing, and no options: all three missing flags in one error",
+    Exits(2, "3 problems"),
+)
+def _(tmp):
+    return ["sample", "--model", _foreign_denoiser(tmp), "-o", tmp / "x.npy", "--quiet"]
+
+
+@row(
+    "cli-sample-seed-for-graph-noise-file",
+    "CLI",
+    "`refdiff sample`",
+    "`--seed 5` for a sampler file that draws its noise in-graph with seed 4",
+    Exits(2, "seed 4 baked in"),
+)
+def _(tmp):
+    return ["sample", "--model", _ring_sampler(tmp, "graph", 4), "--seed", "5", "-o", tmp / "x.npy"]
+
+
+@row(
+    "cli-sample-options-for-sampler-file",
+    "CLI",
+    "`refdiff sample`",
+    "`--steps 5 --clip 1` for a sampler file (steps and options baked in)",
+    Exits(2, "--clip, --steps: "),
+)
+def _(tmp):
+    return ["sample", "--model", _ring_sampler(tmp), "--steps", "5", "--clip", "1", "-o", tmp / "x"]
+
+
+@row(
+    "cli-sample-unknown-schedule",
+    "CLI",
+    "`refdiff sample`",
+    "`--schedule laplace` (a diffusers schedule refdiff does not implement)",
+    Exits(2, "'laplace': diffusers' DDPM-only laplace schedule is not implemented"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--schedule", "laplace")
+
+
+@row(
+    "cli-sample-bad-spacing",
+    "CLI",
+    "`refdiff sample`",
+    "`--spacing foo`",
+    Exits(2, "--spacing: 'foo' is not a spacing; valid: leading | trailing | linspace"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--steps", "10", "--spacing", "foo")
+
+
+@row(
+    "cli-sample-spacing-without-steps",
+    "CLI",
+    "`refdiff sample`",
+    "`--spacing trailing` without `--steps` (it would change nothing)",
+    Exits(2, "--spacing: has no effect without --steps"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--spacing", "trailing")
+
+
+@row(
+    "cli-sample-ddim-option-for-ddpm",
+    "CLI",
+    "`refdiff sample`",
+    "`--eta 0.5` with the default DDPM sampler",
+    Exits(2, "--eta: applies to --sampler ddim | euler_ancestral; this is --sampler ddpm"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--eta", "0.5")
+
+
+@row(
+    "cli-sample-tf32-on-cpu",
+    "CLI",
+    "`refdiff sample`",
+    "`--tf32` with `--provider cpu`",
+    Exits(2, "--tf32: applies to CUDA only"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--provider", "cpu", "--tf32")
+
+
+@row(
+    "cli-sample-bad-shape",
+    "CLI",
+    "`refdiff sample`",
+    "`--shape 4,x`",
+    Exits(2, "--shape: '4,x' is not a comma list of positive ints"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--shape", "4,x")
+
+
+@row(
+    "cli-sample-batch-zero",
+    "CLI",
+    "`refdiff sample`",
+    "`--batch 0`",
+    Exits(2, "--batch: must be >= 1"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--batch", "0")
+
+
+@row(
+    "cli-sample-model-folder",
+    "CLI",
+    "`refdiff sample`",
+    "`--model` a folder",
+    Exits(2, "is a folder, not an ONNX file"),
+)
+def _(tmp):
+    return ["sample", "--model", tmp, "-o", tmp / "x.npy"]
+
+
+@row(
+    "cli-sample-model-fifo",
+    "CLI",
+    "`refdiff sample`",
+    "`--model` a FIFO (named pipe): refused without opening it",
+    Exits(2, "is a FIFO (named pipe), not an ONNX file"),
+)
+def _(tmp):
+    os.mkfifo(tmp / "pipe")
+    return ["sample", "--model", tmp / "pipe", "-o", tmp / "x.npy"]
+
+
+@row(
+    "cli-sample-output-folder",
+    "CLI",
+    "`refdiff sample`",
+    "`-o` an existing folder",
+    Exits(2, "--output: '"),
+)
+def _(tmp):
+    return ["sample", "--model", _ring_denoiser(tmp), "-o", tmp]
+
+
+@row(
+    "cli-sample-output-trailing-slash",
+    "CLI",
+    "`refdiff sample`",
+    "`-o newdir/` (refused: refdiff does not guess a file name inside)",
+    Exits(2, "names a folder; give a file path"),
+)
+def _(tmp):
+    return ["sample", "--model", _ring_denoiser(tmp), "-o", f"{tmp / 'newdir'}/"]
+
+
+@row(
+    "cli-sample-output-parent-is-file",
+    "CLI",
+    "`refdiff sample`",
+    "`-o file.txt/x.npy` (the parent is a file)",
+    Exits(2, "is a file, not a folder"),
+)
+def _(tmp):
+    (tmp / "file.txt").write_text("x")
+    return ["sample", "--model", _ring_denoiser(tmp), "-o", tmp / "file.txt" / "x.npy"]
+
+
+@row(
+    "cli-sample-output-read-only",
+    "CLI",
+    "`refdiff sample`",
+    "`-o` in a folder nobody can write, not even root (`/proc`)",
+    Exits(2, "cannot write in the folder '/proc'"),
+)
+def _(tmp):
+    return ["sample", "--model", _ring_denoiser(tmp), "-o", "/proc/refdiff-x.npy"]
+
+
+@row(
+    "cli-sample-disk-full",
+    "CLI",
+    "`refdiff sample`",
+    "the disk fills while writing the samples (ENOSPC): no file, not even a partial one, is left",
+    Raises(E.InputError, "--output", "No space left on device"),
+)
+def _(tmp):
+    import errno
+    from unittest import mock
+
+    from refdiff.export.cli import _sample
+
+    argv = [str(a) for a in _sample_argv(tmp, "--provider", "cpu", "--batch", "4")[1:]]
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        with mock.patch("refdiff._io.os.fsync", side_effect=full):
+            _sample(argv)
+    finally:
+        assert sorted(p.name for p in tmp.iterdir()) == ["d.onnx"], list(tmp.iterdir())
+
+
+@row(
+    "cli-sample-batch-too-large",
+    "CLI",
+    "`refdiff sample`",
+    "`--batch 4000000000` (refused with the size before allocating, naming `--batch`)",
+    Exits(2, "--batch: sampling (4000000000, 2) needs about"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--batch", "4000000000", "--provider", "cpu")
+
+
+@row(
+    "cli-sample-memory-limit",
+    "CLI",
+    "`refdiff sample`",
+    "`--memory-limit 0.001` (GiB) for a batch that needs more",
+    Exits(2, "more than the 1.0 MiB available"),
+)
+def _(tmp):
+    return _sample_argv(tmp, "--batch", "100000", "--memory-limit", "0.0009765625")
+
+
+@row(
+    "cli-export-sampler-batch-negative",
+    "CLI",
+    "`refdiff export`",
+    "`--kind sampler --batch -1`",
+    Exits(2, "--batch: must be >= 1; got -1"),
+)
+def _(tmp):
+    return ["export", "--mixture", "ring8", "--kind", "sampler", "--batch", "-1", "-o", tmp / "s"]
+
+
+@row(
+    "cli-export-dtype-float8",
+    "CLI",
+    "`refdiff export`",
+    "`--dtype float8`",
+    Exits(2, "invalid choice: 'float8'"),
+)
+def _(tmp):
+    return ["export", "--mixture", "ring8", "--dtype", "float8", "-o", tmp / "d.onnx"]
+
+
+@row(
+    "cli-export-seed-without-graph-noise",
+    "CLI",
+    "`refdiff export`",
+    "`--seed 3` for a sampler whose noise is an input (the seed would be unused)",
+    Exits(2, "--seed: seeds the in-graph noise"),
+)
+def _(tmp):
+    return ["export", "--mixture", "ring8", "--kind", "sampler", "--seed", "3", "-o", tmp / "s"]
+
+
+@row(
+    "cli-export-sampler-flags-for-denoiser",
+    "CLI",
+    "`refdiff export`",
+    "`--steps 10 --eta 0.2` with `--kind denoiser` (no sampler to apply them to)",
+    Exits(2, "a denoiser has no sampler"),
+)
+def _(tmp):
+    return ["export", "--mixture", "ring8", "--steps", "10", "--eta", "0.2", "-o", tmp / "d"]
+
+
+@row(
+    "cli-export-schedule-vs-metadata",
+    "CLI",
+    "`refdiff export`",
+    "`--denoiser` a model whose metadata records linear, with `--schedule squaredcos_cap_v2`",
+    Exits(2, "cosine T=50 contradicts the schedule"),
+)
+def _(tmp):
+    den = _ring_denoiser(tmp)
+    return ["export", "--denoiser", den, "--kind", "step", "--schedule", "squaredcos_cap_v2"] + [
+        "-o",
+        tmp / "s.onnx",
+    ]
+
+
+@row(
+    "cli-export-output-folder",
+    "CLI",
+    "`refdiff export`",
+    "`-o` an existing folder",
+    Exits(2, "is an existing folder"),
+)
+def _(tmp):
+    return ["export", "--mixture", "ring8", "-o", tmp]
+
+
+@row(
+    "cli-verify-unknown-op",
+    "CLI",
+    "`refdiff verify`",
+    '`--ops ddim` (a typo of ddim_step): refused, not "0 comparisons … FAIL"',
+    Exits(2, "--ops: unknown option 'ddim'; valid: 'alpha_bar'"),
+)
+def _(tmp):
+    return ["verify", "nosuchmodule_xyz:obj", "--ops", "ddim"]
+
+
+@row(
+    "cli-verify-unknown-dtype",
+    "CLI",
+    "`refdiff verify`",
+    "`--dtype float8`",
+    Exits(2, "--dtype: unknown option 'float8'"),
+)
+def _(tmp):
+    return ["verify", "nosuchmodule_xyz:obj", "--dtype", "float8"]
+
+
+# -- end of block i16cli ----------------------------------------------------------------------
 
 
 # -- the table ------------------------------------------------------------------------------

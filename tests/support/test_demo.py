@@ -30,7 +30,15 @@ SMALL = [
     "--train-steps", "300", "--train-size", "2000", "--samples", "1000",
     "--parity-samples", "200", "--ddpm-steps", "50", "--ddim-steps", "20", "-q",
 ]  # fmt: skip
-FIGURES = ("samples.png", "trajectory.png", "schedule.png", "timing.png", "training_loss.png")
+FIGURES = (
+    "samples.png",
+    "parity.png",
+    "law.png",
+    "trajectory.png",
+    "schedule.png",
+    "timing.png",
+    "training_loss.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +100,11 @@ def test_summary_values_are_in_range(demo):
 
     if not cuda_status()[0]:
         assert s["provider"]["used"] == "cpu" and "CUDA does not run" in s["provider"]["reason"]
-    for times in s["timing_us_per_step"].values():
+    for times in s["timing_us_per_step_per_sample"].values():
         assert all(v > 0 for v in times.values())
+    # the loss is reported with its floor, and no trained denoiser beats the exact one
+    assert 0 < tr["bayes_floor"] < tr["loss_last"] + 5 * tr["bayes_floor_se"]
+    assert s["samplers"]["ddpm"]["options_text"] == "variance type fixed_small"
 
 
 def test_figures_decode_as_images(demo):
@@ -157,7 +168,7 @@ def test_stale_temporary_folders_of_dead_runs_are_removed(tmp_path):
     for p in (stale, live):
         (p / "models").mkdir(parents=True)
         (p / "models" / "x.onnx").write_bytes(b"partial")
-    D._stale_tmp_dirs(tmp_path, "report")
+    D.run._stale_tmp_dirs(tmp_path, "report")
     assert not stale.exists() and live.exists()
 
 
@@ -174,6 +185,10 @@ def _start_long_demo(out: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a suite started as a background job (`cmd &` in a script, some CI runners) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler: restore the
+        # default in the child, as an interactive terminal would have it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -214,3 +229,30 @@ def test_interrupting_leaves_no_half_written_files(tmp_path, sig, code):
     else:
         assert sorted(p.name for p in out.iterdir()) == previous
         assert json.loads((out / "summary.json").read_text()) == {"previous": True}
+
+
+@pytest.mark.parametrize("hidden", ["matplotlib", "onnx"])
+def test_missing_extra_fails_before_any_work(tmp_path, capsys, monkeypatch, hidden):
+    """Without an extra, ``refdiff demo`` stops before doing anything, with its own exit
+    status (not 1, "a check failed") and the pip line that fixes it."""
+    from refdiff import cli
+
+    monkeypatch.setitem(sys.modules, hidden, None)  # find_spec then reports it missing
+    out = tmp_path / "report"
+    rc = cli.main(["demo", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_MISSING_EXTRA == 3
+    assert hidden in err and 'pip install "refdiff[demo]"' in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_bayes_floor_matches_the_gaussian_closed_form():
+    """For x_0 ~ N(0, I), E[ε | x_t] = √(1−ᾱ_t) x_t and Var(ε | x_t) = ᾱ_t, so the ε-loss
+    floor is the mean of ᾱ_t over t = 1..T (docs/math.md (9.1)); x0-loss: mean of 1 − ᾱ_t."""
+    from refdiff.train import bayes_floor
+
+    base = linear(1000)
+    gauss = exact.GaussianMixture(np.ones(1), np.zeros((1, 2)), np.eye(2)[None])
+    for ptype, want in (("epsilon", base.alpha_bar[1:]), ("x0", 1 - base.alpha_bar[1:])):
+        f, se = bayes_floor(gauss, base, ptype, n=20_000, seed=1)
+        assert abs(f - want.mean()) <= 5 * se and se < 0.01, (ptype, f, want.mean(), se)

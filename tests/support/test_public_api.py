@@ -80,7 +80,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
 # Subcommands of ``refdiff`` (and their own subcommands) that exist today.
 COMMANDS = ("demo", "export", "sample", "vectors", "verify", "bench")
 SUBCOMMANDS = {"vectors": ("write", "check")}
-NEEDS_DEPLOY = {"demo", "export", "sample", "bench"}
+NEEDS_DEPLOY = {"demo", "export", "sample", "bench", "serve"}
 
 
 def _has(module: str) -> bool:

@@ -4,11 +4,13 @@ Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no 
 state, no display needed) and returned as PNG bytes, so the caller writes them atomically
 (:func:`refdiff._io.write_bytes`).  Every figure's title says what it shows.
 
-- :func:`samples_figure`     scatter panels: the data next to each sampler's output
+- :func:`samples_figure`     scatter panels: each sampler's output with the data law over it
+- :func:`parity_figure`      per-sample |ONNX − reference| against the tolerance, per run
+- :func:`law_figure`         projected CDFs against the exact law, KS statistic and threshold
 - :func:`trajectory_figure`  a strip of states x_t along one denoising run
-- :func:`schedule_figure`    ᾱ_t and log SNR(t) of the schedule, the sampled steps marked
-- :func:`timing_figure`      time per sampler step for each backend
-- :func:`loss_figure`        the training loss
+- :func:`schedule_figure`    ᾱ_t and log SNR(t) of the schedule, every visited step marked
+- :func:`timing_figure`      time per sampler step and per sample for each backend
+- :func:`loss_figure`        the training loss and its Bayes-optimal floor
 - :func:`markdown_report` / :func:`summary_table`   the report text and the printed table
 """
 
@@ -23,6 +25,8 @@ import numpy as np
 __all__ = [
     "png_bytes",
     "samples_figure",
+    "parity_figure",
+    "law_figure",
     "trajectory_figure",
     "schedule_figure",
     "timing_figure",
@@ -82,31 +86,137 @@ def _scatter(
         ax.set_yticks([])
 
 
+def _law_contours(ax, law, lim: tuple[float, float]) -> None:
+    """Contours of the exact density of a 2-D Gaussian mixture, at the levels enclosing
+    about 50 %, 90 % and 99 % of each component's mass."""
+    g = np.linspace(lim[0], lim[1], 200)
+    X, Y = np.meshgrid(g, g)
+    P = np.stack([X.ravel(), Y.ravel()], axis=1)
+    dens = np.zeros(P.shape[0])
+    peak = 0.0
+    for w, m, c in zip(law.weights, law.means, law.covs):
+        ci = np.linalg.inv(c)
+        norm = w / (2 * np.pi * math.sqrt(np.linalg.det(c)))
+        q = np.einsum("ni,ij,nj->n", P - m, ci, P - m)
+        dens += norm * np.exp(-0.5 * q)
+        peak = max(peak, norm)
+    # a component's density at Mahalanobis radius r is peak·exp(−r²/2); P(r² ≤ x) = 1 − e^{−x/2}
+    levels = sorted(peak * np.exp(-0.5 * (-2 * np.log(1 - np.array([0.5, 0.9, 0.99])))))
+    ax.contour(X, Y, dens.reshape(X.shape), levels=levels, colors="k", linewidths=0.6)
+
+
 def samples_figure(
     data: np.ndarray,
     panels: Sequence[tuple[str, np.ndarray]],
     *,
     title: str,
+    law=None,
     max_points: int = 5000,
 ) -> bytes:
-    """PNG: the data (grey) then one panel per (label, samples (n, 2)), each over the data."""
+    """PNG: a fresh draw of the data, then one panel per (label, samples (n, 2)).  The data
+    is drawn over the samples, so both stay visible: the exact law's density contours
+    (black) when ``law`` (a Gaussian mixture) is given, else the data points (orange, small)."""
     n = 1 + len(panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = _figure(3.2 * cols, 3.3 * rows + 0.4, layout=None)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=1 - 0.55 / (3.3 * rows + 0.4),
-                        wspace=0.25, hspace=0.25)  # fmt: skip
+    fig = _figure(3.4 * cols, 3.6 * rows + 0.5, layout=None)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.05, top=1 - 0.7 / (3.6 * rows + 0.5),
+                        wspace=0.25, hspace=0.35)  # fmt: skip
     lim = _limits([data], pad=1.5)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    _scatter(axes[0], data, "0.35", lim, max_points)
-    axes[0].set_title(f"data ({min(len(data), max_points)} points)", fontsize=9)
+    _scatter(axes[0], data, "tab:orange", lim, max_points)
+    if law is not None:
+        _law_contours(axes[0], law, lim)
+    axes[0].set_title(f"data: a fresh draw ({min(len(data), max_points)} points)", fontsize=8)
     for ax, (label, pts) in zip(axes[1:], panels):
-        _scatter(ax, data, "0.8", lim, max_points)
         _scatter(ax, pts, "tab:blue", lim, max_points)
-        ax.set_title(label, fontsize=9)
+        if law is not None:
+            _law_contours(ax, law, lim)
+        else:
+            pts_d = np.asarray(data, dtype=np.float64)[: max_points // 2]
+            ax.scatter(pts_d[:, 0], pts_d[:, 1], s=0.6, alpha=0.5, color="tab:orange",
+                       linewidths=0, rasterized=True)  # fmt: skip
+        ax.set_title(label, fontsize=8)
     for ax in axes[n:]:
         ax.set_visible(False)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=9)
+    return png_bytes(fig)
+
+
+def parity_figure(errors: dict, tol_p99: float, tol_max: float, *, title: str) -> bytes:
+    """PNG: one panel per sampler; per (denoiser, onnxruntime path) the sorted per-sample
+    relative errors e_i (log scale) against the sample's rank, with the two tolerances:
+    the 99th percentile must be ≤ ``tol_p99`` (dashed, at rank 99 %) and every e_i ≤
+    ``tol_max`` (solid).  ``errors``: {(denoiser, sampler): {path: e (m,)}}."""
+    samplers = list(dict.fromkeys(s for _, s in errors))
+    fig = _figure(4.6 * len(samplers), 3.9)
+    axes = fig.subplots(1, len(samplers), squeeze=False).ravel()
+    styles = {"exact": "-", "mlp": "--"}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    for ax, sname in zip(axes, samplers):
+        for (dname, s2), paths in errors.items():
+            if s2 != sname:
+                continue
+            for i, (path, e) in enumerate(paths.items()):
+                e = np.sort(np.maximum(np.asarray(e, dtype=np.float64), 1e-12))
+                q = np.arange(1, e.size + 1) / e.size * 100
+                ax.plot(q, e, styles.get(dname, ":"), color=palette[i % len(palette)], lw=1.1,
+                        label=f"{dname}: {path}")  # fmt: skip
+        ax.axhline(tol_max, color="tab:red", lw=1.2, label=f"max tolerance {tol_max:g}")
+        ax.plot([99, 100], [tol_p99, tol_p99], color="tab:red", lw=2.5, ls="-",
+                label=f"p99 tolerance {tol_p99:g}")  # fmt: skip
+        ax.axvline(99, color="0.6", lw=0.6, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples, sorted by error (percentile)")
+        ax.set_ylabel("e = max|x_ORT − x_ref| / max(1, max|x_ref|)")
+        ax.set_title(f"{sname.upper()}, float32", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="upper left")
+        ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def law_figure(worst: dict, laws: dict, *, title: str) -> bytes:
+    """PNG: one panel per run: along its worst law direction u, the empirical CDF of uᵀx
+    (blue) against the exact CDF (black; or a fresh data draw's ECDF), the KS statistic of
+    the test (over all directions) against its threshold in the panel title.
+    ``worst``: {(denoiser, sampler): {u, proj (sorted), cdf callable | reference (sorted)}};
+    ``laws``: {(denoiser, sampler): {ks, threshold, alpha, verdict}}."""
+    keys = list(worst)
+    cols = min(len(keys), 2)
+    rows = math.ceil(len(keys) / cols)
+    fig = _figure(4.8 * cols, 3.3 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        w, lw = worst[key], laws[key]
+        p = np.asarray(w["proj"], dtype=np.float64)
+        n = p.size
+        ax.step(p, np.arange(1, n + 1) / n, where="post", color="tab:blue", lw=1.2,
+                label=f"samples (n = {n})")  # fmt: skip
+        if "cdf" in w:
+            grid = np.linspace(p[0], p[-1], 400)
+            ax.plot(grid, w["cdf"](grid), color="k", lw=0.9, ls="--", label="exact law")
+        else:
+            r = np.asarray(w["reference"], dtype=np.float64)
+            ax.step(r, np.arange(1, r.size + 1) / r.size, where="post", color="k", lw=0.9,
+                    ls="--", label="fresh data draw")  # fmt: skip
+        u = w["u"]
+        rel = "≤" if lw["ks"] <= lw["threshold"] else ">"
+        ax.set_title(
+            f"{key[0]} {key[1].upper()}: KS {lw['ks']:.4f} {rel} threshold "
+            f"{lw['threshold']:.4f} (α={lw['alpha']:g}) → {lw['verdict']}",
+            fontsize=8,
+        )
+        ax.set_xlabel(f"uᵀx, u = ({u[0]:.2f}, {u[1]:.2f}) (the worst of the directions)",
+                      fontsize=7)  # fmt: skip
+        ax.set_ylabel("CDF", fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
     return png_bytes(fig)
 
 
@@ -149,10 +259,14 @@ def schedule_figure(
     for i, (label, times) in enumerate(marks):
         times = np.asarray(times, dtype=np.int64)
         c = colors[i % len(colors)]
-        if times.size > 200:  # a dense sampler: mark a thinned subset
-            times = times[:: math.ceil(times.size / 100)]
-        ax1.plot(times, ab[times], "o", ms=2.5, color=c, label=label)
-        ax2.plot(times, np.log(ab[times]) - np.log1p(-ab[times]), "o", ms=2.5, color=c, label=label)
+        ms = 2.5 if times.size <= 200 else 1.0  # every visited step, smaller when dense
+        lab = f"{label} (every visited step)"
+        ax1.plot(times, ab[times], "o", ms=ms, color=c, label=lab)
+        ax2.plot(times, np.log(ab[times]) - np.log1p(-ab[times]), "o", ms=ms, color=c, label=lab)
+        # a rug under the curves: one tick per visited step
+        y0 = -0.06 - 0.05 * i
+        ax1.plot(times, np.full(times.size, y0), "|", ms=4, mew=0.5, color=c)
+    ax1.set_ylim(bottom=-0.08 - 0.05 * len(marks))
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
@@ -163,10 +277,11 @@ def schedule_figure(
 
 
 def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
-    """PNG: grouped bars of microseconds per sampler step (log scale).
+    """PNG: grouped bars of microseconds per sampler step and per sample (log scale), so that
+    runs with different batch sizes compare.
 
-    ``timing`` maps a run label (e.g. "mlp ddpm") to {backend label: µs per step}; each run
-    is a group, each backend a bar colour (the NumPy reference in grey).
+    ``timing`` maps a run label (e.g. "mlp ddpm") to {backend label: µs per step per
+    sample}; each run is a group, each backend a bar colour (the NumPy reference in grey).
     """
     runs = list(timing)
     backends: list[str] = []
@@ -187,10 +302,10 @@ def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
         vs = [timing[r][b] for r in runs if b in timing[r]]
         ax.bar(xs, vs, width=width * 0.95, color=color, label=b)
         for x, v in zip(xs, vs):
-            ax.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=6, rotation=90)
+            ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=6, rotation=90)
     ax.set_xticks(range(len(runs)), runs, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("µs per step (log scale)")
+    ax.set_ylabel("µs per step per sample (log scale)")
     top = max((v for r in runs for v in timing[r].values()), default=1.0)
     ax.set_ylim(top=top * 8)
     ax.grid(axis="y", alpha=0.3)
@@ -199,11 +314,18 @@ def timing_figure(timing: dict[str, dict[str, float]], *, title: str) -> bytes:
     return png_bytes(fig)
 
 
-def loss_figure(losses: np.ndarray, *, title: str) -> bytes:
-    """PNG: the minibatch loss per step (light) and its moving average over 1 % of the steps."""
+def loss_figure(
+    losses: np.ndarray,
+    *,
+    title: str,
+    floor: tuple[float, float] | None = None,
+    ylabel: str = "MSE",
+) -> bytes:
+    """PNG: the minibatch loss per step (light), its moving average over 1 % of the steps, and
+    the Bayes-optimal floor (mean, standard error) that no denoiser can beat, when given."""
     losses = np.asarray(losses, dtype=np.float64)
-    fig = _figure(6.0, 3.2, layout=None)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)
+    fig = _figure(6.4, 3.5, layout=None)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.15, top=0.9)
     ax = fig.subplots()
     steps = np.arange(1, losses.size + 1)
     thin = max(1, losses.size // 3000)  # draw at most ~3000 raw points
@@ -214,10 +336,14 @@ def loss_figure(losses: np.ndarray, *, title: str) -> bytes:
     if losses.size >= w:
         avg = np.convolve(losses, np.ones(w) / w, mode="valid")
         ax.plot(steps[w - 1 :], avg, color="tab:blue", lw=1.5, label=f"moving average ({w} steps)")
+    if floor is not None:
+        f, se = floor
+        ax.axhline(f, color="tab:red", lw=1.2, ls="--",
+                   label=f"Bayes floor {f:.3f} ± {se:.3f} (exact denoiser)")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("Adam step")
-    ax.set_ylabel("MSE")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel(f"{ylabel} (log scale)", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     return png_bytes(fig)
@@ -352,11 +478,18 @@ def markdown_report(summary: dict, figures: dict[str, str]) -> str:
         f"- trained MLP ({tr['config']['prediction_type']} prediction, "
         f"hidden {tr['config']['hidden']} × {tr['config']['depth']}): {tr['steps']} Adam steps, "
         f"batch {tr['config']['batch_size']}, "
-        f"{tr['wall_s']:.1f} s; loss {tr['loss_first']:.3g} → {tr['loss_last']:.3g}.",
+        f"{tr['wall_s']:.1f} s; loss {tr['loss_first']:.3g} → {tr['loss_last']:.3g}"
+        + (
+            f" (Bayes-optimal floor {tr['bayes_floor']:.3g} ± {tr['bayes_floor_se']:.2g}: what "
+            "the exact denoiser scores)."
+            if "bayes_floor" in tr
+            else "."
+        ),
     ]
     for name, info in s["samplers"].items():
         out.append(
-            f"- {name}: {info['steps']} steps ({info['spacing']} spacing), {info['options']}."
+            f"- {name}: {info['steps']} steps ({info['spacing']} spacing), "
+            f"{info.get('options_text', info['options'])}."
         )
     out += [
         f"- provider: **{prov['used']}** (asked `{prov['requested']}`): {prov['reason']}.",

@@ -1,0 +1,42 @@
+"""Modules imported on first attribute access, so that importing refdiff.export's modules
+does not import onnx (about half a second, most of it ml_dtypes): only building, checking or
+parsing a graph does.  ``from ._lazy import onnx, helper`` replaces ``import onnx`` and
+``from onnx import helper`` in modules whose module-level code does not touch onnx.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+
+class LazyModule(types.ModuleType):
+    """A stand-in for the module ``target``: the first attribute access imports it."""
+
+    def __init__(self, target: str):
+        super().__init__(target)
+        self.__dict__["_target"] = target
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self.__dict__["_target"]), attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self.__dict__['_target']!r}>"
+
+
+class LazyAttribute:
+    """A stand-in for ``module.name`` (a class used only through its attributes, such as
+    ``onnx.TensorProto.FLOAT``)."""
+
+    def __init__(self, module: str, name: str):
+        self._where = (module, name)
+
+    def __getattr__(self, attr: str):
+        module, name = self._where
+        return getattr(getattr(importlib.import_module(module), name), attr)
+
+
+onnx = LazyModule("onnx")
+helper = LazyModule("onnx.helper")
+numpy_helper = LazyModule("onnx.numpy_helper")
+TensorProto = LazyAttribute("onnx", "TensorProto")
