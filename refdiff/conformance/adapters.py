@@ -179,9 +179,13 @@ class DiffusersTarget:
         if step is None:
             step = self._factory().step
         params = inspect.signature(step).parameters
-        self.kind_info = scheduler_kind(probe)
+        # a factory function says nothing itself: its scheduler does
+        kind_probe = probe
+        if not inspect.isclass(probe) and not hasattr(probe, "step"):
+            kind_probe = self._factory()
+        self.kind_info = scheduler_kind(kind_probe)
         self.family = self.kind_info.family
-        self.accepted = accepted_config(probe)
+        self.accepted = accepted_config(kind_probe)
         if dtype is None:
             inst = probe if hasattr(probe, "alphas_cumprod") else None
             if inst is None:
