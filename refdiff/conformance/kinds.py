@@ -217,6 +217,11 @@ def _dpm_multistep(cfg: Mapping[str, object]) -> SchedulerKind:
     label = f"{names.get(algo, algo)} {order}M{suffix}"
     lof = bool(cfg.get("lower_order_final", True))
     st = str(cfg.get("solver_type", "midpoint"))
+    if cfg.get("euler_at_final") or cfg.get("use_lu_lambdas"):
+        key = "euler_at_final" if cfg.get("euler_at_final") else "use_lu_lambdas"
+        return SchedulerKind(
+            "refused", label, refused=f"{key}=True has no refdiff.solvers option (yet)"
+        )
     if order == 3 and algo in ("dpmsolver++", "sde-dpmsolver++"):
         if st != "heun":
             why = (
