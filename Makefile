@@ -61,10 +61,11 @@ test: $(TEST_STAMP)
 demo: $(DEMO_STAMP)
 	$(DEMO_VENV)/bin/refdiff demo
 
-# docs/conformance/diffusers.md: regenerated here only (deterministic on one machine); the
+# docs/conformance/diffusers.md and kdiffusion.md: regenerated here only (deterministic on one machine); the
 # test suite checks that the committed report still states the current findings.
 conformance: $(TEST_STAMP)
 	$(PY) tests/conformance/test_crosscheck_diffusers.py
+	$(PY) tests/conformance/test_crosscheck_kdiffusion.py
 
 bench: $(TEST_STAMP)
 	$(VENV)/bin/refdiff bench

@@ -25,6 +25,7 @@ __all__ = [
     "posterior_variance",
     "posterior_log_variance",
     "posterior_mean_var",
+    "posterior_mean_var_logvar",
     "posterior_sample",
 ]
 
@@ -69,6 +70,19 @@ def posterior_mean_var(schedule: Schedule, x0, x_t, t) -> tuple[np.ndarray, np.n
     n = xt.ndim
     mean = per_sample(c0, n) * x0 + per_sample(ct, n) * xt
     return mean, per_sample(posterior_variance(schedule, t), n)
+
+
+def posterior_mean_var_logvar(
+    schedule: Schedule, x0, x_t, t, log_variance_clipping: str = "next"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, variance, log-variance) of q(x_{t−1}|x_t, x_0) in one call (eqs. 4.1–4.3):
+    mean of the state's shape (B, ...), variance and log-variance both (B, 1, …, 1) — the
+    same broadcastable shape (improved-diffusion's ``q_posterior_mean_variance``).  The
+    log-variance follows ``log_variance_clipping`` at t = 1 (eq. 4.3), float64."""
+    mean, var = posterior_mean_var(schedule, x0, x_t, t)
+    _, tt = state_and_t(schedule, x_t, t, "x_t")
+    logv = per_sample(posterior_log_variance(schedule, tt, log_variance_clipping), mean.ndim)
+    return mean, var, logv
 
 
 def posterior_sample(schedule: Schedule, x0, x_t, t, *, noise=None, rng=None) -> np.ndarray:

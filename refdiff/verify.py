@@ -6,7 +6,11 @@ Targets (docs/verify.md):
   ``alpha_bar``, ``timesteps``, ``q_sample``, ``posterior``, ``ddpm_step``, ``ddim_step``
   (any subset), attributes ``index_base``, ``dtype``, ``conventions``;
 - a **diffusers-style scheduler** (class, factory or instance with ``set_timesteps``,
-  ``step``, ``alphas_cumprod``) through :class:`refdiff.adapters.DiffusersTarget`.
+  ``step``, ``alphas_cumprod``) through :class:`refdiff.adapters.DiffusersTarget`; its kind
+  is detected first (:func:`scheduler_kind`: DDPM, DDIM, DDIM inversion, σ-view, flow
+  matching, or refused with the reason — exit code 3, :data:`EXIT_CODES`);
+- an improved-/guided-diffusion ``GaussianDiffusion`` or a k-diffusion sampling function,
+  through the built-in adapters of :mod:`refdiff.conformance.peers`.
 
 Every comparison injects the same noise into the implementation and the reference, and uses
 the tolerance of :mod:`refdiff.testing` for the implementation's precision.  A failing
@@ -27,17 +31,30 @@ from .conformance.diagnoses import (
     Hypothesis,
     KnownBug,
     diagnose,
+    diagnose_all,
     diagnosis_for,
     explained_by,
+    group_causes,
     hypotheses,
+    nan_cause,
+    precision_diagnosis,
+)
+from .conformance.kinds import SchedulerKind, scheduler_kind
+from .conformance.peers import (
+    GaussianDiffusionTarget,
+    KDiffusionTarget,
+    from_diffusers_config,
+    from_improved_diffusion,
 )
 from .conformance.protocol import CONVENTION_KEYS, ProtocolTarget
 from .conformance.runner import (
+    EXIT_CODES,
     Item,
     Report,
     as_target,
     ddim_option_sets,
     ddpm_option_sets,
+    kind_plan,
     plan,
     run,
     short_label,
@@ -74,6 +91,18 @@ __all__ += [
     "short_label",
     "step_settings",
     "step_times",
+    "EXIT_CODES",
+    "SchedulerKind",
+    "scheduler_kind",
+    "kind_plan",
+    "GaussianDiffusionTarget",
+    "KDiffusionTarget",
+    "from_diffusers_config",
+    "from_improved_diffusion",
+    "diagnose_all",
+    "group_causes",
+    "nan_cause",
+    "precision_diagnosis",
 ]
 
 # The name older code used.

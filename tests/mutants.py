@@ -433,6 +433,35 @@ MUTANTS: tuple[Mutant, ...] = (
         "the affine σ-sampler run keeps its model outputs oldest first",
         ("tests/spec/test_sigma_affine.py::test_fast_run_is_the_specification",),
     ),
+    # i15: verify's per-setting causes, σ-view trajectories and golden vectors for a port
+    Mutant(
+        "verify_causes_not_refuted_by_passing_steps",
+        "refdiff.conformance.diagnoses",
+        "    names = [n for n in names if not _refuted(n, passing)]",
+        "    names = list(names)",
+        "a bug is named even where a passing step refutes it (ᾱ_prev off by one taken for the "
+        "stride bug)",
+        (
+            "tests/conformance/test_bug_catalogue.py::"
+            "test_each_signature_is_named_on_its_planted_bug[DDIMStride]",
+        ),
+    ),
+    Mutant(
+        "verify_trajectory_compared_one_state_early",
+        "refdiff.conformance.sigmaview",
+        "    ref = ref[1 : 1 + got.shape[0]]",
+        "    ref = ref[: got.shape[0]]",
+        "the scheduler's state after step i is compared with the reference's before it",
+        ("tests/conformance/test_bug_catalogue.py::test_correct_sigma_sampler_passes",),
+    ),
+    Mutant(
+        "vectors_no_effect_inverted",
+        "refdiff.conformance.vectors",
+        "        if same:\n            out[k] =",
+        "        if not same:\n            out[k] =",
+        "options that change the outputs are marked as without effect",
+        ("tests/conformance/test_vectors_port.py::test_options_without_effect_are_marked",),
+    ),
 )
 
 BY_NAME = {m.name: m for m in MUTANTS}

@@ -13,7 +13,7 @@ from .._io import write_json
 from ..errors import InputError, OptionError
 from .adapters import DiffusersTarget, looks_like_diffusers_scheduler
 from .protocol import ProtocolTarget
-from .runner import PLAN_OPS, run
+from .runner import EXIT_CODES, KIND_OPS, PLAN_OPS, run
 from .tolerance import UNIT_ROUNDOFF, Tolerance
 
 __all__ = ["load_object", "load_target", "main"]
@@ -46,20 +46,34 @@ def load_object(spec: str) -> Any:
     return obj
 
 
-def load_target(spec: str, *, diffusers: bool | None = None):
-    """A verify target from a ``module:object`` spec (auto-detects diffusers schedulers)."""
+def load_target(spec: str, *, diffusers: bool | None = None, variance_aliases: dict | None = None):
+    """A verify target from a ``module:object`` spec (auto-detects diffusers schedulers,
+    improved-/guided-diffusion ``GaussianDiffusion`` objects and k-diffusion samplers)."""
     obj = load_object(spec)
     if diffusers or (diffusers is None and looks_like_diffusers_scheduler(obj)):
-        return DiffusersTarget(obj, name=spec)
+        return DiffusersTarget(obj, name=spec, variance_aliases=variance_aliases)
+    from .peers import as_peer_target
+
+    peer = as_peer_target(obj, name=spec)
+    if peer is not None:
+        return peer
     if isinstance(obj, type):
         obj = obj()
     elif callable(obj) and not any(hasattr(obj, m) for m in ("ddpm_step", "ddim_step", "q_sample")):
         obj = obj()
+    if hasattr(obj, "kind_info") and callable(getattr(obj, "trajectory", None)):
+        obj.name = spec  # a σ-view sampler object (docs/verify.md §Your own σ-view sampler)
+        return obj
+    peer = as_peer_target(obj, name=spec)
+    if peer is not None:
+        return peer
     return ProtocolTarget(obj, name=spec)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``refdiff verify``; returns the exit status (0: pass, 1: fail, 2: usage)."""
+    """Entry point of ``refdiff verify``; returns the exit status (:data:`EXIT_CODES`: 0 PASS,
+    1 FAIL, 2 usage error, 3 REFUSED — refdiff cannot check the sampler's steps and the
+    schedule-level checks passed)."""
     p = argparse.ArgumentParser(
         prog="refdiff verify",
         description="Verify an implementation against the float64 reference, option by option.",
@@ -82,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         "float16, bfloat16); default: the target's dtype",
     )
     p.add_argument(
+        "--schedule-dtype",
+        default=None,
+        help="precision of the schedule tables (ᾱ, β and the coefficients built from them) "
+        "when it differs from the states': e.g. --dtype float64 --schedule-dtype float32 "
+        "for float32 tables with float64 states (mixed tolerance)",
+    )
+    p.add_argument(
+        "--variance-alias",
+        action="append",
+        default=[],
+        metavar="REFDIFF=NATIVE",
+        help="check a refdiff variance type through the scheduler's own name for it, e.g. "
+        "fixed_large=fixed_large_log (diffusers' *_log variances are checked by default)",
+    )
+    p.add_argument(
         "--factor", type=float, default=None, help="tolerance safety factor K (default 8)"
     )
     p.add_argument("--T", type=int, default=1000, help="training steps (default 1000)")
@@ -91,16 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         "--ops",
         default=None,
         help="comma list of ops to check "
-        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step)",
+        "(alpha_bar,timesteps,q_sample,posterior,ddpm_step,ddim_step; σ-view and inversion "
+        "schedulers: sigmas,trajectory,ddim_inverse_step)",
     )
     p.add_argument("--json", default=None, help="write every comparison to this JSON file")
     p.add_argument("--failures", type=int, default=30, help="failure lines to print (30)")
     a = p.parse_args(argv)
     spec = a.diffusers or a.target
-    bad = [op for op in (a.ops.split(",") if a.ops else []) if op not in PLAN_OPS]
-    if bad or (a.dtype is not None and a.dtype not in UNIT_ROUNDOFF):
+    valid_ops = PLAN_OPS + KIND_OPS
+    bad = [op for op in (a.ops.split(",") if a.ops else []) if op not in valid_ops]
+    sdt = a.schedule_dtype
+    if bad or any(d is not None and d not in UNIT_ROUNDOFF for d in (a.dtype, sdt)):
         flag, value, valid = (
-            ("--ops", bad[0], PLAN_OPS) if bad else ("--dtype", a.dtype, UNIT_ROUNDOFF)
+            ("--ops", bad[0], valid_ops)
+            if bad
+            else ("--dtype", a.dtype, UNIT_ROUNDOFF)
+            if a.dtype is not None and a.dtype not in UNIT_ROUNDOFF
+            else ("--schedule-dtype", sdt, UNIT_ROUNDOFF)
         )
         print(f"refdiff verify: {OptionError(flag, value, list(valid))}", file=sys.stderr)
         return 2
@@ -111,26 +147,59 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    aliases = {}
+    for pair in a.variance_alias:
+        k, sep, v = pair.partition("=")
+        if not sep or not k or not v:
+            print(
+                f"refdiff verify: --variance-alias wants REFDIFF=NATIVE; got {pair!r}",
+                file=sys.stderr,
+            )
+            return 2
+        aliases[k] = v
     try:
-        target = load_target(spec, diffusers=True if a.diffusers else None)
+        target = load_target(
+            spec, diffusers=True if a.diffusers else None, variance_aliases=aliases or None
+        )
     except (InputError, ImportError) as e:
         print(f"refdiff verify: {e}", file=sys.stderr)
         return 2
-    kw = {}
+    kw: dict = {}
     if a.factor is not None:
         kw["factor"] = a.factor
+    if a.schedule_dtype is not None:
+        kw["schedule"] = a.schedule_dtype
     dtype = a.dtype or getattr(target, "dtype", None) or "float64"
+    if a.schedule_dtype is None and a.dtype is None and getattr(target, "schedule_dtype", None):
+        kw["schedule"] = target.schedule_dtype  # e.g. improved-diffusion's float32 look-ups
     try:
         tol = Tolerance.for_dtype(dtype, **kw)
         ops = a.ops.split(",") if a.ops else None
-        rep = run(target, tolerance=tol, T=a.T, steps=a.steps, quick=a.quick, ops=ops)
+        rep = run(
+            target,
+            tolerance=tol,
+            T=a.T,
+            steps=a.steps,
+            quick=a.quick,
+            ops=ops,
+            native_variances=True,
+        )
     except InputError as e:
         print(f"refdiff verify: {e}", file=sys.stderr)
         return 2
     print(rep.table())
+    notes = rep.notes()
+    if notes:
+        print("\nPeer conventions (reported, not failures):")
+        for line in notes:
+            print("  - " + line)
     fails = rep.failure_summary(a.failures)
     if fails:
-        print("\nFailures (worst case per op, setting and likely cause):")
+        print(
+            "\nFailures (worst case per op, setting and likely cause; times are the "
+            f"implementation's {'0' if rep.index_base == 0 else '1'}-based index, refdiff's "
+            "1-based t in parentheses):"
+        )
         for line in fails:
             print("  - " + line)
     if a.json:
@@ -140,8 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                 "target": rep.name,
                 "tolerance": rep.tolerance.describe(),
                 "passed": rep.passed,
+                "verdict": rep.verdict,
+                "scheduler": rep.kind,
+                "refused": rep.refused,
                 "checks": rep.to_json(),
             },
         )
-    print("\nresult: " + ("PASS" if rep.passed else "FAIL"))
-    return 0 if rep.passed else 1
+    verdict = rep.verdict
+    if verdict == "REFUSED":
+        print(f"\nresult: REFUSED — {rep.refused}; the schedule-level checks above passed")
+    else:
+        print("\nresult: " + verdict)
+    return EXIT_CODES[verdict]

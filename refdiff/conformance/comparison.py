@@ -49,8 +49,8 @@ class Comparison:
     def where(self) -> str:
         """The time, in the implementation's index and (if different) refdiff's."""
         if self.index_base == 1:
-            return f"t={self.base_time}"
-        return f"t={self.index} (refdiff t={self.base_time})"
+            return f"t={self.base_time} (1-based)"
+        return f"t={self.index} (0-based; refdiff t={self.base_time})"
 
     def message(self) -> str:
         """One line naming the op, options, setting, time, errors and the diagnosis."""
@@ -119,7 +119,7 @@ def compare(
     if bad.any():
         n = int(bad.sum())
         return _failed(
-            base,
+            {**base, "actual": np.array(a)},
             f"{n} of {a.size} output values are NaN or Inf "
             f"(the reference is finite, max |x| {np.max(np.abs(exp)):.3g})",
         )

@@ -30,7 +30,7 @@ from ..errors import InputError, UndefinedError
 from ..schedule import Schedule, respace
 from .cases import Case, Setting, expected, make_inputs, with_options
 from .comparison import Comparison
-from .tolerance import Tolerance, alpha_bar_tolerance, tolerance_array
+from .tolerance import UNIT_ROUNDOFF, Tolerance, alpha_bar_tolerance, tolerance_array
 
 __all__ = [
     "Hypothesis",
@@ -44,12 +44,19 @@ __all__ = [
     "hypotheses",
     "example_case",
     "diagnose",
+    "diagnose_all",
+    "precision_diagnosis",
+    "nan_cause",
     "explained_by",
     "diagnose_alpha_bar",
     "diagnosis_for",
+    "group_causes",
+    "CONVENTION",
 ]
 
 STEPS = ("ddpm_step", "ddim_step")
+# a diagnosis ending with this names a peer's documented convention: reported, not failed
+CONVENTION = ": a documented convention, not a bug"
 ALL_OPS = ("q_sample", "posterior_mean", "posterior_variance", *STEPS)
 
 
@@ -283,6 +290,24 @@ def q_sample_missing_noise_sqrt(c: Case) -> np.ndarray:
 def q_sample_scales_swapped(c: Case) -> np.ndarray:
     """√(1 − ᾱ) x0 + √ᾱ ε instead of eq. 3.2."""
     return math.sqrt(1 - _ab(c)) * c.inputs["x0"] + math.sqrt(_ab(c)) * c.inputs["noise"]
+
+
+@known_bug(
+    "q_sample",
+    message="looks like ᾱ_T = 2⁻²⁴ instead of 0 at zero terminal SNR (diffusers' σ-view "
+    "schedulers keep σ_T finite that way" + CONVENTION + ")",
+    reference="docs/math.md eq. 2.4 (zero terminal SNR: ᾱ_T = 0)",
+    example={
+        "op": "q_sample",
+        "setting": Setting("scaled_linear", 1000, zero_terminal_snr=True),
+        "t": 1000,
+    },
+    applies=lambda c: c.setting.zero_terminal_snr and c.t == c.schedule.T,
+)
+def zsnr_alpha_bar_floor(c: Case) -> np.ndarray:
+    """q_sample at t = T with ᾱ_T = 2⁻²⁴ instead of 0."""
+    ab = 2.0**-24
+    return math.sqrt(ab) * c.inputs["x0"] + math.sqrt(1 - ab) * c.inputs["noise"]
 
 
 # -- posterior ------------------------------------------------------------------------------
@@ -582,6 +607,7 @@ def ddim_direction_ignores_sigma(c: Case) -> np.ndarray:
     reference="docs/math.md eqs. 7.9–7.10",
     example={"op": "ddim_step", "setting": _LEADING, "options": _ETA1, "t": 15},
     applies=lambda c: _eta(c) > 0,
+    planted="EtaIgnored",
 )
 def ddim_eta_ignored(c: Case) -> np.ndarray:
     """DDIM with η taken as 0."""
@@ -605,22 +631,194 @@ def ddim_sigma_unrespaced_beta(c: Case) -> np.ndarray:
     return _ddim_custom(c, sigma_fn=lambda ab, abp, e: _unrespaced(ab, abp, e, c))
 
 
+# -- the catalogue of first-party bug signatures (docs/verify.md §Diagnoses) -------------------
+def _eps_only(c: Case) -> bool:
+    return str(_opt(c, "prediction_type", "epsilon")) == "epsilon" and not _restricted(c)
+
+
+def _with_x0(c: Case, x0: np.ndarray) -> np.ndarray:
+    """The step with x̂0 replaced by ``x0`` (ε-prediction: ε̂ is the model output)."""
+    s, t, i, o = c.schedule, c.t, c.inputs, dict(c.options)
+    eps = i["model_output"]
+    if c.op == "ddpm_step":
+        c0, ct = posterior.posterior_coefficients(s, t)
+        p = _ddpm_parts(c)
+        mean = float(c0) * x0 + float(ct) * i["x_t"]
+        return mean + (t > 1) * np.sqrt(p.variance) * i["noise"]
+    o.pop("final_step_noise", None)
+    p = reverse.ddim_parts(s, i["x_t"], t, eps, **o)
+    abp = float(reverse.ddim_alpha_bar_prev(s, t, o.get("final_alpha_bar", "one")))
+    sig2 = float(np.max(p.variance))
+    x = math.sqrt(abp) * x0 + math.sqrt(max(1 - abp - sig2, 0.0)) * eps
+    if _eta(c) > 0 and (t > 1 or _fsn(c)):
+        x = x + math.sqrt(sig2) * i["noise"]
+    return x
+
+
+@known_bug(
+    *STEPS,
+    message="looks like x̂0 divided by ᾱ_t instead of √ᾱ_t (x̂0 = (x_t − √(1−ᾱ) ε̂)/ᾱ)",
+    reference="docs/math.md eq. 5.1",
+    example={"op": "ddim_step", "setting": _LEADING, "options": _EPS, "t": 15},
+    applies=_eps_only,
+    planted="X0OverAlphaBar",
+)
+def x0_over_alpha_bar(c: Case) -> np.ndarray:
+    """x̂0 = (x_t − √(1−ᾱ) ε̂)/ᾱ_t (the square root missing in eq. 5.1)."""
+    ab, i = _ab(c), c.inputs
+    return _with_x0(c, (i["x_t"] - math.sqrt(1 - ab) * i["model_output"]) / ab)
+
+
+@known_bug(
+    *STEPS,
+    message="looks like x̂0 divided by ᾱ_t instead of √ᾱ_t (x̂0 = (x_t − √(1−ᾱ) ε̂)/ᾱ)",
+    reference="docs/math.md eq. 5.1",
+    example={"op": "ddim_step", "setting": _LEADING, "options": _EPS, "t": 15},
+    applies=lambda c: _eps_only(c) and c.op == "ddim_step",
+    planted="X0OverAlphaBar",
+)
+def x0_over_alpha_bar_rederived(c: Case) -> np.ndarray:
+    """As :func:`x0_over_alpha_bar`, with ε̂ then re-derived from the wrong x̂0."""
+    ab, i = _ab(c), c.inputs
+    x0 = (i["x_t"] - math.sqrt(1 - ab) * i["model_output"]) / ab
+    eps = (i["x_t"] - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    return _with_x0(replace(c, inputs={**i, "model_output": eps}), x0)
+
+
+@known_bug(
+    "ddim_step",
+    message="looks like a wrong DDIM σ: the ratio inverted "
+    "(σ = η √((1−ᾱ_t)/(1−ᾱ_prev)) √(1−ᾱ_t/ᾱ_prev))",
+    reference="docs/math.md eq. 7.10",
+    example={"op": "ddim_step", "setting": _LEADING, "options": _ETA1, "t": 15},
+    applies=lambda c: _eta(c) > 0 and c.t > 1,
+    planted="SigmaRatioInverted",
+)
+def ddim_sigma_ratio_inverted(c: Case) -> np.ndarray:
+    """DDIM σ with (1−ᾱ_t)/(1−ᾱ_prev) for (1−ᾱ_prev)/(1−ᾱ_t) (eq. 7.10)."""
+    return _ddim_custom(
+        c, sigma_fn=lambda ab, abp, e: e * math.sqrt((1 - ab) / (1 - abp) * (1 - ab / abp))
+    )
+
+
+def _prev_applies(c: Case) -> bool:
+    return c.t > 1 and _stride_prev(c)[1] + 1 < c.base_time
+
+
+def _prev_off_message(c: Case) -> str:
+    _, true_prev = _stride_prev(c)
+    return (
+        f"looks like ᾱ_prev read one step late (ᾱ at 0-based index {true_prev} for the "
+        f"previous step {true_prev - 1}: an off-by-one on the previous index only)"
+    )
+
+
+@known_bug(
+    *STEPS,
+    message=_prev_off_message,
+    reference="docs/math.md eqs. 7.3, 7.10 (ᾱ_prev is ᾱ at the previous kept step)",
+    example={"op": "ddim_step", "setting": _LEADING, "options": _EPS, "t": 15},
+    applies=_prev_applies,
+    planted="AlphaBarPrevOffByOne",
+)
+def alpha_bar_prev_off_by_one(c: Case) -> np.ndarray:
+    """ᾱ_prev read at the next base step (previous kept base time + 1), ᾱ_t right."""
+    _, true_prev = _stride_prev(c)
+    s2, t2 = _mini_prev(c, true_prev + 1)
+    return expected(replace(c, t=t2), s2)
+
+
+def _log_variance_sqrt(c: Case) -> np.ndarray:
+    p = _ddpm_parts(c)
+    with np.errstate(all="ignore"):
+        return p.mean + (c.t > 1) * np.sqrt(np.log(p.variance)) * c.inputs["noise"]
+
+
+@known_bug(
+    "ddpm_step",
+    message="looks like the √ of a log-variance (σ = √(log σ²): NaN wherever log σ² < 0, "
+    "i.e. every step that adds noise; diffusers' `fixed_large_log`, diffusers#14569)",
+    reference="docs/math.md eq. 7.3 (σ = exp(½ log σ²)); diffusers#14569 (PR #14571)",
+    example={
+        "op": "ddpm_step",
+        "setting": _FULL,
+        "options": {**_EPS, "variance_type": "fixed_large"},
+        "t": 500,
+    },
+    applies=lambda c: c.t > 1 and _opt(c, "variance_type") in ("fixed_small", "fixed_large"),
+    planted="SqrtOfLogVariance",
+)
+def sqrt_of_log_variance(c: Case) -> np.ndarray:
+    """σ z with σ = √(log σ²) (a log-variance taken for a variance): NaN."""
+    return _log_variance_sqrt(c)
+
+
 # -- naming the bug --------------------------------------------------------------------------
 EXPLAINED = 0.01  # a bug "explains" an output it reproduces to 1% of the change it makes
 
 
+def _agrees(a: np.ndarray, y: np.ndarray, tarr: np.ndarray, gap: np.ndarray) -> bool:
+    """``a`` reproduces ``y``: same NaN/Inf pattern, finite values within tolerance (or 1% of
+    what the bug changes)."""
+    fa, fy = np.isfinite(a), np.isfinite(y)
+    if not np.array_equal(fa, fy):
+        return False
+    with np.errstate(all="ignore"):
+        return bool(np.all((np.abs(a - y) <= tarr + EXPLAINED * gap)[fa]))
+
+
+def diagnose_all(case: Case, actual: np.ndarray, tol: Tolerance) -> list[tuple[str, str]]:
+    """Every known bug that reproduces ``actual`` at ``case``: (name, description) pairs in
+    registry order.  A NaN/Inf output is reproduced by a bug that gives NaN/Inf at the same
+    places (e.g. the √ of a log-variance)."""
+    try:
+        ref = expected(case)
+        tarr = tolerance_array(case, tol)
+    except (UndefinedError, InputError):
+        return []
+    a = np.asarray(actual, dtype=np.float64)
+    if a.shape != ref.shape:
+        return []
+    out = []
+    for bug in REGISTRY.values():
+        h = bug.at(case)
+        if h is None:
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                y = np.asarray(h.output(case), dtype=np.float64)
+        except (InputError, ValueError, ZeroDivisionError, FloatingPointError):
+            continue
+        if y.shape != ref.shape:
+            continue
+        with np.errstate(all="ignore"):
+            gap = np.where(np.isfinite(y), np.abs(y - ref), 0.0)
+            distinct = (not np.isfinite(y).all()) or float(np.nanmax(gap / tarr)) > 1.0
+        if distinct and _agrees(a, y, tarr, gap):
+            out.append((bug.name, h.description))
+    return out
+
+
 def diagnose(case: Case, actual: np.ndarray, tol: Tolerance) -> str | None:
     """Name the known bug that reproduces ``actual`` within tolerance, if any (else the one
-    that comes much closer than the reference, as 'closest: …')."""
+    that comes much closer than the reference, as 'closest: …'; else a precision or NaN
+    diagnosis)."""
+    matches = [d for _n, d in diagnose_all(case, actual, tol)]
+    if matches:
+        return " or ".join(dict.fromkeys(matches))
     try:
         ref = expected(case)
         tarr = tolerance_array(case, tol)
     except (UndefinedError, InputError):
         return None
     a = np.asarray(actual, dtype=np.float64)
+    if a.shape != ref.shape:
+        return None
+    if not np.isfinite(a).all():
+        return nan_cause(case, a)
     with np.errstate(all="ignore"):
         ref_ratio = float(np.nanmax(np.abs(a - ref) / tarr))
-    matches, closest = [], []
+    closest = []
     for h in hypotheses(case):
         try:
             with np.errstate(all="ignore"):
@@ -630,24 +828,65 @@ def diagnose(case: Case, actual: np.ndarray, tol: Tolerance) -> str | None:
         if y.shape != ref.shape or not np.isfinite(y).all():
             continue
         with np.errstate(all="ignore"):
-            gap = np.abs(y - ref)
-            distinct = float(np.nanmax(gap / tarr)) > 1.0
-            resid = np.abs(a - y)
-            r = float(np.nanmax(resid / tarr))
-            # within tolerance, or within 1% of what the bug changes: the buggy term is itself
-            # computed in the implementation's precision, with its own cancellations
-            explained = bool(np.all(resid <= tarr + EXPLAINED * gap))
-        if not distinct:
-            continue
-        if explained:
-            matches.append(h.description)
-        elif r < ref_ratio / 100.0:
+            if float(np.nanmax(np.abs(y - ref) / tarr)) <= 1.0:
+                continue
+            r = float(np.nanmax(np.abs(a - y) / tarr))
+        if r < ref_ratio / 100.0:
             closest.append((r, h.description))
-    if matches:
-        return " or ".join(dict.fromkeys(matches))
     if closest:
         r, d = min(closest)
         return f"closest known bug: {d.removeprefix('looks like ')} (err/tol {r:.3g} under it)"
+    return precision_diagnosis(case, a, tol)
+
+
+def precision_diagnosis(case: Case, actual: np.ndarray, tol: Tolerance) -> str | None:
+    """For a failure at a tolerance finer than float32: does ``actual`` agree at the
+    tolerance of float32 coefficients (float64 states), or of float32 throughout?"""
+    if tol.u_schedule >= UNIT_ROUNDOFF["float32"]:
+        return None
+    ref = expected(case)
+    for t2, what in (
+        (
+            Tolerance(state=tol.state, schedule="float32", factor=tol.factor),
+            "agrees at the float32-coefficient tolerance: your coefficients (ᾱ, β and what "
+            f"is built from them) look float32 — verify with --schedule-dtype float32 "
+            f"(mixed: {tol.state} states, float32 tables)",
+        ),
+        (
+            Tolerance(state="float32", factor=tol.factor),
+            "agrees at the float32 tolerance: the implementation looks float32 throughout — "
+            "verify with --dtype float32",
+        ),
+    ):
+        with np.errstate(all="ignore"):
+            if float(np.nanmax(np.abs(actual - ref) / tolerance_array(case, t2))) <= 1.0:
+                return what
+    return None
+
+
+def nan_cause(case: Case, actual: np.ndarray) -> str | None:
+    """Name why an output holds NaN/Inf where the reference is finite, from where they are."""
+    bad = ~np.isfinite(actual)
+    i = case.inputs
+    if case.op == "ddpm_step" and "noise" in i:
+        if np.array_equal(bad, i["noise"] != 0):
+            return (
+                "NaN exactly where noise is added: the noise scale σ itself is NaN — "
+                "a square root of a negative number (e.g. the √ of a log-variance, "
+                "diffusers#14569) or of a negative variance"
+            )
+    if case.op == "ddim_step" and float(case.options.get("eta", 0.0)) >= 1.0:
+        if float(case.schedule.alpha_bar[case.t]) == 0.0:
+            return (
+                "NaN at ᾱ_t = 0 (zero terminal SNR) with η = 1: σ² = 1 − ᾱ_prev exactly, so "
+                "√(1 − ᾱ_prev − σ²) is the square root of a negative rounding residue — clamp "
+                "it at 0 (docs/math.md §7.2; diffusers#5969)"
+            )
+    if bad.all():
+        return "every value NaN/Inf: a coefficient of the step is NaN/Inf (0/0, √ of < 0)"
+    for key in ("model_output", "x_t"):
+        if key in i and np.array_equal(bad, np.abs(i[key]) > 1e300):
+            return f"NaN/Inf where {key} is huge: overflow"
     return None
 
 
@@ -736,6 +975,19 @@ def alpha_bar_float16(s: Schedule) -> np.ndarray:
     return np.cumprod((1 - s.beta[1:]).astype(np.float16)).astype(np.float64)
 
 
+@alpha_bar_bug(
+    message="looks like ᾱ_T = 2⁻²⁴ instead of 0 at zero terminal SNR (diffusers' σ-view "
+    "schedulers keep σ_T finite that way" + CONVENTION + ")",
+    reference="docs/math.md eq. 2.4 (zero terminal SNR: ᾱ_T = 0)",
+)
+def alpha_bar_zsnr_floor(s: Schedule) -> np.ndarray:
+    """ᾱ_T floored at 2⁻²⁴ (only differs from the reference when ᾱ_T = 0)."""
+    a = s.alpha_bar[1:].copy()
+    if a[-1] == 0:
+        a[-1] = 2.0**-24
+    return a
+
+
 def diagnose_alpha_bar(check: Comparison) -> str | None:
     """The known ᾱ-table bug that reproduces a failing ``alpha_bar`` check, if any."""
     a = np.asarray(check.actual, dtype=np.float64).ravel()
@@ -764,3 +1016,52 @@ def diagnosis_for(check: Comparison) -> Comparison:
     return replace(
         check, diagnosis=diagnose(check.case, check.actual, check.tolerance or Tolerance())
     )
+
+
+def _refuted(name: str, passing: list[Comparison]) -> bool:
+    """A bug is refuted by a passing check where it would have changed the output."""
+    bug = REGISTRY[name]
+    for c in passing:
+        case = c.case
+        if case is None or bug.at(case) is None:
+            continue
+        try:
+            with np.errstate(all="ignore"):
+                y = np.asarray(bug.output(case), dtype=np.float64)
+                ref = expected(case)
+                tarr = tolerance_array(case, c.tolerance or Tolerance())
+        except (InputError, UndefinedError, ValueError, ZeroDivisionError):
+            continue
+        with np.errstate(all="ignore"):
+            if not np.isfinite(y).all() or float(np.nanmax(np.abs(y - ref) / tarr)) > 1.0:
+                return True
+    return False
+
+
+def group_causes(checks: list[Comparison]) -> str | None:
+    """The causes of the failures of one (op, options, setting) group, named together: the
+    known bugs that explain *every* failing check and that no passing check of the group
+    refutes (a bug refuted by a passing step — where it would have changed the output — is
+    not the cause); when no single bug explains them all, every distinct cause found, each
+    once ("; also: …").  None when nothing known explains them."""
+    failing = [c for c in checks if c.status == "FAIL" and c.case is not None]
+    passing = [c for c in checks if c.status == "ok" and c.case is not None]
+    if not failing:
+        return None
+    per: list[dict[str, str]] = []
+    for c in failing:
+        if c.actual is None:
+            per.append({})
+            continue
+        per.append(dict(diagnose_all(c.case, c.actual, c.tolerance or Tolerance())))
+    names = [n for n in REGISTRY if all(n in d for d in per)]
+    names = [n for n in names if not _refuted(n, passing)]
+    if names:
+        desc = {n: d for m in per for n, d in m.items()}
+        return " or ".join(dict.fromkeys(desc[n] for n in names))
+    seen: dict[str, str] = {}
+    for d in per:
+        for n, text in d.items():
+            if not _refuted(n, passing):
+                seen.setdefault(n, text)
+    return "; also: ".join(seen.values()) or None

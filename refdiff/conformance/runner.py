@@ -14,10 +14,10 @@ from .. import reverse
 from .._check import renamed
 from ..errors import InputError, OptionError, UndefinedError
 from ..respacing import SPACINGS
-from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler
+from .adapters import DiffusersTarget, Unsupported, looks_like_diffusers_scheduler, to_numpy
 from .cases import Case, Setting, expected, make_inputs, options_label
 from .comparison import Comparison, compare, compare_alpha_bar, compare_timesteps
-from .diagnoses import diagnosis_for
+from .diagnoses import CONVENTION, diagnosis_for, group_causes
 from .protocol import CONVENTION_KEYS, ProtocolTarget
 from .tolerance import Tolerance
 
@@ -32,7 +32,18 @@ __all__ = [
     "as_target",
     "Report",
     "short_label",
+    "kind_plan",
+    "KIND_OPS",
+    "EXIT_CODES",
 ]
+
+# The exit codes of ``refdiff verify`` (docs/verify.md §Exit codes).
+EXIT_CODES = {
+    "PASS": 0,
+    "FAIL": 1,
+    "usage": 2,
+    "REFUSED": 3,  # refdiff cannot check this sampler's steps; schedule-level checks passed
+}
 
 
 # -- the plan: which checks to run ---------------------------------------------------------------
@@ -122,6 +133,8 @@ def step_settings(T: int = 1000, steps: int = 30) -> list[Setting]:
 
 
 PLAN_OPS = ("alpha_bar", "timesteps", "q_sample", "posterior", "ddpm_step", "ddim_step")
+# the ops of the other scheduler kinds (kind_plan)
+KIND_OPS = ("sigmas", "trajectory", "ddim_inverse_step")
 
 
 def plan(
@@ -182,6 +195,64 @@ def plan(
     return items
 
 
+def native_variance_items(
+    target: Any, samplers, *, T: int = 1000, steps: int = 30, quick: bool = False, ops=None
+) -> list[Item]:
+    """DDPM steps with the target's own other names for a fixed variance type
+    (``target.native_variances``, e.g. diffusers' ``fixed_large_log`` for ``fixed_large``)."""
+    names = getattr(target, "native_variances", None) or {}
+    if "ddpm" not in samplers or (ops is not None and "ddpm_step" not in ops):
+        return []
+    out = []
+    ssets = step_settings(T, min(steps, T))
+    for native, vt in names.items():
+        o = {"prediction_type": "epsilon", "variance_type": vt, "native_variance": native}
+        for s in ssets[:2] if quick else ssets:
+            out.append(Item("ddpm_step", s, o, step_times(s)))
+    return out
+
+
+def kind_plan(
+    target: Any, *, T: int = 1000, steps: int = 30, quick: bool = False, ops=None
+) -> list[Item]:
+    """The plan for a scheduler that is not a DDPM/DDIM one (``target.family``): the
+    schedule-level checks (ᾱ, timesteps, add_noise) with only the schedule's keywords, the σ
+    grid, and whole trajectories for σ-view and flow schedulers."""
+    fam = getattr(target, "family", "ddpm")
+    want = set(ops) if ops is not None else None
+    base = [
+        i
+        for i in plan(set(), T=T, steps=steps, quick=quick)
+        if i.op in ("alpha_bar", "timesteps", "q_sample")
+    ]
+    items = [] if fam in ("flow", "ksampler") else base
+    N = min(steps, T)
+    if fam == "ksampler":
+        from .sigmaview import TRAJECTORY_STEPS
+
+        n = min(TRAJECTORY_STEPS, T)
+        items = [Item("trajectory", Setting(sch, T, n, "linspace")) for sch in ("linear",)]
+        if not quick:
+            items.append(Item("trajectory", Setting("scaled_linear", T, n, "linspace")))
+    if fam == "ddim_inverse":
+        for st in step_settings(T, N)[1:5]:
+            items.append(
+                Item("ddim_inverse_step", st, {"prediction_type": "epsilon"}, step_times(st))
+            )
+    if fam in ("sigma", "flow"):
+        for sp in ("linspace", "leading", "trailing"):
+            items.append(Item("sigmas", Setting("linear", T, N, sp)))
+        if fam == "flow":
+            items = [Item("sigmas", Setting("linear", T, N, "linspace"))]
+        from .sigmaview import TRAJECTORY_STEPS
+
+        n = min(TRAJECTORY_STEPS, T)
+        spacings = ("linspace",) if fam == "flow" or quick else ("linspace", "leading", "trailing")
+        for sp in spacings:
+            items.append(Item("trajectory", Setting("linear", T, n, sp)))
+    return [i for i in items if want is None or i.op in want]
+
+
 # -- running ----------------------------------------------------------------------------------
 def _seed(*parts: object) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode())
@@ -207,6 +278,11 @@ def _unsupported(
     )
 
 
+def _why(e: BaseException) -> str:
+    """The reason of an unsupported/error row (the scheduler's own words for Unsupported)."""
+    return str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
+
+
 def _is_unsupported(e: BaseException) -> bool:
     if isinstance(e, Unsupported | NotImplementedError):
         return True
@@ -214,7 +290,7 @@ def _is_unsupported(e: BaseException) -> bool:
 
 
 def _reference_options(op: str, options: Mapping[str, object], conventions: Mapping) -> dict:
-    o = {k: v for k, v in options.items() if v is not None}
+    o = {k: v for k, v in options.items() if v is not None and k != "native_variance"}
     for k in CONVENTION_KEYS.get(op, ()):
         if k in conventions:
             o.setdefault(k, conventions[k])
@@ -230,15 +306,45 @@ def _run_item(target, item: Item, tol: Tolerance) -> list[Comparison]:
             a = target.alpha_bar(s)
         except Exception as e:  # noqa: BLE001 - reported per check
             st = "unsupported" if _is_unsupported(e) else "error"
-            return [_unsupported(item, s.T, s.T, f"{type(e).__name__}: {e}", tol, ib, st)]
+            return [_unsupported(item, s.T, s.T, _why(e), tol, ib, st)]
         return [replace(compare_alpha_bar(s, a, tol), index_base=ib)]
     if item.op == "timesteps":
         try:
             a = target.timesteps(s)
         except Exception as e:  # noqa: BLE001
             st = "unsupported" if _is_unsupported(e) else "error"
-            return [_unsupported(item, s.N, s.N, f"{type(e).__name__}: {e}", tol, ib, st)]
+            return [_unsupported(item, s.N, s.N, _why(e), tol, ib, st)]
         return [replace(compare_timesteps(s, a), index_base=ib, tolerance=tol)]
+    if item.op == "ddim_inverse_step":
+        from .inversion import compare_ddim_inverse
+
+        out = []
+        for k in item.times:
+            try:
+                out.append(compare_ddim_inverse(target, s, k, tol))
+            except Exception as e:  # noqa: BLE001
+                st = "unsupported" if _is_unsupported(e) else "error"
+                out.append(_unsupported(item, k, k, _why(e), tol, ib, st))
+        return out
+    if item.op in ("sigmas", "trajectory"):
+        from .sigmaview import compare_sigmas, compare_trajectory
+
+        try:
+            if item.op == "trajectory":
+                return [compare_trajectory(target, s, tol)]
+            got = target.sigmas(s)
+            sched = target._build(
+                target._schedule_config(s) if target.family == "sigma" else {}, s.N
+            )
+            cfg = dict(getattr(sched, "config", {}) or {})
+            own_t = np.asarray(to_numpy(sched.timesteps), dtype=np.float64)
+            keep = np.concatenate([[True], own_t[1:] != own_t[:-1]])  # Heun repeats each t
+            own_t = own_t[keep]
+            vp = target.kind_info.state == "vp"
+            return [replace(compare_sigmas(s, got, cfg, tol, own_t, vp), index_base=ib)]
+        except Exception as e:  # noqa: BLE001
+            st = "unsupported" if _is_unsupported(e) else "error"
+            return [_unsupported(item, s.N, s.N, _why(e), tol, ib, st)]
     out: list[Comparison] = []
     opts = _reference_options(item.op, item.options, conv)
     for t in item.times:
@@ -257,10 +363,13 @@ def _run_item(target, item: Item, tol: Tolerance) -> list[Comparison]:
             ]
             continue
         try:
-            got = _call(target, item.op, s, base_t, inputs, opts)
+            nv = item.options.get("native_variance")
+            got = _call(
+                target, item.op, s, base_t, inputs, {**opts, "native_variance": nv} if nv else opts
+            )
         except Exception as e:  # noqa: BLE001
             st = "unsupported" if _is_unsupported(e) else "error"
-            out.append(_unsupported(item, t, base_t, f"{type(e).__name__}: {e}", tol, ib, st))
+            out.append(_unsupported(item, t, base_t, _why(e), tol, ib, st))
             continue
         if item.op != "posterior":
             got = (got,)
@@ -294,6 +403,19 @@ class Report:
     index_base: int
     conventions: Mapping[str, object]
     checks: list[Comparison]
+    kind: str = ""
+    refused: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """``"PASS"``, ``"FAIL"`` or ``"REFUSED"`` (nothing failed, but refdiff cannot check
+        the sampler's steps: ``refused`` says why); :data:`EXIT_CODES` maps it to the exit
+        status of ``refdiff verify``."""
+        if self.failures:
+            return "FAIL"
+        if self.refused:
+            return "REFUSED"
+        return "PASS" if self.passed else "FAIL"
 
     @property
     def failures(self) -> list[Comparison]:
@@ -324,8 +446,12 @@ class Report:
 
     def table(self) -> str:
         """The report as a text table, one row per op and option set (or setting)."""
-        lines = [
-            f"refdiff verify: {self.name}",
+        lines = [f"refdiff verify: {self.name}"]
+        if self.kind:
+            lines.append(f"  scheduler: {self.kind}")
+        if self.refused:
+            lines.append(f"  steps not checked: {self.refused} (schedule-level checks only)")
+        lines += [
             f"  index_base={self.index_base}; tolerance: {self.tolerance.describe()}; "
             f"conventions: {options_label(self.conventions) or 'refdiff defaults'}",
             "",
@@ -339,29 +465,31 @@ class Report:
         lines.append(
             f"{len(self.checks)} comparisons: "
             + ", ".join(
-                f"{n[k]} {k}" for k in ("ok", "FAIL", "error", "unsupported", "undefined") if k in n
+                f"{n[k]} {k}"
+                for k in ("ok", "convention", "FAIL", "error", "unsupported", "undefined")
+                if k in n
             )
         )
         return "\n".join(lines)
 
     def failure_summary(self, limit: int = 30) -> list[str]:
-        """One line per (op, setting, diagnosis): how many option sets fail that way, and the
-        worst example's message."""
-        worst: dict[tuple[str, str, str], Comparison] = {}
-        for op, _lab, cs in self.groups():
-            for setting_label in sorted({c.setting.label() for c in cs}):
-                bad = [
-                    c
-                    for c in cs
-                    if c.setting.label() == setting_label and c.status in ("FAIL", "error")
-                ]
-                if not bad:
-                    continue
-                w = max(bad, key=lambda c: (c.status == "error", c.ratio))
-                worst[(op, _lab, setting_label)] = w
+        """One line per (op, setting, cause): how many option sets fail that way, and the
+        worst example's message.  The cause of an (op, options, setting) group is named from
+        all its checks together (:func:`~.diagnoses.group_causes`: the known bug that
+        explains every failing step and that no passing step refutes; else every distinct
+        cause), else from the worst check."""
+        groups: dict[tuple[str, str, str], list[Comparison]] = {}
+        for c in self.checks:
+            lab = "" if c.op in ("alpha_bar", "timesteps") else short_label(c.options)
+            groups.setdefault((c.op, lab, c.setting.label()), []).append(c)
         buckets: dict[tuple[str, str, str], list[Comparison]] = {}
-        for (op, _, sl), c in worst.items():
-            d = diagnosis_for(c)
+        for (op, _lab, sl), cs in groups.items():
+            bad = [c for c in cs if c.status in ("FAIL", "error")]
+            if not bad:
+                continue
+            w = max(bad, key=lambda c: (c.status == "error", c.ratio))
+            causes = group_causes(cs) if op not in ("alpha_bar", "timesteps") else None
+            d = replace(w, diagnosis=causes) if causes else diagnosis_for(w)
             key = (op, sl, d.diagnosis or d.problem or "")
             buckets.setdefault(key, []).append(d)
         out = []
@@ -369,6 +497,14 @@ class Report:
             ex = max(cs, key=lambda c: c.ratio)
             out.append(f"[{len(cs)} option set(s)] {ex.message()}")
         return out[:limit] + ([f"… {len(out) - limit} more"] if len(out) > limit else [])
+
+    def notes(self) -> list[str]:
+        """One line per peer convention found (status ``convention``): where and what."""
+        seen: dict[str, list[str]] = {}
+        for c in self.checks:
+            if c.status == "convention":
+                seen.setdefault(c.diagnosis or "", []).append(f"{c.op} [{c.setting.label()}]")
+        return [f"{d.removeprefix('looks like ')} — in {', '.join(w)}" for d, w in seen.items()]
 
     def to_json(self) -> list[dict]:
         """Every comparison as a JSON-ready dict."""
@@ -400,6 +536,7 @@ _SHORT = {
     "threshold_max": "thr_max",
     "log_variance_clipping": "logvar",
     "final_step_noise": "final_noise",
+    "native_variance": "as",
 }
 
 
@@ -426,6 +563,7 @@ def _row(op: str, label: str, cs: Sequence[Comparison]) -> str:
     bad = [c for c in cs if c.status in ("FAIL", "error")]
     uns = [c for c in cs if c.status == "unsupported"]
     und = [c for c in cs if c.status == "undefined"]
+    conv = [c for c in cs if c.status == "convention"]
     mx = max((c.max_abs for c in done), default=0.0)
     mr = max((c.max_rel for c in done), default=0.0)
     ra = max((c.ratio for c in done), default=0.0)
@@ -436,10 +574,13 @@ def _row(op: str, label: str, cs: Sequence[Comparison]) -> str:
         )
     elif done:
         res = "ok"
-        extra = [f"{len(uns)} unsupported"] if uns else []
+        extra = [f"{len(conv)} convention"] if conv else []
+        extra += [f"{len(uns)} unsupported"] if uns else []
         extra += [f"{len(und)} undefined"] if und else []
         if extra:
             res += f" ({', '.join(extra)})"
+    elif conv:
+        res = "convention (see notes)"
     elif uns:
         res = "unsupported: " + (uns[0].problem or "")[:60]
     else:
@@ -454,34 +595,72 @@ def run(
     *,
     tolerance: Tolerance | None = None,
     name: str | None = None,
+    native_variances: bool = False,
     **plan_kw: Any,
 ) -> Report:
     """Run ``items`` (default :func:`plan`) against ``target`` (a protocol object, a
     :class:`ProtocolTarget`, a :class:`~refdiff.adapters.DiffusersTarget`, or a
-    diffusers-style scheduler)."""
+    diffusers-style scheduler).  ``native_variances``: also check the target's own other
+    names for a variance type (diffusers' ``fixed_small_log``/``fixed_large_log``; on by
+    default in the command line)."""
     tgt = as_target(target)
-    tol = tolerance or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
+    tol = tolerance or getattr(tgt, "tolerance", None)
+    tol = tol or Tolerance.for_dtype(getattr(tgt, "dtype", None) or "float64")
+    fam = getattr(tgt, "family", None)
     if items is None:
-        samplers = getattr(tgt, "samplers", None) or getattr(tgt, "kinds", None)
-        items = plan(samplers or {getattr(tgt, "sampler", "ddpm")}, **plan_kw)
+        if fam is not None and fam not in ("ddpm", "ddim"):
+            items = kind_plan(tgt, **plan_kw)
+        else:
+            if plan_kw.get("ops") is not None:
+                plan_kw = {**plan_kw, "ops": [o for o in plan_kw["ops"] if o in PLAN_OPS]}
+            samplers = getattr(tgt, "samplers", None) or getattr(tgt, "kinds", None)
+            samplers = samplers or {getattr(tgt, "sampler", "ddpm")}
+            items = plan(samplers, **plan_kw)
+            if native_variances:
+                items += native_variance_items(tgt, samplers, **plan_kw)
     checks: list[Comparison] = []
     for it in items:
         checks += _run_item(tgt, it, tol)
+    checks = [_convention(c) for c in checks]
+    info = getattr(tgt, "kind_info", None)
+    refused = None
+    if info is not None and info.refused:
+        refused = info.refused
+    elif fam == "ddim_inverse":
+        refused = getattr(tgt, "steps_refused", None)
     return Report(
         name or getattr(tgt, "name", type(target).__name__),
         tol,
         int(getattr(tgt, "index_base", 0)),
         dict(getattr(tgt, "conventions", {}) or {}),
         checks,
+        kind=info.label if info is not None else "",
+        refused=refused,
     )
+
+
+def _convention(c: Comparison) -> Comparison:
+    """A schedule-level failure explained by a peer's documented convention is reported with
+    status ``convention`` (not a failure)."""
+    if c.status != "FAIL" or c.op not in ("alpha_bar", "q_sample"):
+        return c
+    d = diagnosis_for(c)
+    if d.diagnosis and CONVENTION in d.diagnosis:
+        return replace(d, status="convention", passed=True)
+    return c
 
 
 def as_target(obj: Any):
     """``obj`` as a verify target (protocol wrapper or diffusers adapter)."""
-    if isinstance(obj, ProtocolTarget | DiffusersTarget):
+    if isinstance(obj, ProtocolTarget | DiffusersTarget) or hasattr(obj, "kind_info"):
         return obj
     if looks_like_diffusers_scheduler(obj):
         return DiffusersTarget(obj)
+    from .peers import as_peer_target
+
+    peer = as_peer_target(obj)
+    if peer is not None:
+        return peer
     if isinstance(obj, type):
         obj = obj()
     return ProtocolTarget(obj)

@@ -37,7 +37,8 @@ def test_every_known_bug_is_named_by_its_planted_reproduction(name: str) -> None
 @pytest.mark.parametrize("name", list(DG.ALPHA_BAR_BUGS))
 def test_every_known_alpha_bar_bug_is_named(name: str) -> None:
     bug = DG.ALPHA_BAR_BUGS[name]
-    setting = Setting("linear", 1000)
+    zsnr = "zero terminal SNR" in bug.message  # only differs where ᾱ_T = 0
+    setting = Setting("linear", 1000, zero_terminal_snr=zsnr)
     check = compare_alpha_bar(setting, bug.output(setting.base()), TOL)
     assert check.status == "FAIL"
     assert diagnosis_for(check).diagnosis == bug.message

@@ -135,7 +135,7 @@ def test_failure_message_names_option_t_errors_and_cause():
         rt.assert_ddpm_step_close(_ddpm_fn(bug, LINEAR, **o), LINEAR, options=o, dtype="float32")
     msg = str(e.value)
     assert "ddpm_step prediction_type=epsilon variance_type=fixed_small" in msg
-    assert "t=1 (refdiff t=2)" in msg
+    assert "t=1 (0-based; refdiff t=2)" in msg
     assert "max abs err" in msg and "max rel err" in msg
     assert "looks like β used instead of β̃" in msg
 
