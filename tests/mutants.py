@@ -6,7 +6,9 @@ before anything imports refdiff: an import hook compiles the mutated source in p
 module (nothing on disk changes; a snippet that no longer occurs exactly once is an error,
 so the catalogue cannot silently rot when the core is edited).
 
-    python -m tests.mutants                 # every mutant against the spec tests: a table
+    python -m tests.mutants                 # every mutant against the test files of its
+                                            # fast catchers (whole files): a table
+    python -m tests.mutants --scope spec    # against the spec tests
     python -m tests.mutants --scope all     # against the whole suite (not slow)
     python -m tests.mutants --only v_sign_error --scope mine
     python -m tests.mutants --list
@@ -612,6 +614,11 @@ SCOPES["spec"] += [
 ]
 
 
+def _own_files(m: Mutant) -> list[str]:
+    """The test files that hold ``m``'s fast catchers: each run in full."""
+    return sorted({c.split("::")[0] for c in m.fast})
+
+
 def _paths(scope: str) -> list[str]:
     out = []
     for pattern in SCOPES[scope]:
@@ -703,7 +710,11 @@ def _failures(xml: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--scope", choices=sorted(SCOPES), default="spec", help="which tests to run (default spec)"
+        "--scope",
+        choices=["own", *sorted(SCOPES)],
+        default="own",
+        help="which tests to run: own (default) = every test in the files of the mutant's fast "
+        "catchers; or a fixed set of files",
     )
     ap.add_argument("--only", action="append", default=[], help="run only this mutant (repeatable)")
     ap.add_argument(
@@ -732,17 +743,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{jobs} at a time"
     )
     runs = ([] if args.fast or args.no_baseline else [BASELINE]) + chosen
+
+    def tests_for(m: Mutant) -> list[str]:
+        if args.fast:
+            return list(m.fast)
+        if args.scope != "own":
+            return _paths(args.scope)
+        if m is BASELINE:  # the control runs every file any chosen mutant will run
+            return sorted({f for c in chosen for f in _own_files(c)})
+        return _own_files(m)
+
     with cf.ThreadPoolExecutor(jobs) as pool:
-        futs = [
-            pool.submit(
-                run_pytest,
-                m,
-                list(m.fast) if args.fast else _paths(args.scope),
-                extra,
-                args.timeout,
-            )
-            for m in runs
-        ]
+        futs = [pool.submit(run_pytest, m, tests_for(m), extra, args.timeout) for m in runs]
         outcomes = [f.result() for f in futs]
     if runs[0] is BASELINE:
         base, outcomes = outcomes[0], outcomes[1:]
