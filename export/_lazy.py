@@ -18,7 +18,12 @@ class LazyModule(types.ModuleType):
         self.__dict__["_target"] = target
 
     def __getattr__(self, attr: str):
-        return getattr(importlib.import_module(self.__dict__["_target"]), attr)
+        target = self.__dict__["_target"]
+        from . import _proto  # until onnx is imported: protobuf + checker without onnx/__init__
+
+        if not _proto.onnx_imported() and target in _proto.SHIMS:
+            return getattr(_proto.SHIMS[target], attr)
+        return getattr(importlib.import_module(target), attr)
 
     def __repr__(self) -> str:
         return f"<lazy module {self.__dict__['_target']!r}>"
@@ -33,6 +38,10 @@ class LazyAttribute:
 
     def __getattr__(self, attr: str):
         module, name = self._where
+        from . import _proto
+
+        if not _proto.onnx_imported() and module in _proto.SHIMS:
+            return getattr(getattr(_proto.SHIMS[module], name), attr)
         return getattr(getattr(importlib.import_module(module), name), attr)
 
 
