@@ -56,14 +56,14 @@ CHILD = """
 import json, sys
 from tests.export.test_export_proto import build_all
 digests = build_all()
-from refdiff.export import _proto
-shimmed = not _proto.onnx_imported() and "ml_dtypes" not in sys.modules
+from refdiff.export._proto import modules, onnx_imported
+shimmed = not onnx_imported() and "ml_dtypes" not in sys.modules
 import onnx  # afterwards: one ModelProto class, and onnx's own checker accepts our bytes
 import refdiff.export as ex
 from refdiff.schedule import linear
 m = ex.mixture_denoiser_model(ex.builtin_mixture("two"), linear(5))
 onnx.checker.check_model(m, full_check=True)
-same = type(m) is onnx.ModelProto and _proto.modules()[0].ModelProto is onnx.ModelProto
+same = type(m) is onnx.ModelProto and modules()[0].ModelProto is onnx.ModelProto
 print(json.dumps({"digests": digests, "shimmed": shimmed, "same": same}))
 """
 
@@ -83,8 +83,10 @@ def test_graphs_built_without_onnx_init_are_onnx_helpers_bytes():
 
 def test_shim_serves_only_until_onnx_is_imported():
     import onnx
-    from refdiff.export import _lazy, _proto
+    from refdiff.export._lazy import helper
+    from refdiff.export._lazy import onnx as lazy_onnx
+    from refdiff.export._proto import onnx_imported
 
-    assert _proto.onnx_imported()
-    assert _lazy.helper.make_node is onnx.helper.make_node  # the real one once imported
-    assert _lazy.onnx.ModelProto is onnx.ModelProto
+    assert onnx_imported()
+    assert helper.make_node is onnx.helper.make_node  # the real one once imported
+    assert lazy_onnx.ModelProto is onnx.ModelProto
