@@ -20,11 +20,13 @@ import importlib.util
 import numbers
 import os
 import sys
+import threading
 import types
 
 import numpy as np
 
 _MODULES: dict[str, types.ModuleType] = {}
+_LOCK = threading.Lock()  # one load, even when replicas build graphs in threads
 
 
 def onnx_imported() -> bool:
@@ -51,7 +53,11 @@ def _load(name: str, path: str) -> types.ModuleType:
 
 def modules() -> tuple[types.ModuleType, types.ModuleType]:
     """(``onnx_ml_pb2``, the C extension), loaded without ``onnx/__init__`` if need be."""
-    if "pb" not in _MODULES:
+    if "pb" in _MODULES:
+        return _MODULES["pb"], _MODULES["c"]
+    with _LOCK:
+        if "pb" in _MODULES:
+            return _MODULES["pb"], _MODULES["c"]
         if "onnx" in sys.modules:
             import onnx.onnx_cpp2py_export as c
             import onnx.onnx_ml_pb2 as pb
