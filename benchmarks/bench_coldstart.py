@@ -103,10 +103,6 @@ np.save(out, s.run(["x_0"], feeds)[0])
 
 def _prepare(tmp: Path) -> tuple[Path, Path]:
     """The denoiser file and the 10-step sampler file, written with this checkout."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.run import bootstrap
-
-    bootstrap()
     from refdiff.export import (
         build_schedule,
         builtin_mixture,

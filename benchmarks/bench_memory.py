@@ -11,6 +11,11 @@ N means bounded; the old all-at-once host noise grew by 3 states per step.
 
     python -m benchmarks.bench_memory [--batch 64] [--shape 3,64,64] [--steps 50,1000]
     python -m benchmarks.bench_memory --child MODE NOISE STEPS B,C,H,W     (one measurement)
+    python -m benchmarks.bench_memory --child model - 0 B,C,H,W     (one bare session.run)
+
+The "model" term of the target (≤ 4 states + model) is measured, not assumed: the peak RSS
+growth of one bare ``session.run`` of the same denoiser at the same batch in its own child
+process (its output, activations and arena); "−model" columns are sampler − model.
 """
 
 from __future__ import annotations
@@ -62,27 +67,58 @@ def tiny_image_denoiser(shape: tuple[int, ...]):
     return m
 
 
-def _no_mem_pattern() -> None:
-    """Experiment: sessions with ``enable_mem_pattern = False`` (onnxruntime's per-shape
-    pre-planned block; see benchmarks/RESULTS.md, "Memory")."""
+def _session_options(spec: str) -> None:
+    """Experiment: every session gets these ``SessionOptions`` attributes, e.g.
+    ``enable_cpu_mem_arena=0,enable_mem_pattern=1`` (set after refdiff's own choices)."""
     import onnxruntime as ort
 
+    pairs = [kv.split("=") for kv in spec.split(",") if kv]
     base = ort.SessionOptions
 
     class Options(base):
+        def __setattr__(self, name, value):
+            if any(name == k for k, _ in pairs):
+                return  # the experiment's value wins
+            super().__setattr__(name, value)
+
         def __init__(self):
             super().__init__()
-            self.enable_mem_pattern = False
+            for k, v in pairs:
+                base.__setattr__(self, k, bool(int(v)))
 
     ort.SessionOptions = Options
+
+
+def model_child(shape: tuple[int, ...]) -> dict:
+    """The "model" term: peak RSS growth of ONE bare ``session.run`` of the same denoiser at
+    the same batch (default ``SessionOptions``, 1 thread; its input made before, its output
+    counted), as a hand-written onnxruntime script would run it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(
+        tiny_image_denoiser(shape).SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    t = np.full(shape[0], 10, np.int64)
+    before = _rss()
+    out = sess.run(None, {"x": x, "t": t})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    state = 4 * math.prod(shape)
+    assert out[0].shape == shape
+    return {"mode": "model", "before": before, "peak": peak, "states": (peak - before) / state}
 
 
 def child(mode: str, noise: str, steps: int, shape: tuple[int, ...]) -> dict:
     """One measurement in this process: peak RSS growth during ``sample`` in bytes."""
     import os
 
-    if os.environ.get("REFDIFF_BENCH_NO_MEM_PATTERN"):
-        _no_mem_pattern()
+    if mode == "model":
+        return model_child(shape)
+    if os.environ.get("REFDIFF_BENCH_SESSION_OPTIONS"):
+        _session_options(os.environ["REFDIFF_BENCH_SESSION_OPTIONS"])
     import refdiff.export as ex
 
     from refdiff.schedule import linear
@@ -133,26 +169,29 @@ def main(argv=None) -> int:
     p.add_argument("--steps", default="50,1000")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     p.add_argument(
-        "--no-mem-pattern",
-        action="store_true",
-        help="sessions without onnxruntime's memory pattern (an experiment)",
+        "--session-options",
+        default=None,
+        help="an experiment: SessionOptions for every session, e.g. enable_cpu_mem_arena=0",
     )
     a = p.parse_args(argv)
     if a.child:
         mode, noise, steps, dims = a.child
         print(json.dumps(child(mode, noise, int(steps), tuple(int(d) for d in dims.split(",")))))
         return 0
-    if a.no_mem_pattern:
+    if a.session_options:
         import os
 
-        os.environ["REFDIFF_BENCH_NO_MEM_PATTERN"] = "1"
+        os.environ["REFDIFF_BENCH_SESSION_OPTIONS"] = a.session_options
     shape = (a.batch, *(int(d) for d in a.shape.split(",")))
     steps = [int(s) for s in a.steps.split(",")]
     state = 4 * math.prod(shape)
+    model = measure("model", "-", 0, shape)
     print(
-        f"peak RSS growth during sample(), in float32 states of {shape} ({state / 2**20:.1f} MiB)"
+        f"peak RSS growth during sample(), in float32 states of {shape} ({state / 2**20:.1f} MiB);"
+        f" model = one bare session.run of the denoiser: {model['states']:.2f} states"
     )
-    print(f"{'mode':6} {'noise':6} " + " ".join(f"{f'N={n}':>8}" for n in steps) + "   ratio  est.")
+    head = " ".join(f"{f'N={n}':>8}" for n in steps) + " ".join(f"{'−model':>8}" for n in steps)
+    print(f"{'mode':6} {'noise':6} {head}   ratio  est.  ≤ 4 + model")
     rows = []
     for mode in ("steps", "fused", "graph"):
         for noise in ("input", "graph"):
@@ -160,11 +199,15 @@ def main(argv=None) -> int:
             rows += r
             ratio = (r[-1]["peak"]) / r[0]["peak"]
             cells = " ".join(f"{x['states']:8.2f}" for x in r)
-            print(f"{mode:6} {noise:6} {cells}   {ratio:5.3f}  {r[-1]['estimate_states']:4.1f}")
+            ours = [x["states"] - model["states"] for x in r]
+            cells += " " + " ".join(f"{o:8.2f}" for o in ours)
+            ok = "yes" if max(ours) <= 4 else "no"
+            est = r[-1]["estimate_states"]
+            print(f"{mode:6} {noise:6} {cells}   {ratio:5.3f}  {est:4.1f}  {ok}")
     if a.json:
         from refdiff._io import write_json
 
-        write_json(a.json, rows)
+        write_json(a.json, [model, *rows])
     return 0
 
 

@@ -315,6 +315,50 @@ def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.npy"
 
 
+class ResourceError(InputError):
+    """The Ray cluster has fewer CPUs or GPUs than a run asks for; raised at once instead of
+    waiting forever for resources that never come.  ``.argument``: the flag or keyword that
+    asked; ``.needed`` and ``.available``: the amounts of that resource."""
+
+    def __init__(self, argument: str, message: str, needed: float, available: float):
+        super().__init__(argument, message)
+        self.needed, self.available = needed, available
+
+
+def check_cluster_resources(
+    ray,
+    *,
+    per_unit: dict[str, tuple[float, str]],
+    units: int = 1,
+    unit: str = "task",
+    hint: str = "",
+) -> None:
+    """Refuse (:class:`ResourceError`) a request the running Ray cluster cannot place.
+
+    ``per_unit``: ``{"GPU": (amount, argument), "CPU": (amount, argument)}`` asked by each of
+    ``units`` replicas/tasks that must all run at once; each unit must also fit on one node.
+    Compared with ``ray.cluster_resources()`` and the live nodes' resources (an autoscaling
+    cluster that would add nodes later is refused too: ask for what it has now)."""
+    have = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
+    summary = ", ".join(f"{have.get(r, 0):g} {r}" for r in ("CPU", "GPU"))
+    for res, (amount, argument) in per_unit.items():
+        if not amount or amount <= 0:
+            continue
+        total, need = float(have.get(res, 0)), units * float(amount)
+        biggest = max((float(n.get(res, 0)) for n in nodes), default=0.0)
+        if total < need or biggest < amount:
+            ask = f"{units} {unit}{'s' if units != 1 else ''} × {amount:g} {res}"
+            where = f"{total:g} {res} in all" if total < need else f"at most {biggest:g} per node"
+            raise ResourceError(
+                argument,
+                f"asks for {ask} = {need:g} {res}, but the Ray cluster has {where} "
+                f"({summary}){hint}",
+                need,
+                total,
+            )
+
+
 def _ensure_ray(address: str | None, init_kwargs: dict | None):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -432,6 +476,9 @@ def cluster_sample(
     failed: dict[int, str] = {}
     if todo:
         ray = _ensure_ray(address, init_kwargs)
+        check_cluster_resources(
+            ray, per_unit={"GPU": (num_gpus, "num_gpus"), "CPU": (num_cpus, "num_cpus")}
+        )
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(
             _shard_task
         )
@@ -562,6 +609,12 @@ def run_cli(
     except ShardError as e:
         print(f"\nrefdiff sample: error: {e}", file=sys.stderr)
         return 2
+    except ResourceError as e:  # name what the user typed: the GPU comes from the provider
+        flag = "--provider" if e.argument == "num_gpus" else "--cluster"
+        msg = str(e).split(": ", 1)[1]
+        if flag == "--provider":
+            msg += f"; the sampler runs on {sampler.provider} here: pass --provider cpu"
+        raise ResourceError(flag, msg, e.needed, e.available) from None
     if not quiet:
         print(
             f"\nwrote {out_dir}: {n} samples in {len(res.shards)} shards ({len(res.computed)} "

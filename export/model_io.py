@@ -87,7 +87,8 @@ def runtime_limits() -> tuple[int, int]:
     reading the limits from its refusal (onnxruntime has no API for them).
     """
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+
+    from ._lazy import TensorProto, helper
 
     def probe(ir: int, opset: int) -> str:
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

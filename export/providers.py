@@ -281,6 +281,10 @@ def make_session(
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = int(threads)
+    if choice == "cpu":
+        # No pre-planned block per input shape: on CPU it only saves allocations, and it holds
+        # ~4 states more at the peak of a sampler run (docs/deploy.md, "Memory").
+        so.enable_mem_pattern = False
     if choice == "cuda":
         opts = {
             "device_id": str(device_id),

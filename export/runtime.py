@@ -184,6 +184,7 @@ class _Buffers:
     outs: list  # the denoiser's outputs: [conditional] or [conditional, unconditional]
     extras: dict  # conditioning OrtValues: {"cond": {...}, "uncond": {...}}
     m: list | None = None  # the previous step's x̂_0 (multistep σ-view samplers)
+    x_host: list | None = None  # CPU: the host arrays x aliases (the result without a copy)
 
 
 class OrtSampler:
@@ -627,7 +628,14 @@ class OrtSampler:
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, dev, did)
 
         x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
-        x = [x0, empty(x_T.shape, np.float32)]
+        x_host = None
+        if dev == "cpu":  # both ping-pong states are arrays we own: the result is one of them
+            x_host = [x_T, np.empty_like(x_T)]
+            x = [x0, ort.OrtValue.ortvalue_from_numpy(x_host[1], dev, did)]
+            if any(v.data_ptr() != h.ctypes.data for v, h in zip(x, x_host)):
+                x_host = None  # not aliased after all: copy the result out below
+        else:
+            x = [x0, empty(x_T.shape, np.float32)]
         k = [value(np.array(0, np.int64)), empty((), np.int64)]
         m = None
         if self.tables.multistep:
@@ -640,7 +648,7 @@ class OrtSampler:
                 z_host = _Upload(z, z_host)  # a host buffer copied to the device each step
         if self.mode == "fused":
             extras = {"step": {n: value(a) for n, a in conds.items()}}
-            return _Buffers(x, k, z, z_host, [], [], [], extras, m)
+            return _Buffers(x, k, z, z_host, [], [], [], extras, m, x_host)
         den, g = self.denoiser, self.guidance
         sig = den.signature
         B = x_T.shape[0]
@@ -675,7 +683,7 @@ class OrtSampler:
                 "cond": {n: value(a) for n, a in c.items()},
                 "uncond": {n: value(a) for n, a in u.items()},
             }
-        return _Buffers(x, k, z, z_host, xm, tm, outs, extras, m)
+        return _Buffers(x, k, z, z_host, xm, tm, outs, extras, m, x_host)
 
     def _bindings(self, buf: _Buffers) -> list:
         """Stage 2: per parity p, the (session, io_binding) runs of one step."""
@@ -762,6 +770,8 @@ class OrtSampler:
         finally:
             if bar is not None:
                 bar.close()
+        if buf.x_host is not None:  # CPU: the final state already lies in an array we own
+            return _finite(buf.x_host[N % 2], label)
         out = buf.x[N % 2].numpy()
         if not out.flags.owndata:  # a view of onnxruntime's buffer: copy it out once
             out = out.copy()

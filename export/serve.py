@@ -65,7 +65,7 @@ import numpy as np
 
 from refdiff.errors import InputError, RefdiffError
 
-from .cluster import SamplerSpec, host_rows, sample_rows
+from .cluster import ResourceError, SamplerSpec, check_cluster_resources, host_rows, sample_rows
 from .tables import SAMPLERS
 
 __all__ = [
@@ -689,11 +689,29 @@ def serve_main(argv: list[str]) -> int:
         print(f"refdiff serve: error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address=a.address,
-        num_cpus=a.num_cpus if a.address is None else None,
-        include_dashboard=False if a.address is None else None,
-    )
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=a.address,
+            num_cpus=a.num_cpus if a.address is None else None,
+            include_dashboard=False if a.address is None else None,
+        )
+    try:  # Serve would wait forever for replicas the cluster cannot place
+        check_cluster_resources(
+            ray,
+            per_unit={
+                "GPU": (a.gpus_per_replica, "--gpus-per-replica"),
+                "CPU": (a.cpus_per_replica, "--cpus-per-replica"),
+            },
+            units=a.replicas,
+            unit="replica",
+            hint="; lower it or --replicas, or give --address of a cluster that has them",
+        )
+    except ResourceError as e:
+        if started:
+            ray.shutdown()
+        print(f"refdiff serve: error: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
@@ -708,6 +726,7 @@ def serve_main(argv: list[str]) -> int:
     finally:
         t0 = time.monotonic()
         serve.shutdown()
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         print(f"refdiff serve: stopped ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
     return 0

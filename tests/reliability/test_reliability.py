@@ -1681,6 +1681,23 @@ def _(tmp):
 # -- end of block i16cli ----------------------------------------------------------------------
 
 
+# -- serving and clusters: refused when the Ray cluster lacks the resources (block: i16b) -----
+@row(
+    "cli-serve-gpus-the-cluster-lacks",
+    "CLI",
+    "`refdiff serve`",
+    "`--gpus-per-replica` more than the Ray cluster has (0.5 on a machine without a GPU; "
+    "1000 here): refused after `ray.init` instead of waiting forever for the replicas",
+    Exits(2, "--gpus-per-replica: asks for 1 replica × 1000 GPU"),
+)
+def _(tmp):
+    pytest.importorskip("ray", reason="needs ray (pip install 'refdiff[serve]')")
+    return ["serve", _ring_denoiser(tmp), "--gpus-per-replica", "1000", "--num-cpus", "1"]
+
+
+# -- end of block i16b ------------------------------------------------------------------------
+
+
 # -- the table ------------------------------------------------------------------------------
 # -- the core's argument checks: one line per bad input ------------------------------------
 # (entry point, bad input in words, the call, the typed error, the argument it names)
