@@ -44,6 +44,7 @@ CASES = {
     "euler_ancestral": ("euler_ancestral", {}),
     "euler_ancestral eta=0.5": ("euler_ancestral", {"eta": 0.5}),
     "heun churn": ("heun", {"s_churn": 2.0}),
+    "dpm_2 churn": ("dpm_2", {"s_churn": 2.0}),
     "lms": ("lms", {}),
     "dpmpp_2m": ("dpmpp_2m", {}),
     "dpmpp_2m_sde": ("dpmpp_2m_sde", {}),
