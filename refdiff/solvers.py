@@ -127,6 +127,18 @@ def _gamma(s, n, s_churn, s_tmin, s_tmax) -> float:
     return min(s_churn / n, math.sqrt(2.0) - 1.0) if s_tmin <= s <= s_tmax else 0.0
 
 
+def _churn(loop: _Loop, i: int, x, s_churn, s_tmin, s_tmax, s_noise) -> tuple[np.ndarray, float]:
+    """Karras' churn before step i (eq. 19.1): (x̂, σ̂) with σ̂ = σ_i(1 + γ_i) and
+    x̂ = x + S_noise √(σ̂² − σ_i²) z_i (z_i drawn whenever the loop is noisy)."""
+    s = loop.sigmas[i]
+    z = loop.noise(i, x.shape) if loop.noisy else None
+    gamma = _gamma(s, loop.n, s_churn, s_tmin, s_tmax)
+    s_hat = s * (1.0 + gamma)
+    if gamma > 0:
+        x = x + s_noise * math.sqrt(s_hat**2 - s**2) * z
+    return x, s_hat
+
+
 def _order_here(i: int, n: int, history: int, lower_order_final: bool, order: int) -> int:
     """The order a multistep solver uses at step i: limited by the history (eq. 19.5) and,
     with ``lower_order_final`` and n < 15, by the steps left (diffusers' rule)."""
@@ -263,12 +275,8 @@ def heun(
     )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
-        s, s_next = sig[i], sig[i + 1]
-        z = loop.noise(i, x.shape) if loop.noisy else None
-        gamma = _gamma(s, loop.n, s_churn, s_tmin, s_tmax)
-        s_hat = s * (1.0 + gamma)
-        if gamma > 0:
-            x = x + s_noise * math.sqrt(s_hat**2 - s**2) * z
+        s_next = sig[i + 1]
+        x, s_hat = _churn(loop, i, x, s_churn, s_tmin, s_tmax, s_noise)
         d = (x - loop.D(x, s_hat)) / s_hat
         x_pred = x + (s_next - s_hat) * d
         if s_next > 0:
@@ -317,12 +325,8 @@ def dpm_2(
     )
     x, sig = loop.x0, loop.sigmas
     for i in range(loop.n):
-        s, s_next = sig[i], sig[i + 1]
-        z = loop.noise(i, x.shape) if loop.noisy else None
-        gamma = _gamma(s, loop.n, s_churn, s_tmin, s_tmax)
-        s_hat = s * (1.0 + gamma)
-        if gamma > 0:
-            x = x + s_noise * math.sqrt(s_hat**2 - s**2) * z
+        s_next = sig[i + 1]
+        x, s_hat = _churn(loop, i, x, s_churn, s_tmin, s_tmax, s_noise)
         d = (x - loop.D(x, s_hat)) / s_hat
         if s_next > 0:
             s_mid = math.sqrt(s_hat * s_next)
