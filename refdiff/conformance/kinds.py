@@ -51,7 +51,8 @@ _REFUSED = {
     "DPMSolverSinglestepScheduler": "single-step DPM-Solver (intermediate model calls inside "
     "each step) has no reference in refdiff.solvers (the multistep forms have)",
     "DEISMultistepScheduler": "DEIS has no reference in refdiff.solvers",
-    "KDPM2DiscreteScheduler": "DPM-Solver-2 (dpm_2) is not in refdiff.solvers",
+    "KDPM2DiscreteScheduler": "KDPM2's interleaved half-steps (interpolated σ and timesteps) "
+    "have no adapter (refdiff.solvers.dpm_2 is checked against k-diffusion's sample_dpm_2)",
     "KDPM2AncestralDiscreteScheduler": "ancestral DPM-Solver-2 is not in refdiff.solvers",
     "DPMSolverSDEScheduler": "DPM-Solver SDE (Brownian tree noise) is not in refdiff.solvers",
     "ScoreSdeVeScheduler": "the VE SDE predictor-corrector is not in refdiff.solvers",

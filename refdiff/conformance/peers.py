@@ -459,7 +459,7 @@ K_SAMPLERS: dict[str, tuple[str | None, dict, dict, str | None]] = {
         {"lower_order_final": False, "eta": 1.0},
         None,
     ),
-    "sample_dpm_2": (None, {}, {}, "DPM-Solver-2 (dpm_2) is not in refdiff.solvers"),
+    "sample_dpm_2": ("dpm_2", {}, {}, None),
     "sample_dpm_2_ancestral": (None, {}, {}, "ancestral DPM-Solver-2 is not in refdiff.solvers"),
     "sample_dpmpp_2s_ancestral": (None, {}, {}, "DPM-Solver++(2S) is not in refdiff.solvers"),
     "sample_dpmpp_sde": (None, {}, {}, "DPM-Solver++ SDE (Brownian tree) is not in refdiff"),

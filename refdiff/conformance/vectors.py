@@ -227,6 +227,7 @@ SIGMA_CASES: dict[str, dict] = {
     "euler": {},
     "euler_ancestral": {"eta": 1.0},
     "heun": {},
+    "dpm_2": {},
     "lms": {"order": 4},
     "dpmpp_2m": {"lower_order_final": True},
     "dpmpp_2m_sde": {"eta": 1.0, "lower_order_final": True},

@@ -80,6 +80,7 @@ KD_CASES = {
     "euler": ("sample_euler", {}, {}),
     "euler_ancestral": ("sample_euler_ancestral", {"eta": 1.0}, {"eta": 1.0}),
     "heun": ("sample_heun", {}, {}),
+    "dpm_2": ("sample_dpm_2", {}, {}),
     "lms": ("sample_lms", {"order": 4}, {"order": 4}),
     "dpmpp_2m": ("sample_dpmpp_2m", {}, {"lower_order_final": False}),
     "dpmpp_2m_sde": (
@@ -126,20 +127,23 @@ def test_k_diffusion_agrees_in_float64(K, case):
     assert np.max(np.abs(got - want)) <= KD_TOL * _scale(want)
 
 
-def test_k_diffusion_churned_euler_with_injected_churn(K, monkeypatch):
+@pytest.mark.parametrize("name", ["euler", "dpm_2"])
+def test_k_diffusion_churned_euler_with_injected_churn(K, monkeypatch, name):
     """Karras' churn: k-diffusion draws it with torch.randn_like; here that returns z_i."""
     grid = sigma.karras(N, 0.02, 80.0)
     x_T = grid[0] * np.random.default_rng(0).standard_normal((B, 2))
     z = _noise(N)
     opts = {"s_churn": 2.0, "s_tmin": 0.05, "s_tmax": 50.0}
-    want = _ref("euler", grid, x_T, z, churn_model_input="churned", **opts)
+    extra = {"churn_model_input": "churned"} if name == "euler" else {}
+    want = _ref(name, grid, x_T, z, **extra, **opts)
     calls = iter(range(N))
     monkeypatch.setattr(K.torch, "randn_like", lambda x: torch.from_numpy(z[next(calls)]))
 
     def model(x, s):
         return torch.from_numpy(D(x.numpy(), s.numpy()))
 
-    got = K.sample_euler(model, torch.from_numpy(x_T), torch.from_numpy(grid), disable=True, **opts)
+    fn = getattr(K, f"sample_{name}")
+    got = fn(model, torch.from_numpy(x_T), torch.from_numpy(grid), disable=True, **opts)
     assert np.max(np.abs(got.numpy() - want)) <= KD_TOL * _scale(want)
 
 

@@ -193,7 +193,7 @@ def test_sigma_trajectories_round_trip_and_a_bug_is_named(tmp_path):
     d = tmp_path / "s"
     m = vectors.write(d, grid_name="sigma")
     samplers = {e["config"]["sampler"] for e in m["cases"]}
-    assert {"dpmpp_2m", "dpmpp_3m_sde", "unipc", "flow_euler", "heun", "lms"} <= samplers
+    assert {"dpmpp_2m", "dpmpp_3m_sde", "unipc", "flow_euler", "heun", "dpm_2", "lms"} <= samplers
     res = vectors.check(d, Tolerance("float64"))
     assert all(r.passed for r in res), [r.problem for r in res if not r.passed]
     # a port whose ancestral Euler drops η: same model calls, no noise

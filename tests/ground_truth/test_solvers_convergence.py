@@ -6,7 +6,7 @@ every step is a regular step; ``lower_order_final=False``, which is moot at thes
 - ODE samplers (strong error): the max-abs error of x(σ_min) against the closed-form PF-ODE
   solution (eq. 19.12) from the same x_T, as n doubles.  The measured order
   log₂(e(n)/e(2n)) at the stated n must be within ±0.3 of the theoretical order:
-  Euler 1, flow Euler 1, Heun 2, DPM-Solver++(2M) 2 (both 2M-SDE forms at η = 0), UniPC-p
+  Euler 1, flow Euler 1, Heun 2, DPM-2 2, DPM-Solver++(2M) 2 (both 2M-SDE forms at η = 0), UniPC-p
   p + 1 with its corrector (UniC raises the order by one; p without), LMS 4 (the first-order
   start costs O(h²)·c with c ∝ D'' ~ S/σ_max³, negligible here), DPM-Solver++(3M) 3 with the
   Taylor coefficient and 2 with the published one (its d₂ term is half the Taylor term,
@@ -14,7 +14,7 @@ every step is a regular step; ``lower_order_final=False``, which is moot at thes
 - SDE samplers (weak error): the max-abs error of the exact output law's mean and covariance
   (exact_sigma.sampler_law, eq. 19.14), started from the exact marginal N(m, S + σ_max² I),
   against the exact marginal N(m, S + σ_min² I) that the reverse SDE preserves: Euler-churn 1,
-  Euler ancestral 1, Heun-churn 2, DPM-Solver++(2M) SDE (midpoint and Heun) 2,
+  Euler ancestral 1, Heun-churn 2, DPM-2-churn 2, DPM-Solver++(2M) SDE (midpoint and Heun) 2,
   DPM-Solver++(3M) SDE 2, and diffusers' third-order sde-dpmsolver++ (``diffusers_sde_d2``) 1:
   its d₂ coefficient is off by −1, an O(h²) local error.
 """
@@ -75,6 +75,7 @@ LOF = {"lower_order_final": False}
 ODE_CASES = {
     "euler": ("euler", {}, 32, 1),
     "heun": ("heun", {}, 64, 2),
+    "dpm_2": ("dpm_2", {}, 64, 2),
     "lms": ("lms", {}, 128, 4),
     "dpmpp_2m": ("dpmpp_2m", LOF, 64, 2),
     "dpmpp_2m_sde eta=0 heun": ("dpmpp_2m_sde", {**LOF, "eta": 0.0, "solver_type": "heun"}, 64, 2),
@@ -90,6 +91,7 @@ SDE_CASES = {
     "euler churn": ("euler", {"s_churn": 5.0}, 128, 1),
     "euler_ancestral": ("euler_ancestral", {}, 128, 1),
     "heun churn": ("heun", {"s_churn": 5.0}, 64, 2),
+    "dpm_2 churn": ("dpm_2", {"s_churn": 5.0}, 64, 2),
     "dpmpp_2m_sde midpoint": ("dpmpp_2m_sde", LOF, 64, 2),
     "dpmpp_2m_sde heun": ("dpmpp_2m_sde", {**LOF, "solver_type": "heun"}, 64, 2),
     "dpmpp_3m_sde": ("dpmpp_3m_sde", LOF, 128, 2),

@@ -52,6 +52,7 @@ CASES = {
     "unipc-3": ("unipc", {"order": 3, "lower_order_final": False}),
     "flow_euler": ("flow_euler", {}),
     "flow_euler stochastic": ("flow_euler", {"stochastic": True}),
+    "dpm_2 churn": ("dpm_2", {"s_churn": 2.0}),
 }
 
 
@@ -133,6 +134,7 @@ MIX_CASES = {
     "dpmpp_3m_sde": ("dpmpp_3m_sde", {}, 100, 0.01),
     "unipc-3": ("unipc", {"order": 3}, 50, 0.01),
     "flow_euler shift 3": ("flow_euler", {}, 100, 0.02),
+    "dpm_2": ("dpm_2", {}, 50, 0.01),
 }
 
 

@@ -30,6 +30,8 @@ CASES = [
     ("euler_ancestral", {"eta": 0.5}),
     ("heun", {}),
     ("heun", {"s_churn": 0.5}),
+    ("dpm_2", {}),
+    ("dpm_2", {"s_churn": 0.5}),
     ("lms", {}),
     ("lms", {"order": 2}),
     ("dpmpp_2m", {}),
@@ -75,7 +77,9 @@ def test_fast_run_is_the_specification(name, options, data):
 
 
 @pytest.mark.parametrize("final", ["sigma_min", "none"])
-@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "dpmpp_3m_sde", "unipc", "lms"])
+@pytest.mark.parametrize(
+    "name", ["euler", "heun", "dpm_2", "dpmpp_2m", "dpmpp_3m_sde", "unipc", "lms"]
+)
 def test_grids_that_end_above_zero(name, final):
     grid = _grid(name, final)
     x_T = grid[0] * np.random.default_rng(4).standard_normal((8, 2))

@@ -17,6 +17,7 @@ G = Gaussian(np.array([0.3, -0.4, 1.0, 0.0]), np.diag([1.0, 0.5, 0.2, 2.0]))
 STOCHASTIC = {
     "euler": {"s_churn": 1.0},
     "heun": {"s_churn": 1.0},
+    "dpm_2": {"s_churn": 1.0},
     "euler_ancestral": {},
     "dpmpp_2m_sde": {},
     "dpmpp_3m_sde": {},

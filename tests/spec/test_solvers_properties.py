@@ -27,6 +27,7 @@ OPTIONS = {
     "euler": [{}, {"s_churn": 1.5}, {"s_churn": 0.7, "churn_model_input": "unchurned"}],
     "euler_ancestral": [{}, {"eta": 0.3, "s_noise": 1.2}],
     "heun": [{}, {"s_churn": 2.0, "s_tmin": 0.5}],
+    "dpm_2": [{}, {"s_churn": 2.0, "s_tmax": 5.0}],
     "lms": [{}, {"order": 2}],
     "dpmpp_2m": [{}, {"lower_order_final": False}],
     "dpmpp_2m_sde": [{}, {"solver_type": "heun", "eta": 0.6}],
