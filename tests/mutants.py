@@ -245,7 +245,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the blocked update of a large state leaves its last element unstepped",
         (AFFINE_LARGE,),
     ),
-    # i14spec: the σ-view samplers, σ schedules and flow matching (docs/math.md §15-§19)
+    # the σ-view samplers, σ schedules and flow matching (docs/math.md §15-§19)
     Mutant(
         "karras_rho_wrong",
         "refdiff.sigma",
@@ -370,7 +370,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the closed-form PF-ODE map scales by the variance ratio, not its square root",
         (_CONV + "test_orders_of_the_karras_solvers",),
     ),
-    # -- i16run: classifier-free guidance (refdiff/guidance.py) --------------------------------
+    # -- classifier-free guidance (refdiff/guidance.py) --------------------------------
     Mutant(
         "guidance_rescale_by_uncond",
         "refdiff.guidance",
@@ -387,7 +387,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the guided output starts from o_c instead of o_u (20.1)",
         ("tests/export/test_export_guidance.py::test_guide_formulas_by_hand",),
     ),
-    # i14perf: the O(d²) statistics, the loops' fixed cost, the σ-samplers' affine programs
+    # the O(d²) statistics, the loops' fixed cost, the σ-samplers' affine programs
     Mutant(
         "stats_scatter_uncentred",
         "refdiff.stats",
@@ -435,7 +435,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the affine σ-sampler run keeps its model outputs oldest first",
         ("tests/spec/test_sigma_affine.py::test_fast_run_is_the_specification",),
     ),
-    # i15: verify's per-setting causes, σ-view trajectories and golden vectors for a port
+    # verify's per-setting causes, σ-view trajectories and golden vectors for a port
     Mutant(
         "verify_causes_not_refuted_by_passing_steps",
         "refdiff.conformance.diagnoses",
@@ -464,7 +464,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "options that change the outputs are marked as without effect",
         ("tests/conformance/test_vectors_port.py::test_options_without_effect_are_marked",),
     ),
-    # i15b: DPM-2 (k-diffusion's sample_dpm_2)
+    # DPM-2 (k-diffusion's sample_dpm_2)
     Mutant(
         "dpm_2_arithmetic_midpoint",
         "refdiff.solvers",
@@ -615,7 +615,7 @@ SCOPES = {
     "all": ["tests"],
 }
 EXCLUDE = ["tests/support/test_mutants_fast.py", "tests/ground_truth/test_calibration.py"]
-# i14spec: the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
+# the σ-view sampler tests live in the rooms tests/spec and tests/ground_truth
 SCOPES["spec"] += [
     "tests/spec/test_solvers_*.py",
     "tests/spec/test_sigma.py",

@@ -1284,7 +1284,7 @@ def _(tmp):
     return ["demo", "--stepz", "5"]
 
 
-# -- honest CLI: every flag takes effect or is refused before any work (block: i16cli) -----------
+# -- honest CLI: every flag takes effect or is refused before any work ----------------------------
 def _ring_denoiser(tmp: Path, T: int = 50) -> Path:
     """A refdiff denoiser file whose metadata records its schedule (linear, T)."""
     from refdiff.export import builtin_mixture, mixture_denoiser_model, save_model
@@ -1678,10 +1678,10 @@ def _(tmp):
     return ["verify", "nosuchmodule_xyz:obj", "--dtype", "float8"]
 
 
-# -- end of block i16cli ----------------------------------------------------------------------
+# -- end of block honest CLI ----------------------------------------------------------------------
 
 
-# -- serving and clusters: refused when the Ray cluster lacks the resources (block: i16b) -----
+# -- serving and clusters: refused when the Ray cluster lacks the resources -----------------------
 @row(
     "cli-serve-gpus-the-cluster-lacks",
     "CLI",
@@ -1695,7 +1695,7 @@ def _(tmp):
     return ["serve", _ring_denoiser(tmp), "--gpus-per-replica", "1000", "--num-cpus", "1"]
 
 
-# -- end of block i16b ------------------------------------------------------------------------
+# -- end of block Ray resources -------------------------------------------------------------------
 
 
 # -- the table ------------------------------------------------------------------------------
