@@ -264,3 +264,32 @@ def state_shape(shape: object) -> tuple[int, ...]:
         raise ShapeError("shape", f"needs a batch axis and positive sizes; got {out}")
     check_size(out, "shape")
     return out
+
+
+def initial_state(
+    shape: object, x_T: object, step_noise: object, rng: object, steps: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A sampler's start (docs/math.md §8): (x_T, step_noise).
+
+    x_T as given (checked against ``shape`` when both are given), or ``scale`` · z with z
+    drawn from ``rng`` in the state shape; ``step_noise``, when given, must be (steps, *state).
+    """
+    if x_T is not None:
+        x = as_batch(x_T, "x_T")
+        if shape is not None and state_shape(shape) != x.shape:
+            raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
+    else:
+        if shape is None:
+            raise InputError("shape", "give shape= or x_T=")
+        shape = state_shape(shape)
+        if not isinstance(rng, np.random.Generator):
+            raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy.random.Generator")
+        x = rng.standard_normal(shape)
+        if scale != 1.0:
+            x *= scale
+    if step_noise is not None:
+        step_noise = as_float_array(step_noise, "step_noise")
+        if step_noise.shape != (steps, *x.shape):
+            msg = f"shape {step_noise.shape} is not ({steps} steps, *{x.shape})"
+            raise ShapeError("step_noise", msg)
+    return x, step_noise

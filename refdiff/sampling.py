@@ -26,7 +26,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, check_size, integer, noise_or_rng, option
+from ._check import (
+    as_float_array,
+    check_size,
+    initial_state,
+    integer,
+    noise_or_rng,
+    option,
+)
 from ._check import state_shape as _shape
 from .affine import (
     affine_step,
@@ -59,24 +66,7 @@ def draw_noise(
 def _start(schedule, shape, x_T, step_noise, rng):
     if not isinstance(schedule, Schedule):
         raise InputError("schedule", f"must be a Schedule; got {type(schedule).__name__}")
-    if x_T is not None:
-        x = as_batch(x_T, "x_T")
-        if shape is not None and _shape(shape) != x.shape:
-            raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
-    else:
-        if shape is None:
-            raise InputError("shape", "give shape= or x_T=")
-        shape = _shape(shape)
-        if not isinstance(rng, np.random.Generator):
-            raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy.random.Generator")
-        x = rng.standard_normal(shape)
-    if step_noise is not None:
-        step_noise = as_float_array(step_noise, "step_noise")
-        if step_noise.shape != (schedule.T, *x.shape):
-            raise ShapeError(
-                "step_noise", f"shape {step_noise.shape} is not (N={schedule.T}, *{x.shape})"
-            )
-    return x
+    return initial_state(shape, x_T, step_noise, rng, schedule.T)[0]
 
 
 _F64 = np.dtype(np.float64)

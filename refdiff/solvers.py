@@ -27,7 +27,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._check import as_batch, as_float_array, check_size, is_real, option, state_shape
+from ._check import (
+    as_float_array,
+    check_size,
+    initial_state,
+    is_real,
+    option,
+    state_shape,
+)
 from .errors import InputError, RandomnessError, ScheduleError, ShapeError
 
 __all__ = [
@@ -75,22 +82,9 @@ class _Loop:
             raise InputError("model", f"must be callable f(x, sigma); got {type(model).__name__}")
         self.model, self.sigmas, self.rng = model, _sigmas(sigmas, flow), rng
         self.n = self.sigmas.shape[0] - 1
-        if x_T is not None:
-            x = as_batch(x_T, "x_T")
-            if shape is not None and state_shape(shape) != x.shape:
-                raise ShapeError("shape", f"{tuple(shape)} does not match x_T shape {x.shape}")
-        else:
-            if shape is None:
-                raise InputError("shape", "give shape= or x_T=")
-            if not isinstance(rng, np.random.Generator):
-                raise RandomnessError("rng", "pass x_T= (and step_noise=) or a numpy Generator")
-            x = rng.standard_normal(state_shape(shape)) * (1.0 if flow else self.sigmas[0])
-        if step_noise is not None:
-            step_noise = as_float_array(step_noise, "step_noise")
-            if step_noise.shape != (self.n, *x.shape):
-                msg = f"shape {step_noise.shape} is not (n={self.n}, *{x.shape})"
-                raise ShapeError("step_noise", msg)
-        elif noisy and not isinstance(rng, np.random.Generator):
+        scale = 1.0 if flow else self.sigmas[0]
+        x, step_noise = initial_state(shape, x_T, step_noise, rng, self.n, scale)
+        if step_noise is None and noisy and not isinstance(rng, np.random.Generator):
             raise RandomnessError("rng", "a stochastic sampler needs step_noise= or rng=")
         self.x0, self.step_noise, self.noisy = x, step_noise, noisy
         self.callback, self.traj = callback, [x] if traj else None
