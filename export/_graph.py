@@ -197,3 +197,36 @@ def finish_model(
     onnx.checker.check_model(model, full_check=True)
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     return model
+
+
+def _reads(node, data: bool = True) -> set[str]:
+    """Names ``node`` takes: its inputs and, for control flow, every name its subgraphs
+    take (outer-scope values included).  ``data``: leave out ``Shape``/``Size``, which read
+    no values."""
+    if data and node.op_type in ("Shape", "Size"):
+        return set()
+    names = set(node.input)
+    for attr in node.attribute:
+        for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for n in g.node:
+                names |= _reads(n, data)
+    return names
+
+
+def may_alias(graph, source: str, target: str) -> bool:
+    """True when ``target`` may be written into the buffer of input ``source``: every node
+    that reads ``source``'s data runs before the node producing ``target`` (it is one of that
+    node's ancestors), so a sequential executor has read the whole input before the output
+    is written.  Used to update the sampler state in place (docs/deploy.md, "Memory")."""
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    if target not in producer:
+        return False
+    ancestors, todo = set(), [producer[target]]
+    while todo:
+        i = todo.pop()
+        if i in ancestors:
+            continue
+        ancestors.add(i)
+        todo += [producer[n] for n in _reads(graph.node[i], False) if n in producer]
+    readers = {i for i, n in enumerate(graph.node) if source in _reads(n)}
+    return readers <= ancestors - {producer[target]}

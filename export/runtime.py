@@ -45,6 +45,7 @@ from refdiff._check import as_float_array
 from refdiff.errors import InputError, NonFiniteError, OptionError, ShapeError
 from refdiff.schedule import Schedule
 
+from ._graph import may_alias, tensor_info
 from .conditioning import (
     UNCOND_PREFIX,
     cast_input,
@@ -59,6 +60,7 @@ from .noise import NoiseStream, fill_noise, new_seed
 from .providers import make_session, session_provider
 from .sampler_graph import sampler_model
 from .steps import (
+    PARTIAL,
     check_noise,
     check_seed,
     fused_step_model,
@@ -221,6 +223,9 @@ class OrtSampler:
     the caller): a refdiff sampler file is then run from those bytes without importing onnx.
     """
 
+    _in_place = False  # the per-step loop updates one state buffer (set in __init__)
+    _partial_in_output = False  # A_k x + B_k o goes into the denoiser's output buffer
+
     def __init__(
         self,
         model: object,
@@ -320,21 +325,43 @@ class OrtSampler:
             guidance=self.guidance,
         )
         if mode == "steps":
-            self.den_session = make_session(_source(self.denoiser), provider, **sess_kw, **cg)
+            self.den_session = make_session(
+                _source(self.denoiser), provider, **sess_kw, **cg, shared_arena=True
+            )
             self.provider = session_provider(self.den_session)
+            step = step_model(self.denoiser, self.tables, **build)
+            self._partial_in_output = self._partial_fits(step)
+            if self._partial_in_output:
+                step.graph.output.append(tensor_info(PARTIAL, np.float32, self.dims))
             self.step_session = make_session(
-                step_model(self.denoiser, self.tables, **build), self.provider, **sess_kw, **cg
+                step, self.provider, **sess_kw, **cg, shared_arena=True
             )
         elif mode == "fused":
-            self.step_session = make_session(
-                fused_step_model(self.denoiser, self.tables, **build), provider, **sess_kw, **cg
-            )
+            step = fused_step_model(self.denoiser, self.tables, **build)
+            self.step_session = make_session(step, provider, **sess_kw, **cg)
             self.provider = session_provider(self.step_session)
         else:
             self.graph_model = sampler_model(self.denoiser, self.tables, **build)
             self.graph_session = make_session(self.graph_model, provider, **sess_kw)
             self.provider = session_provider(self.graph_session)
             self._graph_inputs = {i.name: i for i in self.graph_session.get_inputs()}
+        # CPU: one state buffer, updated in place, when the step graph has read all of x
+        # before it writes x_next (one state less than ping-pong; docs/deploy.md, "Memory").
+        # CUDA keeps the ping-pong pair (unmeasured there; CUDA graphs capture both).
+        self._in_place = (
+            mode != "graph" and self.provider == "cpu" and may_alias(step.graph, "x", "x_next")
+        )
+
+    def _partial_fits(self, step) -> bool:
+        """CPU, per-step loop: A_k x + B_k o can go into the denoiser's output buffer (same
+        shape and type, and the graph reads all of o before writing it): one state less."""
+        return (
+            self.provider == "cpu"
+            and self.guidance is None
+            and self.denoiser.signature.output_dtype == np.float32
+            and any(PARTIAL in n.output for n in step.graph.node)
+            and may_alias(step.graph, "model_output", PARTIAL)
+        )
 
     def _check_cuda_graph(self, mode: str, batch, noise: str) -> None:
         if not self.cuda_graph:
@@ -452,8 +479,11 @@ class OrtSampler:
             chunk = self._host_chunk(shape) if host_noise else 0
             # x_T, the carried state (2), its output, the noise chunk and its S·z (2)
             states = 4 + 2 * chunk + (2 * wide + outs if g is not None else 1)
-        else:
-            states = 2 + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
+        else:  # the state (one buffer in place on CPU, else two), the noise, the model's
+            # outputs, the 2B model input of batched guidance, the update's 2 temporaries
+            x = 1 if self._in_place else 2
+            states = x + (1 if host_noise else 0) + (2 * wide if wide > 1 else 0) + outs * wide
+            states += 2
         if self.tables is not None and self.tables.multistep:
             states += 2  # m, ping-pong
         model = self.graph_model if self.denoiser is None else self.denoiser.model
@@ -630,7 +660,7 @@ class OrtSampler:
         x0 = ort.OrtValue.ortvalue_from_numpy(x_T, dev, did)  # x_T is ours: no copy on CPU
         x_host = None
         if dev == "cpu":  # both ping-pong states are arrays we own: the result is one of them
-            x_host = [x_T, np.empty_like(x_T)]
+            x_host = [x_T, x_T if self._in_place else np.empty_like(x_T)]
             x = [x0, ort.OrtValue.ortvalue_from_numpy(x_host[1], dev, did)]
             if any(v.data_ptr() != h.ctypes.data for v, h in zip(x, x_host)):
                 x_host = None  # not aliased after all: copy the result out below
@@ -716,6 +746,8 @@ class OrtSampler:
                 dio.bind_ortvalue_output(sig.output, out)
                 runs.append((self.den_session, dio))
             sio.bind_ortvalue_input("model_output", buf.outs[0])
+            if self._partial_in_output:
+                sio.bind_ortvalue_output(PARTIAL, buf.outs[0])
             if len(buf.outs) == 2:
                 sio.bind_ortvalue_input("model_output_uncond", buf.outs[1])
             if buf.xm is not buf.x:

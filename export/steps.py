@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 NOISE_SOURCES = ("input", "graph")
+#: The step graph's name for A_k x + B_k o: the runtime may write it into the denoiser's
+#: output buffer, which holds nothing else by then (docs/deploy.md, "Memory").
+PARTIAL = "x_partial"
 MAX_SEED = 2**22  # seeds are float attributes: 2·seed + 1 must be exact in float32
 
 
@@ -193,12 +196,14 @@ def emit_update(
     z: str | None,
     k: str,
     m: str | None = None,
+    partial: str | None = None,
 ) -> str:
     """x_next = A_k x + B_k o + C_k clip(a_x,k x + a_o,k o) + H_k m + S_k z (float32; tables
-    module)."""
+    module).  ``partial``: a name for A_k x + B_k o (when B is not all zero)."""
     y = b.op("Mul", _table(b, tables.A, k, "coef_A"), x)
     if np.any(tables.B != 0):
-        y = b.op("Add", y, b.op("Mul", _table(b, tables.B, k, "coef_B"), out))
+        named = {"outputs": [partial]} if partial else {}
+        y = b.op("Add", y, b.op("Mul", _table(b, tables.B, k, "coef_B"), out), **named)
     if m is not None:
         y = b.op("Add", y, b.op("Mul", _table(b, tables.H, k, "coef_H"), m))
     if tables.clip is not None:
@@ -461,7 +466,7 @@ def step_model(
             meaning_in["model_output_uncond"] = "unconditional denoiser output"
         out = emit_guide(b, c, u, guidance, len(dims))
     m = "m" if tables.multistep else None
-    xn = emit_update(b, tables, "x", out, z, k, m)
+    xn = emit_update(b, tables, "x", out, z, k, m, partial=PARTIAL)
     b.op("Identity", xn, outputs=["x_next"])
     kn = b.op("Add", k, b.const(np.int64(1)), outputs=["k_next"])
     outputs = [tensor_info("x_next", np.float32, dims)]

@@ -127,3 +127,73 @@ def test_ctrl_c_cancels_a_whole_graph_run():
     except KeyboardInterrupt:
         ran.set()
     assert s.sample(shape=(2, 2)).shape == (2, 2)  # the session still runs
+
+
+def _graph(nodes, outputs, inputs=("x",)):
+    from onnx import TensorProto, helper
+
+    vi = helper.make_tensor_value_info
+    return helper.make_graph(
+        nodes,
+        "g",
+        [vi(n, TensorProto.FLOAT, [2]) for n in inputs],
+        [vi(n, TensorProto.FLOAT, [2]) for n in outputs],
+    )
+
+
+def test_may_alias_needs_every_read_of_the_input_before_the_output():
+    """The in-place rule (export/_graph.may_alias): the output may overwrite the input only
+    when every node reading the input's values is a strict ancestor of the output's producer
+    (subgraphs' outer-scope reads count; Shape reads no values)."""
+    from onnx import TensorProto, helper
+    from refdiff.export._graph import may_alias
+
+    N = helper.make_node
+    chain = _graph(
+        [N("Neg", ["x"], ["a"]), N("Shape", ["x"], ["s"]), N("Relu", ["a"], ["y"])], ["y"]
+    )
+    assert may_alias(chain, "x", "y")
+    side = _graph(
+        [N("Neg", ["x"], ["a"]), N("Relu", ["a"], ["y"]), N("Abs", ["x"], ["w"])], ["y", "w"]
+    )
+    assert not may_alias(side, "x", "y")  # w reads x and may run after y is written
+    last = _graph([N("Neg", ["x"], ["a"]), N("Add", ["a", "x"], ["y"])], ["y"])
+    assert not may_alias(last, "x", "y")  # the producer itself reads x
+    branch = helper.make_graph(
+        [N("Abs", ["x"], ["b"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+    )
+    cond = [N("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.BOOL, [], [True]))]
+    sub = _graph(
+        cond
+        + [N("Neg", ["x"], ["y"]), N("If", ["c"], ["w"], then_branch=branch, else_branch=branch)],
+        ["y", "w"],
+    )
+    assert not may_alias(sub, "x", "y")  # the If reads x from its subgraphs
+    assert not may_alias(chain, "x", "missing")
+
+
+def test_the_per_step_loop_updates_in_place_and_gives_the_same_bits():
+    """CPU per-step modes: one state buffer updated in place and A_k x + B_k o written into
+    the denoiser's output buffer (docs/deploy.md, "Memory"); the samples are bit for bit
+    those of the ping-pong loop.  A multistep sampler (m_next reads x after x_next may be
+    written) keeps the ping-pong pair."""
+    from refdiff.mlp import init_mlp
+
+    mlp = init_mlp(np.random.default_rng(0), data_dim=2, hidden=16, depth=2, embed_dim=8)
+    model = ex.mlp_denoiser_model(mlp, schedule=linear(20))
+    for mode in ("steps", "fused"):
+        s = ex.OrtSampler(model, mode=mode, **KW)
+        assert s._in_place and s._partial_in_output == (mode == "steps")
+        y = s.sample(shape=(5, 2), seed=1)
+        s._in_place = s._partial_in_output = False
+        assert np.array_equal(y, s.sample(shape=(5, 2), seed=1))
+    from refdiff import sigma
+
+    base = linear(100)
+    vmodel = ex.mlp_denoiser_model(mlp, prediction_type="v", schedule=base)
+    grid = sigma.karras(6, float(base.sigma[1]), float(base.sigma[-1]))
+    s = ex.OrtSampler(vmodel, base, sampler="dpmpp_2m", mode="steps", provider="cpu", sigmas=grid)
+    assert not s._in_place
