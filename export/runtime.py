@@ -81,7 +81,9 @@ _ORT_TYPES = {
 }
 
 #: Bytes of host noise one ``"graph"``-mode run takes at most (at least one step's worth).
-HOST_CHUNK_BYTES = 8 * 2**20
+#: Small enough that states of a few MiB run one step per run: the chunk and its scaled copy
+#: in the graph are then two states, not four (the per-run cost is small beside such a step).
+HOST_CHUNK_BYTES = 4 * 2**20
 
 
 def _schedule_of(den_or_meta: dict, label: str) -> Schedule:
@@ -476,9 +478,12 @@ class OrtSampler:
         outs = 2 if g is not None else 1
         host_noise = self.noise == "input" and self.noisy
         if self.mode == "graph":
-            chunk = self._host_chunk(shape) if host_noise else 0
-            # x_T, the carried state (2), its output, the noise chunk and its S·z (2)
-            states = 4 + 2 * chunk + (2 * wide + outs if g is not None else 1)
+            if host_noise:  # the host chunk and its S·z
+                noise = 2 * self._host_chunk(shape)
+            else:  # in-graph: one step's S·z (a large state makes one-step chunks), and x_T,
+                noise = (1 if self.noisy else 0) + (self.noise == "graph")  # held by the Loop
+            # a run's input state, the Scan's output, the result, the update's temporaries
+            states = 3 + noise + (2 * wide + outs if g is not None else 2)
         else:  # the state (one buffer in place on CPU, else two), the noise, the model's
             # outputs, the 2B model input of batched guidance, the update's 2 temporaries
             x = 1 if self._in_place else 2
@@ -530,7 +535,9 @@ class OrtSampler:
             return self._run_graph({"batch_size": np.array(shape[0], np.int64), **conds})
         x_T, fill = self._noise_plan(shape, x_T, step_noise, seed)
         if self.mode == "graph":
-            return self._run_graph_chunks(x_T, fill, conds)
+            state = [x_T]  # handed over: the chunk runs drop x_T after the first one
+            del x_T
+            return self._run_graph_chunks(state, fill, conds)
         return self._run_loop(x_T, fill, conds, progress, callback)
 
     __call__ = sample
@@ -598,27 +605,32 @@ class OrtSampler:
         return x_T, fill
 
     # -- the whole-sampler graph ------------------------------------------------------------
-    def _run_graph_chunks(self, x_T: np.ndarray, fill, conds: dict) -> np.ndarray:
-        """Run the sampler graph on chunks of steps with a bounded host-noise chunk each."""
+    def _run_graph_chunks(self, state: list, fill, conds: dict) -> np.ndarray:
+        """Run the sampler graph on chunks of steps with a bounded host-noise chunk each.
+
+        ``state``: [x_T], emptied here, so that only the current chunk's input state stays
+        alive (each run's result is the next run's input; the caller keeps no reference)."""
         sess = self.graph_session  # step_start has a default: an overridable initializer
         ins = {i.name for i in (*sess.get_inputs(), *sess.get_overridable_initializers())}
+        x = state.pop()
         if fill is None:
-            return self._run_graph({"x_T": x_T, **conds})
+            return self._run_graph({"x_T": x, **conds})
         N = self.num_steps
         if "step_start" not in ins:  # a sampler file written before step_start: all at once
-            z = np.empty((N, *x_T.shape), np.float32)
+            z = np.empty((N, *x.shape), np.float32)
             for k in range(N):
                 fill(k, z[k])
-            return self._run_graph({"x_T": x_T, "step_noise": z, **conds})
-        K = self._host_chunk(x_T.shape)
-        buf = np.empty((K, *x_T.shape), np.float32)
-        x = x_T
+            return self._run_graph({"x_T": x, "step_noise": z, **conds})
+        K = self._host_chunk(x.shape)
+        buf = np.empty((K, *x.shape), np.float32)
         for start in range(0, N, K):
             n = min(K, N - start)
             for j in range(n):
                 fill(start + j, buf[j])
             feeds = {"x_T": x, "step_noise": buf[:n], "step_start": np.array(start, np.int64)}
-            x = self._run_graph({**feeds, **conds})
+            del x  # the feeds hold it; released as soon as the run has its result
+            x = self._run_graph(feeds | conds)
+            del feeds
         return x
 
     def _run_graph(self, feeds: dict) -> np.ndarray:

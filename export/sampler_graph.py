@@ -29,12 +29,15 @@ in one (K, B, *S) tensor: drawn in one ``RandomNormalLike`` call, or sliced from
 ``step_noise``.  An inner ``Scan`` then runs the K steps, getting step k's row of every
 per-step tensor as a scan input, so its body is only the embedded denoiser (float32 or
 float16; the state stays float32) and the update of :mod:`refdiff.export.tables`,
-x_next = Sum(A_k x, B_k o, [C_k clip(a_x,k x + a_o,k o)], S_k z_k).  Why: onnxruntime
-charges about a microsecond per node per iteration at small batch, so the body keeps no
-``Gather``, ``Shape`` or ``Expand`` nodes and no noise arithmetic beyond one ``Sum`` term
-(12 nodes after onnxruntime's fusions for the benchmark's MLP, against 18 for DDIM and 22 for
-DDPM with a per-step ``Gather`` layout and in-loop ``RandomNormalLike``); the graph is then
-2.2–2.6× faster than the per-step loop of two sessions at batch 1 (benchmarks/RESULTS.md).
+x_next = A_k x + Sum(B_k o, [C_k clip(a_x,k x + a_o,k o)], S_k z_k), the x-free terms
+summed first and A_k x made last, so that the update holds two full-state temporaries at a
+time, as many as a plain denoiser call (a three-input ``Sum`` with A_k x held three).  Why:
+onnxruntime charges about a microsecond per node per iteration at small batch, so the body
+keeps no ``Gather``, ``Shape`` or ``Expand`` nodes and no noise arithmetic beyond one added
+term (12 nodes after onnxruntime's fusions for the benchmark's MLP, 13 with noise, against 18
+for DDIM and 22 for DDPM with a per-step ``Gather`` layout and in-loop ``RandomNormalLike``);
+the graph is then 2.2–2.6× faster than the per-step loop of two sessions at batch 1
+(benchmarks/RESULTS.md).
 
 Chunk size: K = clip(⌊CHUNK_BYTES / bytes per step⌋, 1, N), where a step's prepared tensors
 take 8 bytes per state element when the sampler adds noise (z and S_k z, float32) plus the
@@ -342,7 +345,7 @@ class _Plan:
         shared = g.initializers
         self.den_inits = [t for t in shared if t.name.startswith(_DEN)]
         shared[:] = [t for t in shared if not t.name.startswith(_DEN)]
-        terms = [g.op("Mul", "A_k", x)]
+        terms = []
         if "B_k" in names:
             terms.append(g.op("Mul", "B_k", out))
         if self.tables.clip is not None:
@@ -357,10 +360,16 @@ class _Plan:
             g.op("Identity", m_next, outputs=["m_next"])
         if self.S is not None:
             terms.append("zs_k")
-        if len(terms) == 1:
-            g.op("Identity", terms[0], outputs=["x_next"])
-        else:  # one node for the whole sum; same order of float32 additions as emit_update
-            g.op("Sum", *terms, outputs=["x_next"])
+        if len(terms) > 1:  # the x-free terms first, then A x + their sum: two full-state
+            # temporaries at a time, as the denoiser's own (a Sum with A x holds three)
+            terms = [g.op("Sum", *terms) if len(terms) > 2 else g.op("Add", *terms)]
+        # A x last in node order: CPU sessions run nodes in priority order (the lowest index
+        # first, export/providers.make_session), so it is made after o is freed
+        ax = g.op("Mul", "A_k", x)
+        if terms:
+            g.op("Add", ax, terms[0], outputs=["x_next"])
+        else:
+            g.op("Identity", ax, outputs=["x_next"])
         outs = [tensor_info("x_next", np.float32, self.dims)]
         ins = [tensor_info(x, np.float32, self.dims)]
         if ms:
