@@ -34,6 +34,7 @@ one step (the whole-graph run is cancelled through ``RunOptions.terminate``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -57,8 +58,8 @@ from .memory import check_memory
 from .metadata import PREFIX, ModelBytes, schedule_from_json
 from .model_io import DenoiserModel, SignatureError, load_model, open_denoiser
 from .noise import NoiseStream, fill_noise, new_seed
-from .providers import make_session, session_provider
-from .sampler_graph import sampler_model
+from .providers import make_session, resolve_provider, session_provider
+from .sampler_graph import noise_model, sampler_model
 from .steps import (
     PARTIAL,
     check_noise,
@@ -227,6 +228,8 @@ class OrtSampler:
 
     _in_place = False  # the per-step loop updates one state buffer (set in __init__)
     _partial_in_output = False  # A_k x + B_k o goes into the denoiser's output buffer
+    _graph_in_place = False  # a host-noise graph run writes x_0 over its x_T (CPU)
+    _noise_session = None  # CPU graph mode, in-graph noise: draws it a chunk at a time
 
     def __init__(
         self,
@@ -344,9 +347,20 @@ class OrtSampler:
             self.provider = session_provider(self.step_session)
         else:
             self.graph_model = sampler_model(self.denoiser, self.tables, **build)
-            self.graph_session = make_session(self.graph_model, provider, **sess_kw)
+            run_model = self.graph_model
+            cpu = resolve_provider(provider, device_id, warn=False) == "cpu"
+            if noise == "graph" and self.tables.noisy and cpu:
+                # CPU: the in-graph noise is drawn a chunk of steps at a time (noise_model, the
+                # same seeds and order) and the host-noise graph runs on it in place, so no
+                # Loop holds x_T beside its carried state (docs/deploy.md, "Memory")
+                run_model = sampler_model(self.denoiser, self.tables, **{**build, "noise": "input"})
+                self._noise_session = make_session(noise_model(self.dims, self.seed), "cpu")
+            self.graph_session = make_session(run_model, provider, **sess_kw)
             self.provider = session_provider(self.graph_session)
             self._graph_inputs = {i.name: i for i in self.graph_session.get_inputs()}
+            self._graph_in_place = self.provider == "cpu" and _scan_updates_in_place(
+                run_model.graph
+            )
         # CPU: one state buffer, updated in place, when the step graph has read all of x
         # before it writes x_next (one state less than ping-pong; docs/deploy.md, "Memory").
         # CUDA keeps the ping-pong pair (unmeasured there; CUDA graphs capture both).
@@ -468,6 +482,13 @@ class OrtSampler:
         per_step = 4 * math.prod(shape)
         return int(min(self.num_steps, max(1, HOST_CHUNK_BYTES // per_step)))
 
+    @functools.cached_property
+    def _model_size(self) -> int:
+        """Bytes of the model (once: ``ByteSize`` of a protobuf costs ~0.6 ms for the small
+        MLP, every ``sample`` call paid it)."""
+        model = self.graph_model if self.denoiser is None else self.denoiser.model
+        return len(model) if isinstance(model, bytes) else model.ByteSize()
+
     def memory_estimate(self, shape: tuple[int, ...]) -> int:
         """Estimated peak bytes of a run on ``shape``: the model's weights (held by onnx and by
         onnxruntime) plus the sampler's float32 states (docs/deploy.md, "Memory"); the
@@ -476,14 +497,17 @@ class OrtSampler:
         g = self.guidance
         wide = 2 if g is not None and g.mode == "batched" else 1  # a 2B denoiser call
         outs = 2 if g is not None else 1
-        host_noise = self.noise == "input" and self.noisy
+        host_noise = self.noisy and (self.noise == "input" or self._noise_session is not None)
         if self.mode == "graph":
-            if host_noise:  # the host chunk and its S·z
-                noise = 2 * self._host_chunk(shape)
+            if host_noise:  # the noise chunk; the state in place, or the run's input state,
+                # the Scan's output and the result
+                noise = self._host_chunk(shape)
+                x = 1 if self._graph_in_place else 3
             else:  # in-graph: one step's S·z (a large state makes one-step chunks), and x_T,
                 noise = (1 if self.noisy else 0) + (self.noise == "graph")  # held by the Loop
-            # a run's input state, the Scan's output, the result, the update's temporaries
-            states = 3 + noise + (2 * wide + outs if g is not None else 2)
+                x = 3
+            # the update's temporaries (B·o, S·z, their sum; A·x)
+            states = x + noise + (2 * wide + outs if g is not None else 3)
         else:  # the state (one buffer in place on CPU, else two), the noise, the model's
             # outputs, the 2B model input of batched guidance, the update's 2 temporaries
             x = 1 if self._in_place else 2
@@ -491,8 +515,7 @@ class OrtSampler:
             states += 2
         if self.tables is not None and self.tables.multistep:
             states += 2  # m, ping-pong
-        model = self.graph_model if self.denoiser is None else self.denoiser.model
-        size = len(model) if isinstance(model, bytes) else model.ByteSize()
+        size = self._model_size
         extra = 0  # conditioning arrays: cond, uncond and their 2B stack (batched guidance)
         for e in self.extras:
             if e.batched and e.shape is not None:
@@ -532,12 +555,19 @@ class OrtSampler:
                 raise InputError(
                     "x_T", "this sampler draws its noise in-graph; pass shape= or a batch size"
                 )
-            return self._run_graph({"batch_size": np.array(shape[0], np.int64), **conds})
+            if self._noise_session is None:
+                return self._run_graph({"batch_size": np.array(shape[0], np.int64), **conds})
+            return self._run_graph_chunks(*self._graph_noise_plan(shape), conds)
         x_T, fill = self._noise_plan(shape, x_T, step_noise, seed)
         if self.mode == "graph":
             state = [x_T]  # handed over: the chunk runs drop x_T after the first one
             del x_T
-            return self._run_graph_chunks(state, fill, conds)
+
+            def fill_chunk(start: int, out: np.ndarray) -> None:
+                for j in range(out.shape[0]):
+                    fill(start + j, out[j])
+
+            return self._run_graph_chunks(state, None if fill is None else fill_chunk, conds)
         return self._run_loop(x_T, fill, conds, progress, callback)
 
     __call__ = sample
@@ -605,40 +635,73 @@ class OrtSampler:
         return x_T, fill
 
     # -- the whole-sampler graph ------------------------------------------------------------
-    def _run_graph_chunks(self, state: list, fill, conds: dict) -> np.ndarray:
-        """Run the sampler graph on chunks of steps with a bounded host-noise chunk each.
+    def _graph_noise_plan(self, shape: tuple[int, ...]):
+        """([x_T], fill_chunk) drawing the in-graph noise (CPU graph mode): x_T is drawn with
+        the first chunk's step noise, in one run of the noise session, before the first run
+        of the sampler graph reads it."""
+        x_T = np.empty(shape, np.float32)
+        pending = [x_T]
+
+        def fill_chunk(start: int, out: np.ndarray) -> None:
+            x = pending.pop() if pending else np.empty((0, *shape[1:]), np.float32)
+            self._draw(x, out)
+            if x.shape[0] and self.tables.x_T_scale != 1.0:  # σ-view: x_T = σ_0 z, in float32
+                np.multiply(x, np.float32(self.tables.x_T_scale), out=x)  # as the graph does
+
+        return [x_T], fill_chunk
+
+    def _draw(self, x: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import onnxruntime as ort
+
+        io = self._noise_session.io_binding()  # the outputs overwrite their shape sources
+        for name, a in (("x_T", x), ("step_noise", z)):
+            v = ort.OrtValue.ortvalue_from_numpy(a)
+            io.bind_ortvalue_input("like_" + name, v)
+            io.bind_ortvalue_output(name, v)
+        self._noise_session.run_with_iobinding(io)
+        return x, z
+
+    def _run_graph_chunks(self, state: list, fill_chunk, conds: dict) -> np.ndarray:
+        """Run the sampler graph on chunks of steps with a bounded noise chunk each.
 
         ``state``: [x_T], emptied here, so that only the current chunk's input state stays
-        alive (each run's result is the next run's input; the caller keeps no reference)."""
+        alive (each run's result is the next run's input; the caller keeps no reference).
+        ``fill_chunk(start, out)`` writes the noise of steps start … start + len(out) − 1."""
         sess = self.graph_session  # step_start has a default: an overridable initializer
         ins = {i.name for i in (*sess.get_inputs(), *sess.get_overridable_initializers())}
         x = state.pop()
-        if fill is None:
+        if fill_chunk is None:
             return self._run_graph({"x_T": x, **conds})
         N = self.num_steps
         if "step_start" not in ins:  # a sampler file written before step_start: all at once
             z = np.empty((N, *x.shape), np.float32)
-            for k in range(N):
-                fill(k, z[k])
+            fill_chunk(0, z)
             return self._run_graph({"x_T": x, "step_noise": z, **conds})
         K = self._host_chunk(x.shape)
         buf = np.empty((K, *x.shape), np.float32)
         for start in range(0, N, K):
             n = min(K, N - start)
-            for j in range(n):
-                fill(start + j, buf[j])
+            fill_chunk(start, buf[:n])
             feeds = {"x_T": x, "step_noise": buf[:n], "step_start": np.array(start, np.int64)}
+            if self._graph_in_place:  # x_0 written over x_T: one state buffer for all runs
+                x = self._run_graph(feeds | conds, out=x)
+                continue
             del x  # the feeds hold it; released as soon as the run has its result
             x = self._run_graph(feeds | conds)
             del feeds
         return x
 
-    def _run_graph(self, feeds: dict) -> np.ndarray:
+    def _run_graph(self, feeds: dict, out: np.ndarray | None = None) -> np.ndarray:
+        """One run of the sampler graph; ``out``: a float32 array (CPU) that x_0 is written
+        into (IO binding), e.g. the x_T of this very run."""
         from .model_io import CorruptModelError
 
         label = getattr(self, "_label", "<model>")
         try:
-            out = _interruptible_run(self.graph_session, ["x_0"], feeds)
+            if out is None:
+                out = _interruptible_run(self.graph_session, ["x_0"], feeds)
+            else:
+                _interruptible_run(self.graph_session, None, _bound(self.graph_session, feeds, out))
         except KeyboardInterrupt:
             raise
         except ValueError as e:  # onnxruntime: the graph's inputs are not what its metadata says
@@ -840,9 +903,39 @@ def _fill_step(target, fill, k: int) -> None:
 _WORKER = None  # one long-lived thread for whole-graph runs (module doc, Ctrl-C)
 
 
-def _interruptible_run(session, outputs: list, feeds: dict):
-    """``session.run`` in a worker thread, so Ctrl-C in the main thread cancels it
-    (``RunOptions.terminate``) instead of waiting for the whole sampler.
+def _scan_updates_in_place(graph) -> bool:
+    """True for refdiff's host-noise sampler graph (one ``Scan`` making x_0 from x_T) when its
+    step body reads all of x_k before it writes x_next: a run may then write x_0 over x_T.
+    onnxruntime's Scan feeds step j the previous step's output (x_T first) and writes the
+    last step's into x_0, so at no step is a state read after the body has written over it
+    (a multistep body, whose m_next reads x_k after, fails the check)."""
+    scans = [n for n in graph.node if n.op_type == "Scan" and n.output[0] == "x_0"]
+    if len(scans) != 1 or scans[0].input[0] != "x_T":
+        return False
+    (body,) = [a.g for a in scans[0].attribute if a.name == "body"]
+    return may_alias(body, body.input[0].name, body.output[0].name)
+
+
+def _bound(session, feeds: dict, out: np.ndarray):
+    """An IO binding of ``feeds`` (host arrays, not copied) with x_0 bound to ``out``."""
+    import onnxruntime as ort
+
+    io = session.io_binding()
+    for name, value in feeds.items():
+        io.bind_ortvalue_input(
+            name, ort.OrtValue.ortvalue_from_numpy(np.require(value, requirements="C"))
+        )
+    target = ort.OrtValue.ortvalue_from_numpy(out)
+    if target.data_ptr() != out.ctypes.data:  # not aliased: the result would not land in out
+        raise RuntimeError("onnxruntime copied the output buffer")
+    io.bind_ortvalue_output("x_0", target)
+    return io
+
+
+def _interruptible_run(session, outputs: list | None, feeds):
+    """``session.run`` (``outputs`` None: ``run_with_iobinding`` of the binding ``feeds``) in
+    a worker thread, so Ctrl-C in the main thread cancels it (``RunOptions.terminate``)
+    instead of waiting for the whole sampler.
 
     The thread is reused: a fresh thread per run would get a fresh malloc arena each time,
     and the memory freed in it is not returned (measured: RSS grew with every run)."""
@@ -855,9 +948,13 @@ def _interruptible_run(session, outputs: list, feeds: dict):
         _WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="refdiff-ort")
     ro = ort.RunOptions()
     ro.log_severity_level = 4  # a cancelled run is not an error worth onnxruntime's log line
-    fut = _WORKER.submit(session.run, outputs, feeds, ro)
+    if outputs is None:
+        fut = _WORKER.submit(session.run_with_iobinding, feeds, ro)
+    else:
+        fut = _WORKER.submit(session.run, outputs, feeds, ro)
     try:  # a blocking wait (a lock acquire): Ctrl-C interrupts it; polling would add ~10 ms
-        return fut.result()[0]
+        result = fut.result()
+        return None if outputs is None else result[0]
     except KeyboardInterrupt:
         ro.terminate = True
         concurrent.futures.wait([fut])

@@ -81,7 +81,7 @@ from .steps import (
 )
 from .tables import StepTables
 
-__all__ = ["sampler_model", "CHUNK_BYTES"]
+__all__ = ["sampler_model", "noise_model", "CHUNK_BYTES"]
 
 #: Bytes of prepared per-step tensors (scaled noise, expanded times) one chunk may hold.
 CHUNK_BYTES = 4 * 2**20
@@ -163,6 +163,13 @@ def sampler_model(
         outs = ["x_0", "m_0", "trajectory"] if tables.multistep else ["x_0", "trajectory"]
         b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(True))
         b.initializers.extend(plan.den_inits)
+    elif chunked:  # host noise: one Scan over the fed steps, reading step_noise in place
+        scan_inputs = plan.run_inputs(b, x_T)
+        if tables.multistep:
+            scan_inputs.insert(1, b.op("Mul", x_T, b.const(np.float32(0.0))))
+        outs = ["x_0", "m_0"] if tables.multistep else ["x_0"]
+        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(False))
+        b.initializers.extend(plan.den_inits)
     else:
         count = plan.trip_count()  # sets the chunk size the Loop body reads
         if tables.multistep:  # the loop also carries m, the previous step's x̂_0 (zeros first)
@@ -181,6 +188,35 @@ def sampler_model(
     )
     doc = f"refdiff {tables.sampler.upper()} sampler, {tables.N} steps, Loop over chunks of a Scan"
     return finish_sampler_model(b, "refdiff_sampler", inputs, outputs, meta, doc)
+
+
+def noise_model(dims: list, seed: int = 0) -> onnx.ModelProto:
+    """The in-graph noise of :func:`sampler_model` on its own: ``x_T`` from the seed-2·seed
+    stream and ``step_noise`` from the seed-2·seed + 1 stream (``RandomNormalLike``, float32,
+    not scaled), shaped like the inputs ``like_x_T`` (``dims``: the state's) and
+    ``like_step_noise`` (K, *dims); only their shapes are read.  On CPU the runtime draws a
+    chunk of steps with it and runs the host-noise sampler graph on the chunk in place
+    (docs/deploy.md, "Memory"): one session draws what one :func:`sampler_model` session
+    draws, in the same order (module docstring)."""
+    seed = check_seed(seed)
+    b = GraphBuilder()
+    b.op("RandomNormalLike", "like_x_T", dtype=_F32, seed=float(2 * seed), outputs=["x_T"])
+    b.op(
+        "RandomNormalLike",
+        "like_step_noise",
+        dtype=_F32,
+        seed=float(2 * seed + 1),
+        outputs=["step_noise"],
+    )
+    dims = ["B", *dims[1:]]
+    ins = [tensor_info("like_x_T", np.float32, dims)]
+    ins.append(tensor_info("like_step_noise", np.float32, ["K", *dims]))
+    outs = [
+        tensor_info("x_T", np.float32, dims),
+        tensor_info("step_noise", np.float32, ["K", *dims]),
+    ]
+    meta = {"refdiff.kind": "noise", "refdiff.seed": str(seed)}
+    return finish_sampler_model(b, "refdiff_noise", ins, outs, meta, "refdiff in-graph noise")
 
 
 _F32 = 1  # onnx.TensorProto.FLOAT (onnx.proto's DataType)
@@ -236,11 +272,15 @@ class _Plan:
                 self.cols.append((name, b.const(col, np.float32, hint="coef_" + name[:-2])))
         if tables.c_in is not None:
             self.cols.append(("cin_k", b.const(tables.c_in, np.float32, hint="coef_c_in")))
-        self.S = None
-        if tables.noisy:  # (N, 1, …, 1): broadcasts over a (K, B, *S) chunk of z
+        self.S, self.noise_in = None, None  # the step body's noise input
+        if tables.noisy and noise == "input":  # S_k z_k in the step body, z_k a view of the input
+            self.cols.append(("S_k", b.const(tables.S, np.float32, hint="coef_S")))
+            self.noise_in = "z_k"
+        elif tables.noisy:  # (N, 1, …, 1): broadcasts over a (K, B, *S) chunk of z
             self.S = b.const(tables.S.reshape(N, *[1] * len(dims)), np.float32, hint="coef_S")
+            self.noise_in = "zs_k"
         # bytes per step of the tensors a chunk prepares (see the module docstring)
-        per_elem = 8 if tables.noisy else 0
+        per_elem = 8 if self.S is not None else 0
         per_sample = np.dtype(sig.time_dtype).itemsize if self.time_kind == "batch" else 0
         self.per_elem, self.per_sample = per_elem, per_sample
         self.batch1 = b.op("Slice", shape, _i64(b, [0], "zero1"), _i64(b, [1], "one1"))
@@ -311,23 +351,33 @@ class _Plan:
         if self.time_kind == "batch":
             t = g.op("Expand", t, g.op("Concat", n, self.batch1, axis=0))
         ins = [x, t] + [rows(table) for _, table in self.cols]
-        if self.S is not None:
-            if self.noise == "input":
-                z = "step_noise" if lo is None else g.op("Slice", "step_noise", lo, hi)
-            else:
-                z_shape = g.op("Concat", n, self.shape, axis=0)
-                z = g.op(
-                    "RandomNormalLike",
-                    _zeros(g, z_shape),
-                    dtype=_F32,
-                    seed=float(2 * self.seed + 1),
-                )
+        if self.noise_in == "z_k":  # the whole sampler (trajectory): the input as it is
+            ins.append("step_noise")
+        elif self.S is not None:  # in-graph noise: the chunk's S_k z_k, drawn at once
+            z_shape = g.op("Concat", n, self.shape, axis=0)
+            z = g.op(
+                "RandomNormalLike", _zeros(g, z_shape), dtype=_F32, seed=float(2 * self.seed + 1)
+            )
             ins.append(g.op("Mul", z, rows(self.S)))
         return ins
 
+    def run_inputs(self, g: GraphBuilder, x: str):
+        """Scan inputs of a host-noise run: steps [step_start, step_start + K), K the length of
+        ``step_noise``, which the Scan reads a step at a time (a view: no copy, no scaled
+        copy, so no chunking is needed for memory)."""
+        end = g.op("Add", self.start, self.n_run)
+
+        def rows(table):
+            return g.op("Slice", table, self.start, end)
+
+        t = rows(self.time_table)
+        if self.time_kind == "batch":
+            t = g.op("Expand", t, g.op("Concat", self.n_run, self.batch1, axis=0))
+        return [x, t] + [rows(table) for _, table in self.cols] + ["step_noise"]
+
     # -- the step Scan -----------------------------------------------------------------------
     def scan_attrs(self, trajectory: bool) -> dict:
-        n_scan = 1 + len(self.cols) + (self.S is not None)
+        n_scan = 1 + len(self.cols) + (self.noise_in is not None)
         return dict(body=self.step_body(trajectory), num_scan_inputs=n_scan)
 
     def step_body(self, trajectory: bool) -> onnx.GraphProto:
@@ -358,7 +408,9 @@ class _Plan:
             terms.append(g.op("Mul", "H_k", "m_k"))
             m_next = g.op("Add", g.op("Mul", "Dx_k", x), g.op("Mul", "Do_k", out))
             g.op("Identity", m_next, outputs=["m_next"])
-        if self.S is not None:
+        if self.noise_in == "z_k":
+            terms.append(g.op("Mul", "S_k", "z_k"))
+        elif self.noise_in == "zs_k":
             terms.append("zs_k")
         if len(terms) > 1:  # the x-free terms first, then A x + their sum: two full-state
             # temporaries at a time, as the denoiser's own (a Sum with A x holds three)
@@ -380,6 +432,6 @@ class _Plan:
             outs.append(tensor_info("x_step", np.float32, self.dims))
         ins.append(self.time_info)
         ins += [tensor_info(name, np.float32, []) for name in names]
-        if self.S is not None:
-            ins.append(tensor_info("zs_k", np.float32, self.dims))
+        if self.noise_in is not None:
+            ins.append(tensor_info(self.noise_in, np.float32, self.dims))
         return g.graph("sampler_step", ins, outs, with_initializers=False)

@@ -126,15 +126,67 @@ def test_the_scan_body_is_the_denoiser_and_a_few_update_nodes():
         ((depth, body, parent),) = list(_scan_bodies(m.graph))
         nodes = [n for n in body.node if not n.output[0].startswith("den/")]
         own = [n.op_type for n in nodes]
-        # B o + S z first, then A x + that: two full-state temporaries at a time
-        assert sorted(own) == ["Add", "Add", "Mul", "Mul"]
+        # B o + S z first, then A x + that: two full-state temporaries at a time; host noise
+        # is scaled here (the Scan reads step_noise in place), in-graph noise per chunk
+        muls = ["Mul"] * (3 if noise == "input" else 2)
+        assert sorted(own) == ["Add", "Add", *muls]
         # A x last but one in node order: priority order runs it after o is freed
         assert "A_k" in nodes[-2].input and nodes[-1].output[0] == "x_next"
         assert not {"Gather", "Shape", "Expand", "RandomNormalLike"} & set(own)
-        # the denoiser's weights sit in the graph right above the Scan (the chunk Loop's body)
-        assert depth == 2 and not len(body.initializer)
+        # the denoiser's weights sit in the graph right above the Scan: the main graph for a
+        # host-noise run (one Scan), the chunk Loop's body for in-graph noise
+        assert depth == (1 if noise == "input" else 2) and not len(body.initializer)
         assert any(t.name.startswith("den/") for t in parent.initializer)
-        assert not any(t.name.startswith("den/") for t in m.graph.initializer)
+        if depth == 2:
+            assert not any(t.name.startswith("den/") for t in m.graph.initializer)
     traj = sg.sampler_model(den, ex.step_tables(BASE), trajectory=True)
     ((depth, _, parent),) = list(_scan_bodies(traj.graph))
     assert depth == 1 and parent is traj.graph
+
+
+def _graph_sampler(**kw):
+    return ex.OrtSampler(ex.mlp_denoiser_model(MLP, schedule=BASE), BASE, mode="graph", **kw)
+
+
+@pytest.mark.parametrize("chunk_steps", [None, 7])
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_ancestral"])
+def test_cpu_graph_mode_draws_in_graph_noise_a_chunk_at_a_time(monkeypatch, chunk_steps, sampler):
+    """On CPU, graph mode with in-graph noise draws it a chunk of steps at a time
+    (``noise_model``: the sampler graph's seeds and order) and runs the host-noise graph on
+    each chunk in place: the bits of its one-run sampler graph in a fresh session, for a
+    first sample and the next (both streams continue), whole and in chunks of 7 steps (even
+    B·|S|); the σ-view sampler scales x_T as the graph does."""
+    from refdiff.export import runtime as RT
+
+    from refdiff import sigma
+
+    batch = 16
+    if chunk_steps is not None:
+        monkeypatch.setattr(RT, "HOST_CHUNK_BYTES", 4 * batch * 2 * chunk_steps)
+    kw = {}
+    if sampler == "euler_ancestral":
+        grid = sigma.karras(12, float(BASE.sigma[1]), float(BASE.sigma[-1]))
+        kw = dict(sampler=sampler, sigmas=grid, eta=1.0)
+    s = _graph_sampler(noise="graph", seed=9, provider="cpu", **kw)
+    assert s._noise_session is not None and s._graph_in_place
+    one = ex.make_session(s.graph_model, "cpu", threads=1)
+    for _ in range(2):
+        y = s.sample(shape=(batch, 2))
+        assert np.array_equal(y, one.run(["x_0"], {"batch_size": np.array(batch, np.int64)})[0])
+
+
+def test_host_noise_graph_runs_write_x_0_over_x_T():
+    """CPU graph mode with host noise: each run's x_0 is written over its x_T (one state
+    buffer for all runs), bit for bit the runs that return a fresh array; a multistep body
+    (m_next reads x_k after x_next may be written) is not run in place."""
+    from refdiff import sigma
+
+    s = _graph_sampler(provider="cpu")
+    assert s._graph_in_place
+    y = s.sample(shape=(6, 2), seed=4)
+    s._graph_in_place = False
+    assert np.array_equal(y, s.sample(shape=(6, 2), seed=4))
+    grid = sigma.karras(6, float(BASE.sigma[1]), float(BASE.sigma[-1]))
+    vmodel = ex.mlp_denoiser_model(MLP, prediction_type="v", schedule=BASE)
+    ms = ex.OrtSampler(vmodel, BASE, sampler="dpmpp_2m", sigmas=grid, mode="graph", provider="cpu")
+    assert not ms._graph_in_place
