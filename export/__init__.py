@@ -7,7 +7,7 @@ Build graphs (IR 10 / opset 21, checked, self-describing metadata)::
     step_tables(schedule, sampler, prediction_type=, **options)            host-side coefficients
     step_model(denoiser, tables, noise=)         the update step (any denoiser signature)
     fused_step_model(denoiser, tables, noise=)   denoiser + update in one graph
-    sampler_model(denoiser, tables, noise=)      the whole sampler: a Loop over Scan chunks
+    sampler_model(denoiser, tables, noise=)      the whole sampler: a Scan over the steps
 
 Run them with onnxruntime::
 

@@ -906,7 +906,10 @@ def _check_sample(a: argparse.Namespace) -> tuple[tuple[int, ...] | None, Path, 
             if given:
                 pb.add(flag, "applies to CUDA only; this is --provider cpu")
     if a.cuda_graph and a.mode == "graph":
-        pb.add("--cuda-graph", "CUDA graphs cannot hold the sampler's Loop; use --mode steps|fused")
+        pb.add(
+            "--cuda-graph",
+            "CUDA graphs cannot hold the sampler's Loop/Scan; use --mode steps|fused",
+        )
     if a.guidance_scale is not None and not a.uncond:
         pb.add(
             "--guidance-scale",
@@ -1114,7 +1117,7 @@ def _sampler_file(a: argparse.Namespace, path: Path, data: bytes, meta: dict, pr
     if a.mode not in (None, "graph"):
         pb.add("--mode", f"{path} is a whole-sampler graph: it runs in --mode graph only")
     if a.cuda_graph:
-        pb.add("--cuda-graph", "CUDA graphs cannot hold the sampler file's Loop")
+        pb.add("--cuda-graph", "CUDA graphs cannot hold the sampler file's Loop/Scan")
     if noise == "graph" and a.seed is not None:
         baked_seed = meta.get(PREFIX + "seed")
         if baked_seed is None or int(baked_seed) != a.seed:

@@ -1,4 +1,5 @@
-"""The whole sampler as one ONNX graph: a ``Loop`` over chunks of steps, each chunk a ``Scan``.
+"""The whole sampler as one ONNX graph: a ``Scan`` over the steps (host noise), or a ``Loop``
+over chunks of steps, each chunk a ``Scan`` (in-graph noise, or no noise).
 
 ``noise="input"`` (parity with the reference; the noise layout of :mod:`refdiff.sampling`):
 
@@ -9,11 +10,11 @@
 A run takes the steps step_start … step_start + K − 1 (``step_start`` is an input with the
 default 0, so feeding the whole (N, B, *S) noise runs the whole sampler): x_T is the state
 before step ``step_start``.  The runtime feeds bounded chunks of host noise this way, so no
-(N, B, *S) array exists (docs/deploy.md, "Memory").  With ``trajectory`` the noise is the
-whole (N, B, *S) and there is no ``step_start``.  Conditioning inputs (and their
-``uncond/`` values with guidance) follow (:mod:`refdiff.export.conditioning`).  Multistep
-σ-view samplers (``dpmpp_2m``) carry m, the previous step's x̂_0, beside x in the Loop and
-the Scan (:mod:`refdiff.export.sigma_tables`).
+(N, B, *S) array exists, and on CPU it writes each run's x_0 over its x_T (docs/deploy.md,
+"Memory").  With ``trajectory`` the noise is the whole (N, B, *S) and there is no
+``step_start``.  Conditioning inputs (and their ``uncond/`` values with guidance) follow
+(:mod:`refdiff.export.conditioning`).  Multistep σ-view samplers (``dpmpp_2m``) carry m, the
+previous step's x̂_0, beside x in the Loop and the Scan (:mod:`refdiff.export.sigma_tables`).
 
 ``noise="graph"`` (speed; checked statistically): x_T and every step's z are drawn in-graph
 by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:
@@ -21,42 +22,48 @@ by ``RandomNormalLike`` with seed attributes 2·seed and 2·seed + 1:
     inputs   batch_size () int64
     outputs  x_0, [trajectory]
 
-Layout.  The N steps are cut into chunks of K consecutive steps (K from the batch size at run
-time, below).  An outer ``Loop`` walks the chunks; per chunk it slices the coefficient
-columns and the denoiser's times of its K steps from constant tables (outer-scope
-initializers), expands the times to the batch, and prepares the K steps' scaled noise S_k z_k
-in one (K, B, *S) tensor: drawn in one ``RandomNormalLike`` call, or sliced from
-``step_noise``.  An inner ``Scan`` then runs the K steps, getting step k's row of every
-per-step tensor as a scan input, so its body is only the embedded denoiser (float32 or
-float16; the state stays float32) and the update of :mod:`refdiff.export.tables`,
+:func:`noise_model` is these two draws on their own: on CPU the runtime draws a chunk of
+steps with it and runs the host-noise graph on the chunk (the same draws in the same order;
+docs/deploy.md, "Memory").
+
+Layout.  With host noise one ``Scan`` runs the K steps fed, getting step k's row of every
+per-step tensor as a scan input: its denoiser times and coefficients (sliced from constant
+tables at step_start) and its noise z_k, a view of ``step_noise`` (no copy).  With in-graph
+noise (or none) the N steps are cut into chunks of K consecutive steps (K from the batch
+size at run time, below); an outer ``Loop`` walks the chunks, per chunk slices the tables,
+expands the times to the batch and prepares the K steps' scaled noise S_k z_k in one
+(K, B, *S) tensor drawn by one ``RandomNormalLike``; an inner ``Scan`` runs the K steps.
+Either way the Scan body is only the embedded denoiser (float32 or float16; the state stays
+float32) and the update of :mod:`refdiff.export.tables`,
 x_next = A_k x + Sum(B_k o, [C_k clip(a_x,k x + a_o,k o)], S_k z_k), the x-free terms
-summed first and A_k x made last, so that the update holds two full-state temporaries at a
-time, as many as a plain denoiser call (a three-input ``Sum`` with A_k x held three).  Why:
-onnxruntime charges about a microsecond per node per iteration at small batch, so the body
-keeps no ``Gather``, ``Shape`` or ``Expand`` nodes and no noise arithmetic beyond one added
-term (12 nodes after onnxruntime's fusions for the benchmark's MLP, 13 with noise, against 18
-for DDIM and 22 for DDPM with a per-step ``Gather`` layout and in-loop ``RandomNormalLike``);
+summed first and A_k x made last, so that the update holds as few full-state temporaries as
+it can (a three-input ``Sum`` with A_k x held one more).  Why: onnxruntime charges about a
+microsecond per node per iteration at small batch, so the body keeps no ``Gather``,
+``Shape`` or ``Expand`` nodes and no noise arithmetic beyond the one scaled, added term (12
+nodes after onnxruntime's fusions for the benchmark's MLP, 13–14 with noise, against 18 for
+DDIM and 22 for DDPM with a per-step ``Gather`` layout and in-loop ``RandomNormalLike``);
 the graph is then 2.2–2.6× faster than the per-step loop of two sessions at batch 1
 (benchmarks/RESULTS.md).
 
-Chunk size: K = clip(⌊CHUNK_BYTES / bytes per step⌋, 1, N), where a step's prepared tensors
-take 8 bytes per state element when the sampler adds noise (z and S_k z, float32) plus the
-denoiser's time per sample when it takes one per sample.  Small batches therefore run all N
-steps as one chunk (one draw of the whole (N, B, *S) noise), large ones chunk the steps so
-that the extra memory stays ≤ max(``CHUNK_BYTES`` = 4 MiB, one step's worth).  With
-``trajectory=True`` the steps form one chunk whatever the batch (the output already holds
-N states).
+Chunk size (in-graph noise, or none): K = clip(⌊CHUNK_BYTES / bytes per step⌋, 1, N), where a
+step's prepared tensors take 8 bytes per state element when the sampler adds noise (z and
+S_k z, float32) plus the denoiser's time per sample when it takes one per sample.  Small
+batches therefore run all N steps as one chunk (one draw of the whole (N, B, *S) noise),
+large ones chunk the steps so that the extra memory stays ≤ max(``CHUNK_BYTES`` = 4 MiB, one
+step's worth).  With ``trajectory=True`` the steps form one chunk whatever the batch (the
+output already holds N states).
 
 In-graph noise: onnxruntime seeds each ``RandomNormalLike`` kernel once per session, so a
 fresh session with the same seed repeats its draws bit for bit, while successive runs of one
 session continue the stream (different samples).  Within a run, x_T is one draw of seed
 2·seed and the step noise is the stream of seed 2·seed + 1 read in step-major order (step
-0's B·|S| values first: the ``step_noise`` layout), whatever the chunking, when B·|S| is
-even; these are also exactly the draws of the earlier one-``Loop`` layout, which drew each
-step's z inside the loop body.  With odd B·|S| (onnxruntime's CPU generator makes normals
-in pairs and drops the partner of a draw's last value) the chunk boundaries shift the
-stream, so the draws differ from the earlier layout's; they are still the same for the same
-seed, batch size and run history.  CPU and CUDA draw different streams.
+0's B·|S| values first: the ``step_noise`` layout), whatever the chunking (the runtime's
+chunks drawn by :func:`noise_model` included), when B·|S| is even; these are also exactly
+the draws of the earlier one-``Loop`` layout, which drew each step's z inside the loop body.
+With odd B·|S| (onnxruntime's CPU generator makes normals in pairs and drops the partner of
+a draw's last value) the chunk boundaries shift the stream, so the draws differ from the
+earlier layout's; they are still the same for the same seed, batch size and run history.
+CPU and CUDA draw different streams.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ The run is seven stages, each a function returning a small dataclass; the log nu
 2. training (:func:`stage_train`): an MLP denoiser fitted in NumPy (:mod:`refdiff.train`),
    and the Bayes-optimal loss floor of the exact denoiser (:func:`refdiff.train.bayes_floor`);
 3. export (:func:`stage_export`): the exact mixture denoiser and the MLP, and the whole
-   DDPM/DDIM samplers around them (one ``Loop`` graph each), to ONNX;
+   DDPM/DDIM samplers around them (one ``Scan`` graph each), to ONNX;
 4. sampling (:func:`stage_sample`) with onnxruntime on the best provider that truly runs
    (``auto``: CUDA when a CUDA session really runs, else CPU, and the report says why);
 5. parity (:func:`stage_parity`): the same noise through the NumPy reference
@@ -501,7 +501,7 @@ def stage_export(d: DataStage, tr: TrainStage, folder: Path, sess_kw, log, files
             fname = f"{dname}_{sname}{info['steps']}_sampler.onnx"
             sampler_files[dname, sname] = save_model(g.graph_model, models / fname)
             files[f"models/{fname}"] = (
-                f"whole {sname.upper()} sampler ({info['steps']} steps, Loop) "
+                f"whole {sname.upper()} sampler ({info['steps']} steps, Scan) "
                 f"around the {dname} denoiser; "
                 "inputs x_T (B,2)" + (", step_noise (N,B,2)" if sname == "ddpm" else "")
             )
