@@ -486,6 +486,17 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/export/test_export_memory.py::test_may_alias_needs_every_read_of_the_input_before_the_output",
         ),
     ),
+    Mutant(
+        "graph_in_place_skips_the_body_check",
+        "refdiff.export.runtime",
+        "    return may_alias(body, body.input[0].name, body.output[0].name)",
+        "    return True",
+        "a graph run writes x_0 over x_T although its Scan body reads x_k after writing x_next "
+        "(a multistep sampler's m_next)",
+        (
+            "tests/export/test_export_sampler_graph.py::test_host_noise_graph_runs_write_x_0_over_x_T",
+        ),
+    ),
 )
 
 BY_NAME = {m.name: m for m in MUTANTS}
