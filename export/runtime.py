@@ -86,6 +86,11 @@ _ORT_TYPES = {
 #: in the graph are then two states, not four (the per-run cost is small beside such a step).
 HOST_CHUNK_BYTES = 4 * 2**20
 
+#: CPU ``"graph"`` mode with in-graph noise draws it a chunk at a time and runs the sampler
+#: graph in place (one state less) for samples of at least this many bytes (image-like
+#: states); smaller samples keep the one-run graph, ~20 % faster at batch 1 for the MLP.
+CHUNKED_NOISE_SAMPLE_BYTES = 16 * 2**10
+
 
 def _schedule_of(den_or_meta: dict, label: str) -> Schedule:
     text = den_or_meta.get(PREFIX + "schedule")
@@ -349,7 +354,11 @@ class OrtSampler:
             self.graph_model = sampler_model(self.denoiser, self.tables, **build)
             run_model = self.graph_model
             cpu = resolve_provider(provider, device_id, warn=False) == "cpu"
-            if noise == "graph" and self.tables.noisy and cpu:
+            sample_dims = self.dims[1:]
+            large = not all(isinstance(d, int) for d in sample_dims) or (
+                4 * math.prod(sample_dims) >= CHUNKED_NOISE_SAMPLE_BYTES
+            )
+            if noise == "graph" and self.tables.noisy and cpu and large:
                 # CPU: the in-graph noise is drawn a chunk of steps at a time (noise_model, the
                 # same seeds and order) and the host-noise graph runs on it in place, so no
                 # Loop holds x_T beside its carried state (docs/deploy.md, "Memory")

@@ -161,6 +161,7 @@ def test_cpu_graph_mode_draws_in_graph_noise_a_chunk_at_a_time(monkeypatch, chun
     from refdiff import sigma
 
     batch = 16
+    monkeypatch.setattr(RT, "CHUNKED_NOISE_SAMPLE_BYTES", 8)  # the MLP's samples: 8 bytes
     if chunk_steps is not None:
         monkeypatch.setattr(RT, "HOST_CHUNK_BYTES", 4 * batch * 2 * chunk_steps)
     kw = {}
@@ -169,6 +170,8 @@ def test_cpu_graph_mode_draws_in_graph_noise_a_chunk_at_a_time(monkeypatch, chun
         kw = dict(sampler=sampler, sigmas=grid, eta=1.0)
     s = _graph_sampler(noise="graph", seed=9, provider="cpu", **kw)
     assert s._noise_session is not None and s._graph_in_place
+    monkeypatch.setattr(RT, "CHUNKED_NOISE_SAMPLE_BYTES", 9)  # smaller samples: one run
+    assert _graph_sampler(noise="graph", seed=9, provider="cpu", **kw)._noise_session is None
     one = ex.make_session(s.graph_model, "cpu", threads=1)
     for _ in range(2):
         y = s.sample(shape=(batch, 2))
