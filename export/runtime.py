@@ -384,8 +384,7 @@ class OrtSampler:
             self.provider == "cpu"
             and self.guidance is None
             and self.denoiser.signature.output_dtype == np.float32
-            and any(PARTIAL in n.output for n in step.graph.node)
-            and may_alias(step.graph, "model_output", PARTIAL)
+            and may_alias(step.graph, "model_output", PARTIAL)  # False when it is not made
         )
 
     def _check_cuda_graph(self, mode: str, batch, noise: str) -> None:

@@ -163,19 +163,14 @@ def sampler_model(
         stacked = emit_stacked(b, den, cnames, unames)
     plan = _Plan(b, den, tables, noise, seed, dims, shape, chunked)
     plan.call = (guidance, cnames, unames, stacked)
-    if trajectory:  # one chunk: all N steps, the Scan's own scan output is the trajectory
-        scan_inputs = plan.chunk_inputs(b, x_T)
-        if tables.multistep:
-            scan_inputs.insert(1, b.op("Mul", x_T, b.const(np.float32(0.0))))
-        outs = ["x_0", "m_0", "trajectory"] if tables.multistep else ["x_0", "trajectory"]
-        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(True))
-        b.initializers.extend(plan.den_inits)
-    elif chunked:  # host noise: one Scan over the fed steps, reading step_noise in place
-        scan_inputs = plan.run_inputs(b, x_T)
+    if trajectory or chunked:  # one Scan: all N steps (its scan output is the trajectory),
+        # or the host-noise steps fed (reading step_noise in place)
+        scan_inputs = plan.chunk_inputs(b, x_T) if trajectory else plan.run_inputs(b, x_T)
         if tables.multistep:
             scan_inputs.insert(1, b.op("Mul", x_T, b.const(np.float32(0.0))))
         outs = ["x_0", "m_0"] if tables.multistep else ["x_0"]
-        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(False))
+        outs += ["trajectory"] if trajectory else []
+        b.op("Scan", *scan_inputs, outputs=outs, **plan.scan_attrs(trajectory))
         b.initializers.extend(plan.den_inits)
     else:
         count = plan.trip_count()  # sets the chunk size the Loop body reads
